@@ -1,0 +1,84 @@
+//! Connect-time authorization: the local checks that decide the upgrade
+//! (SPEC §2.1).
+
+use std::sync::Arc;
+
+use crate::domain::access::{AccessPolicy, Claims, Denial};
+
+use super::ports::{InvalidToken, TokenVerifier};
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// 401: no token, or one that does not verify.
+    Unauthenticated(String),
+    /// 403: a valid token without an allowed role or the required permission.
+    Forbidden(Denial),
+}
+
+pub struct Authorizer {
+    verifier: Arc<dyn TokenVerifier>,
+    policy: AccessPolicy,
+}
+
+impl Authorizer {
+    pub fn new(verifier: Arc<dyn TokenVerifier>, policy: AccessPolicy) -> Self {
+        Self { verifier, policy }
+    }
+
+    pub fn authorize(&self, token: Option<&str>) -> Result<Claims, Refusal> {
+        let token = token
+            .filter(|token| !token.is_empty())
+            .ok_or_else(|| Refusal::Unauthenticated("no token".into()))?;
+        let claims = self
+            .verifier
+            .verify(token)
+            .map_err(|InvalidToken(reason)| Refusal::Unauthenticated(reason))?;
+        if claims.subject.is_empty() {
+            return Err(Refusal::Unauthenticated("empty sub".into()));
+        }
+        self.policy.check(&claims).map_err(Refusal::Forbidden)?;
+        Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct FixedVerifier(Result<Claims, InvalidToken>);
+
+    impl TokenVerifier for FixedVerifier {
+        fn verify(&self, _token: &str) -> Result<Claims, InvalidToken> {
+            match &self.0 {
+                Ok(claims) => Ok(claims.clone()),
+                Err(InvalidToken(reason)) => Err(InvalidToken(reason.clone())),
+            }
+        }
+    }
+
+    fn authorizer(verified: Result<Claims, InvalidToken>) -> Authorizer {
+        Authorizer::new(Arc::new(FixedVerifier(verified)), AccessPolicy::new(vec!["USER".into()], None))
+    }
+
+    fn claims(subject: &str, role: &str) -> Claims {
+        Claims { subject: subject.into(), roles: vec![role.into()], permissions: vec![], expires_at: None }
+    }
+
+    #[test]
+    fn refuses_missing_and_invalid_tokens_as_unauthenticated() {
+        let ok = authorizer(Ok(claims("u", "USER")));
+        assert!(matches!(ok.authorize(None), Err(Refusal::Unauthenticated(_))));
+        assert!(matches!(ok.authorize(Some("")), Err(Refusal::Unauthenticated(_))));
+        let bad = authorizer(Err(InvalidToken("expired".into())));
+        assert_eq!(bad.authorize(Some("t")), Err(Refusal::Unauthenticated("expired".into())));
+        let anonymous = authorizer(Ok(claims("", "USER")));
+        assert!(matches!(anonymous.authorize(Some("t")), Err(Refusal::Unauthenticated(_))));
+    }
+
+    #[test]
+    fn refuses_valid_tokens_without_access_as_forbidden() {
+        let admin_only = authorizer(Ok(claims("u", "GUEST")));
+        assert_eq!(admin_only.authorize(Some("t")), Err(Refusal::Forbidden(Denial::NoAllowedRole)));
+        assert_eq!(authorizer(Ok(claims("u", "USER"))).authorize(Some("t")), Ok(claims("u", "USER")));
+    }
+}

@@ -1,0 +1,16 @@
+//! A routed event, ready to be written: the unit that travels from the ingest
+//! thread to a shard and sits in client queues.
+
+use crate::domain::entity::{Action, EntityKey};
+use crate::domain::frame::Frame;
+
+#[derive(Debug)]
+pub struct Delivery {
+    /// Built once on the ingest thread; shared by every subscriber.
+    pub frame: Frame,
+    pub key: EntityKey,
+    pub action: Action,
+    pub updated_at: Option<i64>,
+    /// The section was deleted: its clients are closed (1000) after this.
+    pub ends_section: bool,
+}

@@ -1,0 +1,138 @@
+//! A shard's subscriber registry: section → the outboxes of its clients.
+//! Owned by one shard thread, so it needs no lock.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::domain::ids::SectionId;
+use crate::domain::protocol::CloseCode;
+
+use super::delivery::Delivery;
+use super::outbox::{Outbox, PushOutcome};
+
+/// What one delivery did, for metrics.
+#[derive(Default, Debug, PartialEq, Eq)]
+pub struct DeliveryReport {
+    pub queued: usize,
+    pub conflated: usize,
+    pub slow_closed: usize,
+}
+
+#[derive(Default)]
+pub struct SectionHub {
+    sections: HashMap<SectionId, Vec<Rc<Outbox>>>,
+}
+
+impl SectionHub {
+    pub fn subscribe(&mut self, section: SectionId, outbox: Rc<Outbox>) {
+        self.sections.entry(section).or_default().push(outbox);
+    }
+
+    /// Idempotent: a client the hub already dropped (slow, section deleted)
+    /// unsubscribes again when its session ends.
+    pub fn unsubscribe(&mut self, section: SectionId, outbox: &Rc<Outbox>) {
+        if let Some(outboxes) = self.sections.get_mut(&section) {
+            outboxes.retain(|o| !Rc::ptr_eq(o, outbox));
+            if outboxes.is_empty() {
+                self.sections.remove(&section);
+            }
+        }
+    }
+
+    pub fn deliver(&mut self, section: SectionId, delivery: &Arc<Delivery>) -> DeliveryReport {
+        let mut report = DeliveryReport::default();
+        let Some(outboxes) = self.sections.get_mut(&section) else {
+            return report;
+        };
+        outboxes.retain(|outbox| match outbox.push_event(Arc::clone(delivery)) {
+            PushOutcome::Queued => {
+                report.queued += 1;
+                true
+            }
+            PushOutcome::Conflated(dropped) => {
+                report.queued += 1;
+                report.conflated += dropped;
+                true
+            }
+            PushOutcome::Overflowed => {
+                report.slow_closed += 1;
+                outbox.request_close(CloseCode::SLOW_CONSUMER, false);
+                false
+            }
+            PushOutcome::Closing => false,
+        });
+        if delivery.ends_section {
+            for outbox in self.sections.remove(&section).unwrap_or_default() {
+                outbox.request_close(CloseCode::NORMAL, true);
+            }
+        }
+        report
+    }
+
+    /// Shutdown: every client gets 1001 after what is already queued.
+    pub fn close_all(&mut self, code: CloseCode) {
+        for (_, outboxes) in self.sections.drain() {
+            for outbox in outboxes {
+                outbox.request_close(code, true);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::application::outbox::QueueLimits;
+    use crate::domain::entity::{Action, EntityKey, EntityKind};
+    use crate::domain::frame::Frame;
+    use crate::domain::snapshot::Snapshot;
+
+    const S1: &str = "11111111-1111-4111-8111-111111111111";
+
+    fn live_outbox(max_frames: usize) -> Rc<Outbox> {
+        let outbox = Rc::new(Outbox::new(QueueLimits { max_frames, max_bytes: 1 << 20 }));
+        outbox.go_live(&Snapshot::parse(br#"{"id":"s"}"#).unwrap());
+        outbox
+    }
+
+    fn delivery(id: &str, ends_section: bool) -> Arc<Delivery> {
+        Arc::new(Delivery {
+            frame: Frame::event(EntityKind::Table, Action::Updated, "{}"),
+            key: EntityKey::new(EntityKind::Table, id),
+            action: Action::Updated,
+            updated_at: None,
+            ends_section,
+        })
+    }
+
+    #[test]
+    fn a_slow_client_is_dropped_without_affecting_others() {
+        let section = SectionId::parse(S1).unwrap();
+        let mut hub = SectionHub::default();
+        let (slow, fast) = (live_outbox(2), live_outbox(100));
+        hub.subscribe(section, Rc::clone(&slow));
+        hub.subscribe(section, Rc::clone(&fast));
+        let mut slow_closed = 0;
+        for id in ["a", "b", "c"] {
+            slow_closed += hub.deliver(section, &delivery(id, false)).slow_closed;
+            fast.pop_front();
+        }
+        assert_eq!(slow_closed, 1);
+        assert_eq!(slow.close_request().unwrap().code, CloseCode::SLOW_CONSUMER);
+        assert!(fast.close_request().is_none());
+        assert_eq!(hub.deliver(section, &delivery("d", false)).queued, 1);
+    }
+
+    #[test]
+    fn a_deleted_section_closes_its_clients_after_the_event() {
+        let section = SectionId::parse(S1).unwrap();
+        let mut hub = SectionHub::default();
+        let client = live_outbox(10);
+        hub.subscribe(section, Rc::clone(&client));
+        hub.deliver(section, &delivery("s", true));
+        assert!(client.front().is_some(), "the delete itself is still written");
+        assert_eq!(client.close_request().unwrap().code, CloseCode::NORMAL);
+        assert_eq!(hub.deliver(section, &delivery("x", false)), DeliveryReport::default());
+    }
+}

@@ -1,0 +1,85 @@
+//! What the use cases need from the outside world.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::domain::access::Claims;
+use crate::domain::ids::SectionId;
+use crate::domain::protocol::CloseCode;
+use crate::domain::snapshot::Snapshot;
+
+use super::delivery::Delivery;
+
+/// Verifies a bearer token's signature and registered claims.
+pub trait TokenVerifier: Send + Sync {
+    fn verify(&self, token: &str) -> Result<Claims, InvalidToken>;
+}
+
+/// Why a token was refused; the text goes to logs (never the token itself).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid token: {0}")]
+pub struct InvalidToken(pub String);
+
+/// Fetches a section's full state with the client's own token. Called once
+/// per connection, on the shard that owns the section.
+pub trait SnapshotSource {
+    fn fetch(&self, section: SectionId, token: &str) -> impl Future<Output = Result<Snapshot, SnapshotError>>;
+}
+
+/// Every way the snapshot call can fail, each with its close code (SPEC §1.3).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SnapshotError {
+    #[error("API answered 429")]
+    RateLimited,
+    #[error("API answered 401")]
+    Unauthorized,
+    #[error("API answered 403")]
+    Forbidden,
+    #[error("API answered 404")]
+    NotFound,
+    #[error("API answered {0}")]
+    Rejected(u16),
+    #[error("API answered {0}")]
+    ServerError(u16),
+    #[error("API timed out")]
+    TimedOut,
+    #[error("API unreachable: {0}")]
+    Unreachable(String),
+    #[error("API body unparseable")]
+    Unparseable,
+}
+
+impl SnapshotError {
+    pub fn close_code(&self) -> CloseCode {
+        match self {
+            Self::RateLimited => CloseCode::TRY_AGAIN_LATER,
+            Self::Unauthorized => CloseCode::UNAUTHORIZED,
+            Self::Forbidden => CloseCode::FORBIDDEN,
+            Self::NotFound => CloseCode::NOT_FOUND,
+            Self::Rejected(_) => CloseCode::API_REJECTED,
+            Self::ServerError(_) | Self::TimedOut | Self::Unreachable(_) | Self::Unparseable => {
+                CloseCode::BAD_GATEWAY
+            }
+        }
+    }
+
+    /// Metric label of the outcome.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::RateLimited => "rate_limited",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::NotFound => "not_found",
+            Self::Rejected(_) => "rejected",
+            Self::ServerError(_) => "server_error",
+            Self::TimedOut => "timeout",
+            Self::Unreachable(_) => "unreachable",
+            Self::Unparseable => "unparseable",
+        }
+    }
+}
+
+/// Where routed events go: the shard that owns each section.
+pub trait DeliverySink {
+    fn deliver(&self, section: SectionId, delivery: Arc<Delivery>);
+}

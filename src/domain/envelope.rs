@@ -1,0 +1,241 @@
+//! Parsing one Kafka record into an [`EntityEvent`].
+//!
+//! Both upstream envelope versions are accepted (CONTRACT.md §1.4, §1.5):
+//! v2 `{event_type, entity_id, data}` on `mesa-ya.<domain>.events`, and v1
+//! `{action, entity, entityId?}` on `mesa-ya.<domain>.<verb>`. The entity kind
+//! always comes from the topic's domain segment; the action from `event_type`,
+//! else `action`, else the topic's last segment.
+
+use simd_json::BorrowedValue;
+use simd_json::prelude::*;
+
+use super::entity::{Action, EntityKey, EntityKind};
+use super::ids::{EntityId, SectionId};
+use super::timestamp;
+
+/// One entity change, parsed once on the ingest thread.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EntityEvent {
+    pub key: EntityKey,
+    pub action: Action,
+    /// The section the entity itself names: `id` for sections, `sectionId`
+    /// for tables and section-objects; `None` for the other kinds.
+    pub section_id: Option<SectionId>,
+    /// `objectId` of a section-object.
+    pub object_id: Option<EntityId>,
+    /// `tableId` of a reservation.
+    pub table_id: Option<EntityId>,
+    /// `updatedAt` in ms since the epoch, when present and well-formed.
+    pub updated_at: Option<i64>,
+    /// Ids of the `tables` a section carries (present on section deletes).
+    pub embedded_table_ids: Vec<EntityId>,
+    /// The entity object, re-encoded as JSON text (same keys and values;
+    /// key order is kept for objects of up to 32 keys).
+    pub payload: String,
+}
+
+/// Why a record was skipped. Each reason is a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    TooLarge,
+    NotJson,
+    UnknownTopic,
+    UnknownAction,
+    /// v1 `tables.selecting` / `tables.released`: unverified, client-supplied
+    /// hints, not entity changes (CONTRACT.md §1.5).
+    SelectionHint,
+    NoEntity,
+    NoId,
+}
+
+impl Rejection {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::TooLarge => "too_large",
+            Self::NotJson => "not_json",
+            Self::UnknownTopic => "unknown_topic",
+            Self::UnknownAction => "unknown_action",
+            Self::SelectionHint => "selection_hint",
+            Self::NoEntity => "no_entity",
+            Self::NoId => "no_id",
+        }
+    }
+}
+
+/// The entity kind and the verb (if any) a topic name carries.
+fn split_topic(topic: &str) -> Option<(EntityKind, &str)> {
+    let (rest, last) = topic.rsplit_once('.')?;
+    let domain = rest.rsplit('.').next()?;
+    Some((EntityKind::from_topic_domain(domain)?, last))
+}
+
+/// The verb of a v1 `action` such as `table.updated` (or a bare `updated`).
+fn verb_of(action: &str) -> &str {
+    action.rsplit('.').next().unwrap_or(action)
+}
+
+pub fn parse(topic: &str, record: &[u8], max_bytes: usize) -> Result<EntityEvent, Rejection> {
+    if record.len() > max_bytes {
+        return Err(Rejection::TooLarge);
+    }
+    let (kind, topic_verb) = split_topic(topic).ok_or(Rejection::UnknownTopic)?;
+    // simd-json parses in place; Kafka hands us a borrowed slice.
+    let mut buffer = record.to_vec();
+    let envelope = simd_json::to_borrowed_value(&mut buffer).map_err(|_| Rejection::NotJson)?;
+    if envelope.as_object().is_none() {
+        return Err(Rejection::NotJson);
+    }
+
+    let verb = envelope
+        .get_str("event_type")
+        .or_else(|| envelope.get_str("action").map(verb_of))
+        .unwrap_or(topic_verb);
+    let action = match Action::parse(verb) {
+        Some(action) => action,
+        None if matches!(verb, "selecting" | "released") => return Err(Rejection::SelectionHint),
+        None => return Err(Rejection::UnknownAction),
+    };
+
+    let entity = ["data", "entity"]
+        .into_iter()
+        .filter_map(|field| envelope.get(field))
+        .find(|value| value.is_object())
+        .ok_or(Rejection::NoEntity)?;
+
+    let id: EntityId = entity
+        .get_str("id")
+        .or_else(|| envelope.get_str("entity_id"))
+        .or_else(|| envelope.get_str("entityId"))
+        .filter(|id| !id.is_empty())
+        .ok_or(Rejection::NoId)?
+        .into();
+
+    let section_id = match kind {
+        EntityKind::Section => SectionId::parse(&id),
+        EntityKind::Table | EntityKind::SectionObject => {
+            entity.get_str("sectionId").and_then(SectionId::parse)
+        }
+        EntityKind::Object | EntityKind::Reservation => None,
+    };
+
+    Ok(EntityEvent {
+        key: EntityKey::new(kind, id),
+        action,
+        section_id,
+        object_id: entity.get_str("objectId").map(EntityId::from),
+        table_id: entity.get_str("tableId").map(EntityId::from),
+        updated_at: entity.get_str("updatedAt").and_then(timestamp::parse_millis),
+        embedded_table_ids: embedded_table_ids(entity),
+        payload: entity.encode(),
+    })
+}
+
+fn embedded_table_ids(entity: &BorrowedValue<'_>) -> Vec<EntityId> {
+    entity
+        .get_array("tables")
+        .map(|tables| {
+            tables
+                .iter()
+                .filter_map(|table| table.get_str("id"))
+                .map(EntityId::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECTION: &str = "5b0c7c1e-2f0a-4b7e-9a51-0d3c2b7e8f11";
+    const TABLE: &str = "9e1f6a3c-7d2b-4c55-8a0e-1b2c3d4e5f60";
+
+    fn parse_ok(topic: &str, json: &str) -> EntityEvent {
+        parse(topic, json.as_bytes(), 1 << 20).unwrap()
+    }
+
+    #[test]
+    fn v2_table_updated() {
+        let event = parse_ok(
+            "mesa-ya.tables.events",
+            r#"{"timestamp":"2026-01-10T16:00:00.500Z","event_type":"updated","entity_id":"9e1f6a3c-7d2b-4c55-8a0e-1b2c3d4e5f60",
+               "data":{"id":"9e1f6a3c-7d2b-4c55-8a0e-1b2c3d4e5f60","sectionId":"5b0c7c1e-2f0a-4b7e-9a51-0d3c2b7e8f11","number":1,"capacity":6,
+               "updatedAt":"2026-01-10T16:00:00.480Z"}}"#,
+        );
+        assert_eq!(event.key, EntityKey::new(EntityKind::Table, TABLE));
+        assert_eq!(event.action, Action::Updated);
+        assert_eq!(event.section_id, SectionId::parse(SECTION));
+        assert_eq!(event.updated_at, timestamp::parse_millis("2026-01-10T16:00:00.480Z"));
+        let payload: serde_json::Value = serde_json::from_str(&event.payload).unwrap();
+        assert_eq!(payload["capacity"], 6);
+    }
+
+    #[test]
+    fn payload_keeps_key_order() {
+        let event = parse_ok(
+            "mesa-ya.objects.events",
+            r#"{"event_type":"created","data":{"id":"o1","posX":40,"posY":5,"width":10,"imageId":"i","createdAt":"x"}}"#,
+        );
+        assert_eq!(
+            event.payload,
+            r#"{"id":"o1","posX":40,"posY":5,"width":10,"imageId":"i","createdAt":"x"}"#
+        );
+    }
+
+    #[test]
+    fn v1_section_updated_without_entity_id() {
+        let event = parse_ok(
+            "mesa-ya.sections.updated",
+            &format!(r#"{{"timestamp":"2025-12-01T18:22:05.431Z","action":"section.updated","entity":{{"id":"{SECTION}","name":"T"}}}}"#),
+        );
+        assert_eq!(event.key.kind, EntityKind::Section);
+        assert_eq!(event.action, Action::Updated);
+        assert_eq!(event.section_id, SectionId::parse(SECTION));
+    }
+
+    #[test]
+    fn v1_deleted_section_lists_its_tables() {
+        let event = parse_ok(
+            "mesa-ya.sections.deleted",
+            &format!(r#"{{"action":"section.deleted","entityId":"{SECTION}","entity":{{"id":"{SECTION}","tables":[{{"id":"{TABLE}"}}]}}}}"#),
+        );
+        assert_eq!(event.action, Action::Deleted);
+        assert_eq!(event.embedded_table_ids, vec![EntityId::from(TABLE)]);
+    }
+
+    #[test]
+    fn action_falls_back_to_topic_verb() {
+        let event = parse_ok("mesa-ya.reservations.created", r#"{"entity":{"id":"r1","tableId":"t1"}}"#);
+        assert_eq!(event.action, Action::Created);
+        assert_eq!(event.table_id.as_deref(), Some("t1"));
+    }
+
+    #[test]
+    fn v1_selection_hints_are_skipped() {
+        let record = format!(
+            r#"{{"entity":"tables","action":"selecting","resourceId":"{TABLE}","data":{{"tableId":"{TABLE}","sectionId":"{SECTION}"}}}}"#
+        );
+        assert_eq!(
+            parse("mesa-ya.tables.selecting", record.as_bytes(), 1 << 20),
+            Err(Rejection::SelectionHint)
+        );
+    }
+
+    #[test]
+    fn rejects_bad_records_with_a_reason() {
+        let cases: &[(&str, &str, Rejection)] = &[
+            ("mesa-ya.tables.events", "not json", Rejection::NotJson),
+            ("mesa-ya.tables.events", "[1,2]", Rejection::NotJson),
+            ("mesa-ya.menus.events", r#"{"event_type":"created","data":{"id":"m"}}"#, Rejection::UnknownTopic),
+            ("weird", r#"{}"#, Rejection::UnknownTopic),
+            ("mesa-ya.tables.events", r#"{"event_type":"status_changed","data":{"id":"t"}}"#, Rejection::UnknownAction),
+            ("mesa-ya.tables.events", r#"{"event_type":"created"}"#, Rejection::NoEntity),
+            ("mesa-ya.tables.events", r#"{"event_type":"created","data":"tables"}"#, Rejection::NoEntity),
+            ("mesa-ya.tables.events", r#"{"event_type":"created","data":{"sectionId":"x"}}"#, Rejection::NoId),
+        ];
+        for (topic, record, expected) in cases {
+            assert_eq!(parse(topic, record.as_bytes(), 1 << 20), Err(*expected), "{topic} {record}");
+        }
+        assert_eq!(parse("mesa-ya.tables.events", b"{}", 1), Err(Rejection::TooLarge));
+    }
+}

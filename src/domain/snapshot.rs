@@ -1,0 +1,108 @@
+//! The section snapshot: the body of the one REST call a connection makes.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::entity::{EntityKey, EntityKind};
+use super::frame::Frame;
+use super::ids::EntityId;
+use super::timestamp;
+
+/// A parsed snapshot: the frame to send first, and what the handoff needs to
+/// know about the entities it holds.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub frame: Frame,
+    /// `updatedAt` (ms) of each entity the snapshot holds: the section itself
+    /// and its `tables`.
+    pub versions: HashMap<EntityKey, i64>,
+    /// Ids of the section's tables, so reservations can be routed to it.
+    pub table_ids: Vec<EntityId>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("snapshot body is not a JSON object (optionally wrapped in {{\"data\": …}})")]
+pub struct UnparseableSnapshot;
+
+impl Snapshot {
+    /// Parses the API's body, removing Nest's `{"data": …}` envelope. The
+    /// payload bytes are passed through untouched.
+    pub fn parse(body: &[u8]) -> Result<Self, UnparseableSnapshot> {
+        #[derive(Deserialize)]
+        struct Envelope<'a> {
+            #[serde(borrow)]
+            data: Option<&'a RawValue>,
+        }
+        #[derive(Deserialize)]
+        struct Entity {
+            id: Option<String>,
+            #[serde(rename = "updatedAt")]
+            updated_at: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct Section {
+            #[serde(flatten)]
+            entity: Entity,
+            tables: Option<Vec<Entity>>,
+        }
+
+        let text = std::str::from_utf8(body).map_err(|_| UnparseableSnapshot)?;
+        let envelope: Envelope<'_> = serde_json::from_str(text).map_err(|_| UnparseableSnapshot)?;
+        let payload = envelope.data.map_or(text.trim(), RawValue::get);
+        let section: Section = serde_json::from_str(payload).map_err(|_| UnparseableSnapshot)?;
+
+        let mut versions = HashMap::new();
+        let mut record = |kind, entity: &Entity| {
+            if let (Some(id), Some(at)) = (&entity.id, &entity.updated_at) {
+                if let Some(millis) = timestamp::parse_millis(at) {
+                    versions.insert(EntityKey::new(kind, id.as_str()), millis);
+                }
+            }
+        };
+        record(EntityKind::Section, &section.entity);
+        let tables = section.tables.unwrap_or_default();
+        for table in &tables {
+            record(EntityKind::Table, table);
+        }
+        let table_ids = tables.into_iter().filter_map(|t| t.id).map(EntityId::from).collect();
+
+        Ok(Self { frame: Frame::snapshot(payload), versions, table_ids })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unwraps_nest_envelope_and_indexes_tables() {
+        let body = br#"{"data":{"id":"s1","name":"Terraza","updatedAt":"2026-01-10T15:04:05.101Z",
+            "tables":[{"id":"t1","sectionId":"s1","updatedAt":"2026-01-10T15:10:00.000Z"}]}}"#;
+        let snapshot = Snapshot::parse(body).unwrap();
+        let frame: serde_json::Value = serde_json::from_slice(snapshot.frame.utf8_bytes()).unwrap();
+        assert_eq!(frame["event"], "section.snapshot");
+        assert_eq!(frame["payload"]["name"], "Terraza");
+        assert!(frame["payload"].get("data").is_none());
+        assert_eq!(snapshot.table_ids, vec![EntityId::from("t1")]);
+        assert_eq!(
+            snapshot.versions.get(&EntityKey::new(EntityKind::Table, "t1")),
+            timestamp::parse_millis("2026-01-10T15:10:00.000Z").as_ref()
+        );
+        assert!(snapshot.versions.contains_key(&EntityKey::new(EntityKind::Section, "s1")));
+    }
+
+    #[test]
+    fn accepts_an_unwrapped_body() {
+        let snapshot = Snapshot::parse(br#"{"id":"s1"}"#).unwrap();
+        assert!(snapshot.table_ids.is_empty());
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        for body in [&b"<html>oops</html>"[..], b"", b"[1]", b"{\"data\":3}", b"\xff\xfe"] {
+            assert_eq!(Snapshot::parse(body).unwrap_err(), UnparseableSnapshot, "{body:?}");
+        }
+    }
+}
