@@ -7,4 +7,5 @@ pub mod delivery;
 pub mod hub;
 pub mod outbox;
 pub mod ports;
+pub mod readiness;
 pub mod router;

@@ -69,6 +69,11 @@ fn split_topic(topic: &str) -> Option<(EntityKind, &str)> {
     Some((EntityKind::from_topic_domain(domain)?, last))
 }
 
+/// The entity kind a topic carries, if it is one of ours.
+pub fn topic_kind(topic: &str) -> Option<EntityKind> {
+    split_topic(topic).map(|(kind, _)| kind)
+}
+
 /// The verb of a v1 `action` such as `table.updated` (or a bare `updated`).
 fn verb_of(action: &str) -> &str {
     action.rsplit('.').next().unwrap_or(action)

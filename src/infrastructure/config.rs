@@ -1,0 +1,275 @@
+//! Configuration from the environment (SPEC §1.5; names kept compatible with
+//! the earlier Go service). Any problem is one [`ConfigError`] that names the
+//! variable, and the process stops at start.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::application::outbox::QueueLimits;
+
+/// The default `KAFKA_TOPICS`: the v1 and v2 topics of every section-related
+/// domain (CONTRACT.md §1.3, §1.5).
+pub const DEFAULT_TOPICS: &str =
+    r"^mesa-ya\.(sections|tables|objects|section-objects|reservations)\.(events|created|updated|deleted)$";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("configuration error: {variable}: {problem}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub fn new(variable: &'static str, problem: impl Into<String>) -> Self {
+        Self { variable, problem: problem.into() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone)]
+pub struct JwtSettings {
+    pub secret: Option<String>,
+    pub public_key_pem: Option<String>,
+    pub issuer: Option<String>,
+    pub leeway: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    pub group_id_prefix: String,
+    /// Exact names and `^regex` patterns, as librdkafka takes them.
+    pub topics: Vec<String>,
+    pub max_record_bytes: usize,
+    /// librdkafka `fetch.wait.max.ms`: the longest an idle fetch waits, and
+    /// so the worst added latency on brokers that do not answer early.
+    pub fetch_wait_max: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    pub queue: QueueLimits,
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+    pub max_frame_bytes: usize,
+    /// Client messages allowed per second (sustained); bursts up to twice.
+    pub client_messages_per_second: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub host: IpAddr,
+    pub port: u16,
+    pub kafka: KafkaSettings,
+    pub jwt: JwtSettings,
+    pub allowed_roles: Vec<String>,
+    pub required_permission: Option<String>,
+    pub rest_base_url: String,
+    pub snapshot_path: String,
+    pub rest_timeout: Duration,
+    pub shards: usize,
+    pub session: SessionSettings,
+    pub drain_timeout: Duration,
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+/// Reads variables through `lookup`; empty values count as unset.
+struct Env<F>(F);
+
+impl<F: Fn(&str) -> Option<String>> Env<F> {
+    fn get(&self, name: &str) -> Option<String> {
+        (self.0)(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+    }
+
+    fn string(&self, name: &str, default: &str) -> String {
+        self.get(name).unwrap_or_else(|| default.to_string())
+    }
+
+    fn parsed<T: std::str::FromStr>(&self, name: &'static str, default: T, what: &str) -> Result<T, ConfigError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(raw) => raw.parse().map_err(|_| ConfigError::new(name, format!("expected {what}, got {raw:?}"))),
+        }
+    }
+
+    fn positive(&self, name: &'static str, default: usize) -> Result<usize, ConfigError> {
+        let value = self.parsed(name, default, "a positive integer")?;
+        if value == 0 {
+            return Err(ConfigError::new(name, "must be greater than 0"));
+        }
+        Ok(value)
+    }
+
+    fn duration(&self, name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+        let Some(raw) = self.get(name) else { return Ok(default) };
+        let duration = humantime::parse_duration(&raw)
+            .map_err(|e| ConfigError::new(name, format!("expected a duration like 5s or 800ms, got {raw:?} ({e})")))?;
+        if duration.is_zero() {
+            return Err(ConfigError::new(name, "must be longer than 0"));
+        }
+        Ok(duration)
+    }
+
+    fn list(&self, name: &str, default: &str) -> Vec<String> {
+        self.string(name, default)
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = Env(lookup);
+
+        let jwt = JwtSettings {
+            secret: env.get("JWT_SECRET"),
+            // PEM keys often travel through env files with literal `\n`s and
+            // surrounding quotes (as the Go service and Nest accepted).
+            public_key_pem: env
+                .get("JWT_PUBLIC_KEY")
+                .map(|pem| pem.trim_matches(|c| c == '"' || c == '\'').replace("\\n", "\n")),
+            issuer: env.get("JWT_ISSUER"),
+            leeway: env.duration("JWT_LEEWAY", Duration::from_secs(5))?,
+        };
+        if jwt.secret.is_none() && jwt.public_key_pem.is_none() {
+            return Err(ConfigError::new("JWT_SECRET", "set JWT_SECRET (HMAC) or JWT_PUBLIC_KEY (PEM); neither is set"));
+        }
+
+        let brokers = env.get("KAFKA_BROKERS").or_else(|| env.get("KAFKA_BROKER")).unwrap_or("localhost:9092".into());
+        let topics = env.list("KAFKA_TOPICS", DEFAULT_TOPICS);
+        if topics.is_empty() {
+            return Err(ConfigError::new("KAFKA_TOPICS", "names no topic"));
+        }
+        for topic in topics.iter().filter(|t| t.starts_with('^')) {
+            regex::Regex::new(topic)
+                .map_err(|e| ConfigError::new("KAFKA_TOPICS", format!("bad regex {topic:?}: {e}")))?;
+        }
+
+        let rest_base_url = env.string("REST_BASE_URL", "http://localhost:3000").trim_end_matches('/').to_string();
+        match rest_base_url.parse::<http::Uri>() {
+            Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => {}
+            Ok(uri) if uri.scheme_str() == Some("https") => {
+                return Err(ConfigError::new(
+                    "REST_BASE_URL",
+                    "https is not supported: reach the API over plain http inside the cluster (e.g. a sidecar or service address)",
+                ));
+            }
+            _ => return Err(ConfigError::new("REST_BASE_URL", format!("expected http://host[:port], got {rest_base_url:?}"))),
+        }
+        let snapshot_path = env.string("SECTION_SNAPSHOT_PATH", "/api/section/{id}");
+        if !snapshot_path.starts_with('/') || !snapshot_path.contains("{id}") {
+            return Err(ConfigError::new("SECTION_SNAPSHOT_PATH", format!("must start with / and contain {{id}}, got {snapshot_path:?}")));
+        }
+
+        let log_format = match env.string("LOG_FORMAT", "json").to_ascii_lowercase().as_str() {
+            "json" => LogFormat::Json,
+            "text" | "pretty" => LogFormat::Text,
+            other => return Err(ConfigError::new("LOG_FORMAT", format!("expected json or text, got {other:?}"))),
+        };
+        let log_level = env.string("LOG_LEVEL", "info");
+        tracing_subscriber::EnvFilter::try_new(&log_level)
+            .map_err(|e| ConfigError::new("LOG_LEVEL", format!("{log_level:?}: {e}")))?;
+
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(Self {
+            host: env.parsed("HOST", IpAddr::from([0, 0, 0, 0]), "an IP address")?,
+            port: env.parsed("PORT", 8080, "a port number")?,
+            kafka: KafkaSettings {
+                brokers,
+                group_id_prefix: env.string("KAFKA_GROUP_ID", "mesaya-realtime"),
+                topics,
+                max_record_bytes: env.positive("KAFKA_MAX_RECORD_BYTES", 1 << 20)?,
+                fetch_wait_max: env.duration("KAFKA_FETCH_WAIT_MAX", Duration::from_millis(100))?,
+            },
+            jwt,
+            allowed_roles: env.list("WS_ALLOWED_ROLES", "USER,OWNER,ADMIN"),
+            required_permission: env.get("WS_REQUIRED_PERMISSION"),
+            rest_base_url,
+            snapshot_path,
+            rest_timeout: env.duration("REST_TIMEOUT", Duration::from_secs(5))?,
+            shards: env.positive("SHARDS", cores)?,
+            session: SessionSettings {
+                queue: QueueLimits {
+                    max_frames: env.positive("WS_QUEUE_MAX_FRAMES", 1024)?,
+                    max_bytes: env.positive("WS_QUEUE_MAX_BYTES", 4 << 20)?,
+                },
+                ping_interval: env.duration("WS_PING_INTERVAL", Duration::from_secs(20))?,
+                pong_timeout: env.duration("WS_PONG_TIMEOUT", Duration::from_secs(10))?,
+                max_frame_bytes: env.positive("WS_MAX_FRAME_BYTES", 64 << 10)?,
+                client_messages_per_second: env.positive("WS_CLIENT_RATE", 10)? as u32,
+            },
+            drain_timeout: env.duration("DRAIN_TIMEOUT", Duration::from_secs(10))?,
+            log_level,
+            log_format,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+    }
+
+    #[test]
+    fn defaults_need_only_a_key() {
+        let config = config(&[("JWT_SECRET", "s3cret-s3cret-s3cret")]).unwrap();
+        assert_eq!(config.port, 8080);
+        assert_eq!(config.kafka.brokers, "localhost:9092");
+        assert_eq!(config.kafka.topics, vec![DEFAULT_TOPICS.to_string()]);
+        assert_eq!(config.allowed_roles, vec!["USER", "OWNER", "ADMIN"]);
+        assert_eq!(config.snapshot_path, "/api/section/{id}");
+        assert_eq!(config.rest_timeout, Duration::from_secs(5));
+        assert!(config.shards >= 1);
+    }
+
+    #[test]
+    fn go_service_names_are_accepted() {
+        let config = config(&[
+            ("JWT_PUBLIC_KEY", "\"-----BEGIN PUBLIC KEY-----\\nabc\\n-----END PUBLIC KEY-----\""),
+            ("KAFKA_BROKER", "a:1,b:2"),
+        ])
+        .unwrap();
+        assert_eq!(config.kafka.brokers, "a:1,b:2");
+        assert_eq!(config.jwt.public_key_pem.unwrap(), "-----BEGIN PUBLIC KEY-----\nabc\n-----END PUBLIC KEY-----");
+    }
+
+    #[test]
+    fn each_bad_value_names_its_variable() {
+        let key = ("JWT_SECRET", "k");
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[], "JWT_SECRET"),
+            (&[key, ("PORT", "eighty")], "PORT"),
+            (&[key, ("HOST", "::nope")], "HOST"),
+            (&[key, ("SHARDS", "0")], "SHARDS"),
+            (&[key, ("REST_TIMEOUT", "soon")], "REST_TIMEOUT"),
+            (&[key, ("REST_BASE_URL", "localhost:3000")], "REST_BASE_URL"),
+            (&[key, ("SECTION_SNAPSHOT_PATH", "/api/sections")], "SECTION_SNAPSHOT_PATH"),
+            (&[key, ("KAFKA_TOPICS", "^mesa-ya.(")], "KAFKA_TOPICS"),
+            (&[key, ("LOG_FORMAT", "xml")], "LOG_FORMAT"),
+            (&[key, ("LOG_LEVEL", "info,=[")], "LOG_LEVEL"),
+            (&[key, ("WS_QUEUE_MAX_FRAMES", "-1")], "WS_QUEUE_MAX_FRAMES"),
+        ];
+        for (vars, variable) in cases {
+            let error = config(vars).unwrap_err();
+            assert_eq!(error.variable, *variable, "{vars:?} gave {error}");
+            assert!(error.to_string().contains(variable));
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! The Kafka ingest: one thread, one rdkafka consumer, the router.
+//!
+//! Offsets are an explicit lifecycle here:
+//! 1. *Rebuild*: read every section-objects partition from its earliest
+//!    retained offset up to the high watermark seen at start, teaching the
+//!    router the object → section links made before this process started.
+//! 2. *Live*: join a group of our own (unique suffix, so every instance gets
+//!    every partition). On every assignment each partition gets an explicit
+//!    start: its resume point if we consumed it before (a rejoin after a
+//!    broker outage loses nothing), where the rebuild stopped for
+//!    section-objects, else its high watermark *queried now* (latest). The
+//!    consumer reports ready only after that, so an event produced once
+//!    `/readyz` says 200 is never skipped by a lazily resolved "latest".
+//! Nothing is committed: a restarted instance starts from latest again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{Offset, TopicPartitionList};
+use regex::Regex;
+
+use crate::application::ports::DeliverySink;
+use crate::application::readiness::Readiness;
+use crate::application::router::{EventRouter, LearnedTables};
+use crate::domain::entity::EntityKind;
+use crate::domain::envelope;
+use crate::telemetry::METRICS;
+
+use super::config::KafkaSettings;
+
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+const RETRY_DELAY: Duration = Duration::from_secs(2);
+
+type PartitionKey = (String, i32);
+
+/// `KAFKA_TOPICS`: exact names and `^regex` patterns.
+struct TopicSelection(Vec<Result<String, Regex>>);
+
+impl TopicSelection {
+    fn new(topics: &[String]) -> Self {
+        Self(
+            topics
+                .iter()
+                .map(|topic| match topic.strip_prefix('^') {
+                    // Validated at configuration time.
+                    Some(_) => Err(Regex::new(topic).expect("KAFKA_TOPICS regex validated by config")),
+                    None => Ok(topic.clone()),
+                })
+                .collect(),
+        )
+    }
+
+    fn selects(&self, topic: &str) -> bool {
+        self.0.iter().any(|entry| match entry {
+            Ok(name) => name == topic,
+            Err(pattern) => pattern.is_match(topic),
+        })
+    }
+}
+
+/// A record that was consumed but not delivered: logged and counted in one
+/// place.
+struct RecordSkipped<'a> {
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+    reason: &'static str,
+}
+
+impl RecordSkipped<'_> {
+    fn emit(self) {
+        METRICS.events_dropped.with_label_values(&[self.reason]).inc();
+        tracing::debug!(topic = self.topic, partition = self.partition, offset = self.offset, reason = self.reason, "record skipped");
+    }
+}
+
+pub struct KafkaIngest<S> {
+    settings: KafkaSettings,
+    group_id: String,
+    router: EventRouter,
+    sink: S,
+    learned_tables: Receiver<LearnedTables>,
+    readiness: Arc<Readiness>,
+    stop: Arc<AtomicBool>,
+}
+
+impl<S: DeliverySink> KafkaIngest<S> {
+    pub fn new(
+        settings: KafkaSettings,
+        sink: S,
+        learned_tables: Receiver<LearnedTables>,
+        readiness: Arc<Readiness>,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
+        let group_id = format!("{}-{}", settings.group_id_prefix, uuid::Uuid::new_v4().simple());
+        Self { settings, group_id, router: EventRouter::default(), sink, learned_tables, readiness, stop }
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Runs until `stop` is set. Broker trouble is retried, never fatal.
+    pub fn run(mut self) {
+        tracing::info!(group_id = %self.group_id, brokers = %self.settings.brokers, "kafka ingest starting");
+        let start_offsets = loop {
+            match self.rebuild_links() {
+                Ok(offsets) => break offsets,
+                Err(error) => {
+                    tracing::warn!(%error, "rebuilding section-object links failed; retrying");
+                    if self.sleep_unless_stopped(RETRY_DELAY) {
+                        return;
+                    }
+                }
+            }
+        };
+        self.readiness.set_links_rebuilt();
+        let (tables, links) = self.router.link_counts();
+        tracing::info!(section_object_links = links, table_links = tables, "section-object links rebuilt");
+
+        let consumer = loop {
+            match self.live_consumer(start_offsets.clone()) {
+                Ok(consumer) => break consumer,
+                Err(error) => {
+                    tracing::warn!(%error, "creating the kafka consumer failed; retrying");
+                    if self.sleep_unless_stopped(RETRY_DELAY) {
+                        return;
+                    }
+                }
+            }
+        };
+        while !self.stopped() {
+            for learned in self.learned_tables.try_iter() {
+                self.router.learn_tables(learned);
+            }
+            match consumer.poll(POLL_INTERVAL) {
+                None => {}
+                Some(Ok(message)) => {
+                    let payload = message.payload().unwrap_or_default();
+                    self.handle_record(message.topic(), message.partition(), message.offset(), payload);
+                    consumer.context().resume_after(message.topic(), message.partition(), message.offset());
+                }
+                Some(Err(error)) => tracing::warn!(%error, "kafka consumer error"),
+            }
+        }
+        self.readiness.set_assigned(false);
+        tracing::info!("kafka ingest stopped");
+    }
+
+    fn sleep_unless_stopped(&self, duration: Duration) -> bool {
+        let deadline = std::time::Instant::now() + duration;
+        while std::time::Instant::now() < deadline {
+            if self.stopped() {
+                return true;
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+        self.stopped()
+    }
+
+    fn handle_record(&mut self, topic: &str, partition: i32, offset: i64, payload: &[u8]) {
+        METRICS.events_consumed.inc();
+        let skipped = |reason| RecordSkipped { topic, partition, offset, reason }.emit();
+        let event = match envelope::parse(topic, payload, self.settings.max_record_bytes) {
+            Ok(event) => event,
+            Err(rejection) => return skipped(rejection.label()),
+        };
+        let sink = &self.sink;
+        match self.router.route(event, |section, delivery| sink.deliver(section, delivery)) {
+            Ok(sections) => METRICS.events_routed.inc_by(sections as u64),
+            Err(_) => skipped("no_section"),
+        }
+    }
+
+    fn client_config(&self, group_id: &str) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.settings.brokers)
+            .set("group.id", group_id)
+            .set("client.id", "mesaya-realtime")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "latest")
+            .set("allow.auto.create.topics", "false")
+            .set("log_level", "4");
+        config
+    }
+
+    /// Phase 1 of the offset lifecycle. Returns each section-objects
+    /// partition's high watermark: where the live consumer takes over.
+    fn rebuild_links(&mut self) -> KafkaResult<HashMap<PartitionKey, i64>> {
+        let consumer: BaseConsumer = self
+            .client_config(&format!("{}-rebuild", self.group_id))
+            .set("enable.partition.eof", "true")
+            .create()?;
+        let selection = TopicSelection::new(&self.settings.topics);
+        let metadata = consumer.fetch_metadata(None, METADATA_TIMEOUT)?;
+        let mut ends = HashMap::new();
+        let mut remaining = HashMap::new();
+        let mut assignment = TopicPartitionList::new();
+        for topic in metadata.topics() {
+            let name = topic.name();
+            if envelope::topic_kind(name) != Some(EntityKind::SectionObject) || !selection.selects(name) {
+                continue;
+            }
+            for partition in topic.partitions() {
+                let (low, high) = consumer.fetch_watermarks(name, partition.id(), METADATA_TIMEOUT)?;
+                ends.insert((name.to_string(), partition.id()), high);
+                if high > low {
+                    assignment.add_partition_offset(name, partition.id(), Offset::Beginning)?;
+                    remaining.insert((name.to_string(), partition.id()), high);
+                }
+            }
+        }
+        if remaining.is_empty() {
+            return Ok(ends);
+        }
+        consumer.assign(&assignment)?;
+        while !remaining.is_empty() && !self.stopped() {
+            match consumer.poll(POLL_INTERVAL) {
+                None => {}
+                Some(Ok(message)) => {
+                    if let Some(payload) = message.payload() {
+                        if let Ok(event) = envelope::parse(message.topic(), payload, self.settings.max_record_bytes) {
+                            self.router.learn_links(&event);
+                        }
+                    }
+                    let key = (message.topic().to_string(), message.partition());
+                    if remaining.get(&key).is_some_and(|&high| message.offset() + 1 >= high) {
+                        remaining.remove(&key);
+                    }
+                }
+                // EOF names only a partition number, so ask where each
+                // partition stands: compaction can leave the last offsets
+                // below the high watermark without a record.
+                Some(Err(KafkaError::PartitionEOF(_))) => {
+                    for element in consumer.position()?.elements() {
+                        let key = (element.topic().to_string(), element.partition());
+                        if let (Offset::Offset(position), Some(&high)) = (element.offset(), remaining.get(&key)) {
+                            if position >= high {
+                                remaining.remove(&key);
+                            }
+                        }
+                    }
+                }
+                Some(Err(error)) => return Err(error),
+            }
+        }
+        Ok(ends)
+    }
+
+    /// Phase 2: the group consumer that feeds the router.
+    fn live_consumer(&self, start_offsets: HashMap<PartitionKey, i64>) -> KafkaResult<BaseConsumer<IngestContext>> {
+        let context = IngestContext { readiness: Arc::clone(&self.readiness), resume_points: Mutex::new(start_offsets) };
+        let consumer: BaseConsumer<IngestContext> = self
+            .client_config(&self.group_id)
+            .set("statistics.interval.ms", "1000")
+            .set("fetch.wait.max.ms", &self.settings.fetch_wait_max.as_millis().to_string())
+            // Pick up topics created after start that match a regex.
+            .set("topic.metadata.refresh.interval.ms", "10000")
+            .create_with_context(context)?;
+        let topics: Vec<&str> = self.settings.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        Ok(consumer)
+    }
+}
+
+struct IngestContext {
+    readiness: Arc<Readiness>,
+    /// Next offset to read per partition: seeded by the rebuild, advanced
+    /// by every consumed record. Only the ingest thread touches it (record
+    /// handling and rebalance callbacks both run inside `poll`), so the lock
+    /// is never contended; rdkafka requires the context to be `Sync`.
+    resume_points: Mutex<HashMap<PartitionKey, i64>>,
+}
+
+impl IngestContext {
+    fn resume_after(&self, topic: &str, partition: i32, offset: i64) {
+        let mut points = self.resume_points.lock().unwrap_or_else(PoisonError::into_inner);
+        match points.get_mut(&(topic.to_string(), partition)) {
+            Some(point) => *point = offset + 1,
+            None => {
+                points.insert((topic.to_string(), partition), offset + 1);
+            }
+        }
+    }
+
+    fn start_offset(&self, consumer: &BaseConsumer<Self>, topic: &str, partition: i32) -> Offset {
+        let known = self.resume_points.lock().unwrap_or_else(PoisonError::into_inner).get(&(topic.to_string(), partition)).copied();
+        if let Some(offset) = known {
+            return Offset::Offset(offset);
+        }
+        match consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT) {
+            Ok((_, high)) => {
+                self.resume_points.lock().unwrap_or_else(PoisonError::into_inner).insert((topic.to_string(), partition), high);
+                Offset::Offset(high)
+            }
+            Err(error) => {
+                tracing::warn!(%error, topic, partition, "cannot resolve latest offset; starting at end");
+                Offset::End
+            }
+        }
+    }
+}
+
+impl ClientContext for IngestContext {
+    fn stats(&self, statistics: Statistics) {
+        let broker_up = statistics.brokers.values().any(|broker| broker.nodeid >= 0 && broker.state == "UP");
+        self.readiness.set_broker_up(broker_up);
+        for (topic, stats) in &statistics.topics {
+            for (partition, partition_stats) in &stats.partitions {
+                if *partition >= 0 && partition_stats.consumer_lag >= 0 {
+                    METRICS
+                        .consumer_lag
+                        .with_label_values(&[topic.as_str(), &partition.to_string()])
+                        .set(partition_stats.consumer_lag);
+                }
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.readiness.set_broker_up(false);
+        }
+        tracing::warn!(%error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for IngestContext {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, partitions: &mut TopicPartitionList) {
+        if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS {
+            if let Err(error) = consumer.unassign() {
+                tracing::warn!(%error, "unassign failed");
+            }
+            self.readiness.set_assigned(false);
+            tracing::info!(?err, "partitions revoked");
+            return;
+        }
+        let assigned: Vec<PartitionKey> =
+            partitions.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+        for (topic, partition) in &assigned {
+            let start = self.start_offset(consumer, topic, *partition);
+            if let Err(error) = partitions.set_partition_offset(topic, *partition, start) {
+                tracing::warn!(%error, topic, partition, "setting start offset failed");
+            }
+        }
+        match consumer.assign(partitions) {
+            Ok(()) => {
+                self.readiness.set_assigned(true);
+                tracing::info!(partitions = assigned.len(), "partitions assigned");
+            }
+            Err(error) => tracing::error!(%error, "assign failed"),
+        }
+    }
+}

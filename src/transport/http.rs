@@ -1,0 +1,170 @@
+//! The HTTP front: ops endpoints and the upgrade checks of SPEC §1.1,
+//! answered as plain HTTP before any WebSocket exists.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONNECTION, CONTENT_TYPE, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_PROTOCOL, UPGRADE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+use crate::application::authorize::Refusal;
+use crate::domain::ids::SectionId;
+use crate::telemetry::METRICS;
+
+use super::shard::{HandedOff, ServerContext, ShardMessage};
+use super::upgrade::{self, TokenSource};
+
+type Body = Full<Bytes>;
+
+/// Accepts until the shard stops. Accept errors (e.g. out of file
+/// descriptors) are logged and retried after a pause rather than spun on.
+pub async fn accept_loop(listener: TcpListener, ctx: Arc<ServerContext>, shard: usize) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _peer)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::task::spawn_local(serve_http(stream, Arc::clone(&ctx), shard));
+            }
+            Err(error) => {
+                tracing::warn!(%error, shard, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_http(stream: TcpStream, ctx: Arc<ServerContext>, shard: usize) {
+    let service = service_fn(move |request| {
+        let response = respond(request, &ctx, shard);
+        async move { Ok::<_, Infallible>(response) }
+    });
+    if let Err(error) = http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades()
+        .await
+    {
+        tracing::debug!(%error, "http connection ended with an error");
+    }
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, "text/plain; charset=utf-8".parse().expect("static header"));
+    response
+}
+
+fn respond(request: Request<Incoming>, ctx: &Arc<ServerContext>, shard: usize) -> Response<Body> {
+    let path = request.uri().path();
+    match (request.method(), path) {
+        (&Method::GET, "/healthz") => plain(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => {
+            let ready = ctx.readiness.is_ready() && !ctx.draining.load(Ordering::Acquire);
+            METRICS.kafka_ready.set(i64::from(ctx.readiness.is_ready()));
+            if ready { plain(StatusCode::OK, "ready\n") } else { plain(StatusCode::SERVICE_UNAVAILABLE, "not ready\n") }
+        }
+        (&Method::GET, "/metrics") => {
+            METRICS.kafka_ready.set(i64::from(ctx.readiness.is_ready()));
+            let mut response = Response::new(Full::new(Bytes::from(METRICS.render())));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8".parse().expect("static header"));
+            response
+        }
+        _ if path.starts_with("/ws/") => upgrade(request, ctx, shard),
+        _ => plain(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn refuse(status: StatusCode, why: &str, path: &str) -> Response<Body> {
+    METRICS.upgrades_refused.with_label_values(&[status.as_str()]).inc();
+    tracing::info!(status = status.as_u16(), why, path, "upgrade refused");
+    let text = match status {
+        StatusCode::BAD_REQUEST => "sectionId must be a UUID\n",
+        StatusCode::UNAUTHORIZED => "missing or invalid token\n",
+        StatusCode::FORBIDDEN => "token lacks an allowed role or the required permission\n",
+        StatusCode::UPGRADE_REQUIRED => "WebSocket upgrade required\n",
+        StatusCode::SERVICE_UNAVAILABLE => "server is shutting down\n",
+        _ => "not found\n",
+    };
+    let mut response = plain(status, text);
+    if status == StatusCode::UPGRADE_REQUIRED {
+        response.headers_mut().insert(UPGRADE, "websocket".parse().expect("static header"));
+    }
+    response
+}
+
+fn upgrade(mut request: Request<Incoming>, ctx: &Arc<ServerContext>, shard: usize) -> Response<Body> {
+    let path = upgrade::redacted_path(request.uri());
+    let Some(target) = upgrade::parse_target(request.uri(), request.headers()) else {
+        return refuse(StatusCode::NOT_FOUND, "unknown path", &path);
+    };
+    if ctx.draining.load(Ordering::Acquire) {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "draining", &path);
+    }
+    let Some(key) = upgrade::websocket_key(request.method(), request.headers()) else {
+        return refuse(StatusCode::UPGRADE_REQUIRED, "not a websocket upgrade", &path);
+    };
+    let accept_key = derive_accept_key(key);
+    let Some(section) = SectionId::parse(target.section) else {
+        return refuse(StatusCode::BAD_REQUEST, "sectionId is not a UUID", &path);
+    };
+    let token_source = target.token.as_ref().map(|(_, source)| *source);
+    let offers_bearer = target.offers_bearer;
+    let token = target.token.map(|(token, _)| token);
+    let claims = match ctx.authorizer.authorize(token.as_deref()) {
+        Ok(claims) => claims,
+        Err(Refusal::Unauthenticated(why)) => return refuse(StatusCode::UNAUTHORIZED, &why, &path),
+        Err(Refusal::Forbidden(denial)) => return refuse(StatusCode::FORBIDDEN, &format!("{denial:?}"), &path),
+    };
+    let token = token.expect("authorized requests carry a token");
+    tracing::info!(%section, sub = %claims.subject, token_source = token_source.map(TokenSource::label), shard, "upgrade accepted");
+
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let ctx = Arc::clone(ctx);
+    tokio::task::spawn_local(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(error) => return tracing::debug!(%error, "upgrade did not complete"),
+        };
+        // Take the raw socket back from hyper so that the owning shard can
+        // register it with its own reactor.
+        let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => parts,
+            Err(_) => return tracing::error!("upgraded connection is not a TCP stream"),
+        };
+        match parts.io.into_inner().into_std() {
+            Ok(stream) => ctx.shards.owner(section).send(ShardMessage::Adopt(Box::new(HandedOff {
+                stream,
+                read_buf: parts.read_buf,
+                section,
+                token,
+                claims,
+            }))),
+            Err(error) => tracing::warn!(%error, "could not detach the upgraded socket"),
+        }
+    });
+
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(UPGRADE, "websocket".parse().expect("static header"));
+    headers.insert(CONNECTION, "Upgrade".parse().expect("static header"));
+    headers.insert(SEC_WEBSOCKET_ACCEPT, accept_key.parse().expect("base64 is a valid header value"));
+    if offers_bearer {
+        headers.insert(SEC_WEBSOCKET_PROTOCOL, "bearer".parse().expect("static header"));
+    }
+    response
+}

@@ -1,0 +1,276 @@
+//! One client connection, from adoption to close: the snapshot call, the
+//! handoff, then a writer (this task) and a reader (a child task).
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
+
+use crate::application::outbox::Outbox;
+use crate::application::ports::SnapshotSource;
+use crate::application::router::LearnedTables;
+use crate::domain::frame::Frame;
+use crate::domain::protocol::{self, CloseCode};
+use crate::telemetry::METRICS;
+
+use super::rate::TokenBucket;
+use super::shard::{HandedOff, ShardState};
+
+type Sink = SplitSink<WebSocketStream<TcpStream>, Message>;
+
+/// How long a close handshake may take before the socket is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+const PONG: Frame = Frame::from_static(protocol::PONG_FRAME);
+
+fn text(frame: &Frame) -> Message {
+    // SAFETY: `Frame` is only ever built from `&str`, so its bytes are UTF-8;
+    // skipping re-validation keeps the shared bytes a refcount bump per client.
+    Message::Text(unsafe { Utf8Bytes::from_bytes_unchecked(frame.utf8_bytes().clone()) })
+}
+
+pub async fn run<S: SnapshotSource + 'static>(
+    state: Rc<ShardState<S>>,
+    handed_off: HandedOff,
+    outbox: Rc<Outbox>,
+    _session_guard: mpsc::Sender<()>,
+) {
+    let HandedOff { stream, read_buf, section, token, claims } = handed_off;
+    let shard_label = state.index.to_string();
+    let connections = METRICS.connections.with_label_values(&[&shard_label]);
+    connections.inc();
+    let span = tracing::info_span!("session", %section, shard = state.index, sub = %claims.subject);
+    let _entered = span.enter();
+
+    let result = async {
+        let stream = TcpStream::from_std(stream)?;
+        stream.set_nodelay(true)?;
+        let settings = &state.ctx.session;
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(settings.max_frame_bytes))
+            .max_frame_size(Some(settings.max_frame_bytes));
+        let socket = WebSocketStream::from_partially_read(stream, read_buf.to_vec(), Role::Server, Some(config)).await;
+        serve(&state, socket, &outbox, section, &token, claims.expires_at).await;
+        Ok::<(), std::io::Error>(())
+    }
+    .await;
+    if let Err(error) = result {
+        tracing::warn!(%error, "could not adopt the socket");
+    }
+    state.hub.borrow_mut().unsubscribe(section, &outbox);
+    connections.dec();
+}
+
+async fn serve<S: SnapshotSource>(
+    state: &ShardState<S>,
+    socket: WebSocketStream<TcpStream>,
+    outbox: &Rc<Outbox>,
+    section: crate::domain::ids::SectionId,
+    token: &str,
+    expires_at: Option<u64>,
+) {
+    let (mut sink, stream) = socket.split();
+    let mut shutdown = state.ctx.shutdown.clone();
+
+    // The one REST call of this connection. Events keep being held meanwhile.
+    let started = Instant::now();
+    let fetched = tokio::select! {
+        fetched = state.snapshots.fetch(section, token) => Some(fetched),
+        _ = shutdown.wait_for(|stopping| *stopping) => None,
+    };
+    let outcome = match &fetched {
+        Some(Ok(_)) => "ok",
+        Some(Err(error)) => error.label(),
+        None => "cancelled",
+    };
+    METRICS.snapshot_outcomes.with_label_values(&[outcome]).inc();
+    METRICS.snapshot_seconds.with_label_values(&[outcome]).observe(started.elapsed().as_secs_f64());
+    let snapshot = match fetched {
+        Some(Ok(snapshot)) => snapshot,
+        Some(Err(error)) => {
+            tracing::info!(%error, close = error.close_code().code, "snapshot failed");
+            return close(&mut sink, stream, error.close_code()).await;
+        }
+        None => return close(&mut sink, stream, CloseCode::GOING_AWAY).await,
+    };
+    // Teach the router which tables live here, for reservation routing.
+    let _ = state.ctx.learned_tables.send(LearnedTables { section, table_ids: snapshot.table_ids.clone() });
+    if sink.send(text(&snapshot.frame)).await.is_err() {
+        return;
+    }
+    METRICS.frames_sent.inc();
+    METRICS.handoff_skipped.inc_by(outbox.go_live(&snapshot) as u64);
+    drop(snapshot);
+    tracing::debug!("snapshot sent; live");
+
+    let heard = Rc::new(Cell::new(Instant::now()));
+    let reader = tokio::task::spawn_local(read_client(
+        stream,
+        Rc::clone(outbox),
+        Rc::clone(&heard),
+        state.ctx.session.client_messages_per_second,
+    ));
+    write_live(state, &mut sink, outbox, &heard, expires_at, shutdown, reader).await;
+}
+
+/// Writes queued frames until a close is requested or the peer goes away.
+async fn write_live<S>(
+    state: &ShardState<S>,
+    sink: &mut Sink,
+    outbox: &Outbox,
+    heard: &Cell<Instant>,
+    expires_at: Option<u64>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    mut reader: tokio::task::JoinHandle<()>,
+) {
+    let settings = &state.ctx.session;
+    let mut ping = tokio::time::interval_at(Instant::now() + settings.ping_interval, settings.ping_interval);
+    let expiry = sleep_until(expiry_instant(expires_at, state.ctx.token_leeway));
+    tokio::pin!(expiry);
+    let mut reader_done = false;
+    let mut shutting_down = false;
+
+    loop {
+        if !shutting_down && *shutdown.borrow_and_update() {
+            shutting_down = true;
+            outbox.request_close(CloseCode::GOING_AWAY, true);
+        }
+        if let Some(close) = outbox.close_request() {
+            if !close.after_drain || outbox.front().is_none() {
+                if close.code == CloseCode::SLOW_CONSUMER {
+                    tracing::info!("slow consumer closed");
+                }
+                let _ = tokio::time::timeout(CLOSE_GRACE, send_close(sink, close.code)).await;
+                if !reader_done {
+                    let _ = tokio::time::timeout(CLOSE_GRACE, &mut reader).await;
+                }
+                return;
+            }
+        }
+        if let Some(frame) = outbox.front() {
+            // `feed` only takes the message once it is buffered, so losing
+            // this race to a close request drops nothing that was queued.
+            tokio::select! {
+                biased;
+                fed = sink.feed(text(&frame)) => {
+                    if fed.is_err() { return; }
+                    outbox.pop_front();
+                    METRICS.frames_sent.inc();
+                }
+                _ = outbox.changed() => {}
+                _ = &mut reader, if !reader_done => reader_done = true,
+            }
+            continue;
+        }
+        if reader_done {
+            return; // the peer is gone and nothing asked for a close frame
+        }
+        tokio::select! {
+            biased;
+            flushed = sink.flush() => if flushed.is_err() { return },
+            _ = outbox.changed() => continue,
+            _ = &mut reader => { reader_done = true; continue }
+        }
+        tokio::select! {
+            _ = outbox.changed() => {}
+            _ = &mut reader => reader_done = true,
+            _ = shutdown.changed(), if !shutting_down => {}
+            _ = &mut expiry => outbox.request_close(CloseCode::TOKEN_EXPIRED, false),
+            _ = ping.tick() => {
+                if heard.get().elapsed() > settings.ping_interval + settings.pong_timeout {
+                    tracing::info!("peer stopped answering pings; dropping");
+                    return;
+                }
+                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn expiry_instant(expires_at: Option<u64>, leeway: Duration) -> Instant {
+    // A token without `exp` never verifies (it is a required claim); the far
+    // future keeps the type simple.
+    let Some(exp) = expires_at else { return Instant::now() + Duration::from_secs(86400 * 365) };
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let remaining = (exp + leeway.as_secs()).saturating_sub(now);
+    Instant::now() + Duration::from_secs(remaining)
+}
+
+async fn send_close(sink: &mut Sink, code: CloseCode) {
+    let frame = CloseFrame { code: code.code.into(), reason: code.reason.into() };
+    let _ = sink.send(Message::Close(Some(frame))).await;
+}
+
+/// Closes before the session went live (snapshot failed, shutdown).
+async fn close(sink: &mut Sink, mut stream: SplitStream<WebSocketStream<TcpStream>>, code: CloseCode) {
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        send_close(sink, code).await;
+        // Read until the peer's close so the socket closes cleanly.
+        while let Some(Ok(_)) = stream.next().await {}
+    })
+    .await;
+}
+
+async fn read_client(
+    mut stream: SplitStream<WebSocketStream<TcpStream>>,
+    outbox: Rc<Outbox>,
+    heard: Rc<Cell<Instant>>,
+    messages_per_second: u32,
+) {
+    let mut bucket = TokenBucket::new(messages_per_second);
+    let count = |kind: &str| METRICS.client_messages.with_label_values(&[kind]).inc();
+    while let Some(message) = stream.next().await {
+        heard.set(Instant::now());
+        let refusal = match message {
+            Ok(Message::Text(text)) => {
+                if !bucket.allow() {
+                    count("rate_limited");
+                    Some(CloseCode::POLICY_VIOLATION)
+                } else if protocol::is_application_ping(&text) {
+                    count("ping");
+                    outbox.push_control(PONG);
+                    None
+                } else {
+                    count("ignored");
+                    None
+                }
+            }
+            Ok(Message::Binary(_)) => {
+                count("binary");
+                Some(CloseCode::UNSUPPORTED_DATA)
+            }
+            Ok(Message::Close(_)) => break,
+            // Pings are answered by tungstenite; pongs only prove liveness.
+            Ok(_) => None,
+            Err(WsError::Capacity(_)) => {
+                count("too_large");
+                Some(CloseCode::TOO_LARGE)
+            }
+            Err(WsError::Utf8(_)) => {
+                count("invalid_utf8");
+                Some(CloseCode::INVALID_PAYLOAD)
+            }
+            Err(_) => break,
+        };
+        if let Some(code) = refusal {
+            outbox.request_close(code, false);
+            // Keep reading until the peer answers our close frame.
+            while let Some(Ok(message)) = stream.next().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+            return;
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Reading an upgrade request: the section, the token and its source
+//! (SPEC §1.1). The token is never logged; only its source is.
+
+use http::header::{AUTHORIZATION, CONNECTION, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, UPGRADE};
+use http::{HeaderMap, Method, Uri};
+
+const PREFIX: &str = "/ws/restaurant/";
+
+/// Where a token was found, in the order of precedence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenSource {
+    Path,
+    AuthorizationHeader,
+    Subprotocol,
+    Query,
+}
+
+impl TokenSource {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Path => "path",
+            Self::AuthorizationHeader => "authorization",
+            Self::Subprotocol => "subprotocol",
+            Self::Query => "query",
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct UpgradeTarget<'a> {
+    pub section: &'a str,
+    pub token: Option<(String, TokenSource)>,
+    /// The client offered the `bearer` subprotocol: we must answer with it.
+    pub offers_bearer: bool,
+}
+
+/// `Some` when the path is one of ours, whatever else is wrong with it.
+pub fn parse_target<'a>(uri: &'a Uri, headers: &HeaderMap) -> Option<UpgradeTarget<'a>> {
+    let rest = uri.path().strip_prefix(PREFIX)?;
+    let (section, path_token) = match rest.split_once('/') {
+        Some((section, token)) if !token.contains('/') => (section, Some(token).filter(|t| !t.is_empty())),
+        Some(_) => return None,
+        None => (rest, None),
+    };
+    let offered = subprotocols(headers);
+    let offers_bearer = offered.first().is_some_and(|p| p.eq_ignore_ascii_case("bearer"));
+    let token = path_token
+        .map(|t| (t.to_string(), TokenSource::Path))
+        .or_else(|| bearer_header(headers).map(|t| (t, TokenSource::AuthorizationHeader)))
+        .or_else(|| offers_bearer.then(|| offered.get(1).map(|t| (t.clone(), TokenSource::Subprotocol))).flatten())
+        .or_else(|| query_token(uri).map(|t| (t, TokenSource::Query)));
+    Some(UpgradeTarget { section, token, offers_bearer })
+}
+
+fn bearer_header(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string()).filter(|t| !t.is_empty())
+}
+
+fn subprotocols(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+fn query_token(uri: &Uri) -> Option<String> {
+    uri.query()?
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(name, _)| *name == "token")
+        .map(|(_, value)| value.to_string())
+        .filter(|t| !t.is_empty())
+}
+
+/// The handshake key when this is a WebSocket upgrade (RFC 6455 §4.2.1).
+pub fn websocket_key<'h>(method: &Method, headers: &'h HeaderMap) -> Option<&'h [u8]> {
+    let has_token = |name, wanted: &str| {
+        headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|t| t.trim().eq_ignore_ascii_case(wanted))
+    };
+    let ok = method == Method::GET
+        && has_token(CONNECTION, "upgrade")
+        && has_token(UPGRADE, "websocket")
+        && headers.get(SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
+    ok.then(|| headers.get(SEC_WEBSOCKET_KEY).map(|k| k.as_bytes())).flatten()
+}
+
+/// The path as it may be logged: the token segment replaced.
+pub fn redacted_path(uri: &Uri) -> String {
+    match uri.path().strip_prefix(PREFIX).and_then(|rest| rest.split_once('/')) {
+        Some((section, _)) => format!("{PREFIX}{section}/<redacted>"),
+        None => uri.path().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn target(uri: &str, headers: &[(http::HeaderName, &str)]) -> Option<(String, Option<(String, TokenSource)>, bool)> {
+        let uri: Uri = uri.parse().unwrap();
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.append(name.clone(), HeaderValue::from_str(value).unwrap());
+        }
+        parse_target(&uri, &map).map(|t| (t.section.to_string(), t.token, t.offers_bearer))
+    }
+
+    #[test]
+    fn finds_the_token_in_precedence_order() {
+        let all = [(AUTHORIZATION, "Bearer from-header"), (SEC_WEBSOCKET_PROTOCOL, "bearer, from-protocol")];
+        let (section, token, offers) = target("/ws/restaurant/s1/from-path?token=from-query", &all).unwrap();
+        assert_eq!(section, "s1");
+        assert_eq!(token, Some(("from-path".into(), TokenSource::Path)));
+        assert!(offers);
+        assert_eq!(target("/ws/restaurant/s1?token=q", &all).unwrap().1, Some(("from-header".into(), TokenSource::AuthorizationHeader)));
+        assert_eq!(target("/ws/restaurant/s1?token=q", &all[1..]).unwrap().1, Some(("from-protocol".into(), TokenSource::Subprotocol)));
+        assert_eq!(target("/ws/restaurant/s1?a=b&token=q", &[]).unwrap().1, Some(("q".into(), TokenSource::Query)));
+        assert_eq!(target("/ws/restaurant/s1", &[(AUTHORIZATION, "Basic abc")]).unwrap().1, None);
+    }
+
+    #[test]
+    fn only_our_paths_match() {
+        assert!(target("/ws/restaurant/s1/t/extra", &[]).is_none());
+        assert!(target("/ws/other/s1", &[]).is_none());
+        assert_eq!(target("/ws/restaurant/s1/", &[]).unwrap().1, None);
+    }
+
+    #[test]
+    fn redacts_path_tokens() {
+        assert_eq!(redacted_path(&"/ws/restaurant/s1/secret.jwt".parse().unwrap()), "/ws/restaurant/s1/<redacted>");
+        assert_eq!(redacted_path(&"/ws/restaurant/s1".parse().unwrap()), "/ws/restaurant/s1");
+    }
+
+    #[test]
+    fn recognises_websocket_upgrades() {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        assert_eq!(websocket_key(&Method::GET, &headers), None, "no key");
+        headers.insert(SEC_WEBSOCKET_KEY, HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(websocket_key(&Method::GET, &headers).is_some());
+        assert_eq!(websocket_key(&Method::POST, &headers), None);
+    }
+}

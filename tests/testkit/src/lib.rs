@@ -1,0 +1,21 @@
+//! Test toolkit for `mesaya-realtime`.
+//!
+//! Everything here is real: a Kafka-protocol broker process ([`broker`], tansu), an HTTP server
+//! standing in for the MesaYa Nest API ([`api`]), the gateway binary itself ([`gateway`]) and
+//! WebSocket clients ([`ws`]). Waiting is always bounded polling on a condition ([`wait`]), and
+//! everything binds or connects to 127.0.0.1 only.
+//!
+//! Processes (tansu, the gateway) log to files under `$TMPDIR/mesaya-testkit/`; a file is removed
+//! when its owner is dropped normally and kept (its path printed) when the test is panicking.
+
+pub mod api;
+pub mod broker;
+pub mod client;
+pub mod fixtures;
+pub mod gateway;
+pub mod producer;
+pub mod tokens;
+pub mod wait;
+pub mod ws;
+
+mod process;
