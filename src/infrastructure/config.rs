@@ -154,8 +154,13 @@ impl Config {
             return Err(ConfigError::new("KAFKA_TOPICS", "names no topic"));
         }
         for topic in topics.iter().filter(|t| t.starts_with('^')) {
-            regex::Regex::new(topic)
-                .map_err(|e| ConfigError::new("KAFKA_TOPICS", format!("bad regex {topic:?}: {e}")))?;
+            regex::Regex::new(topic).map_err(|e| {
+                // A syntax error draws a caret diagram over several lines; the
+                // process reports one line, so keep only the final `error: …`.
+                let text = e.to_string();
+                let why = text.lines().last().unwrap_or_default().trim().trim_start_matches("error: ");
+                ConfigError::new("KAFKA_TOPICS", format!("bad regex {topic:?}: {why}"))
+            })?;
         }
 
         let rest_base_url = env.string("REST_BASE_URL", "http://localhost:3000").trim_end_matches('/').to_string();
@@ -270,6 +275,7 @@ mod tests {
             let error = config(vars).unwrap_err();
             assert_eq!(error.variable, *variable, "{vars:?} gave {error}");
             assert!(error.to_string().contains(variable));
+            assert_eq!(error.to_string().lines().count(), 1, "one line: {error}");
         }
     }
 }

@@ -36,9 +36,13 @@ fn validation(algorithms: &[Algorithm], settings: &JwtSettings) -> Validation {
     validation.leeway = settings.leeway.as_secs();
     validation.validate_nbf = true;
     validation.validate_aud = false;
-    validation.set_required_spec_claims(&["exp", "sub"]);
     if let Some(issuer) = &settings.issuer {
         validation.set_issuer(&[issuer]);
+        // jsonwebtoken checks `iss` only when the token has one, so a token
+        // without it would pass: with JWT_ISSUER set it must be present too.
+        validation.set_required_spec_claims(&["exp", "sub", "iss"]);
+    } else {
+        validation.set_required_spec_claims(&["exp", "sub"]);
     }
     validation
 }
@@ -139,6 +143,9 @@ mod tests {
         assert!(!ok(serde_json::json!({"nbf": now() + 60})));
         assert!(!ok(serde_json::json!({"iss": "someone-else"})));
         assert!(verifier.verify(&token(Algorithm::HS256, serde_json::json!({"sub": "u", "iss": "mesaYA-auth"}))).is_err(), "exp is required");
+        assert!(verifier.verify(&token(Algorithm::HS256, serde_json::json!({"sub": "u", "exp": now() + 60}))).is_err(), "iss is required when configured");
+        let open = JwtVerifier::new(&settings(None)).unwrap();
+        assert!(open.verify(&token(Algorithm::HS256, serde_json::json!({"sub": "u", "exp": now() + 60}))).is_ok(), "and only then");
     }
 
     #[test]

@@ -141,9 +141,7 @@ impl<S: DeliverySink> KafkaIngest<S> {
             }
         };
         while !self.stopped() {
-            for learned in self.learned_tables.try_iter() {
-                self.router.learn_tables(learned);
-            }
+            self.learn_tables();
             match consumer.poll(POLL_INTERVAL) {
                 None => {}
                 Some(Ok(message)) => {
@@ -169,8 +167,21 @@ impl<S: DeliverySink> KafkaIngest<S> {
         self.stopped()
     }
 
+    /// Tables that snapshots showed, reported by the shards.
+    fn learn_tables(&mut self) {
+        for learned in self.learned_tables.try_iter() {
+            self.router.learn_tables(learned);
+        }
+    }
+
     fn handle_record(&mut self, topic: &str, partition: i32, offset: i64, payload: &[u8]) {
         METRICS.events_consumed.inc();
+        // Again per record, not only between polls: `poll` may block for a
+        // whole interval and then return a reservation published right after
+        // a client got a snapshot naming its table. A shard reports the
+        // tables before it writes the snapshot frame, so draining here routes
+        // every record consumed after that frame was seen.
+        self.learn_tables();
         let skipped = |reason| RecordSkipped { topic, partition, offset, reason }.emit();
         let event = match envelope::parse(topic, payload, self.settings.max_record_bytes) {
             Ok(event) => event,
@@ -320,11 +331,15 @@ impl ClientContext for IngestContext {
         self.readiness.set_broker_up(broker_up);
         for (topic, stats) in &statistics.topics {
             for (partition, partition_stats) in &stats.partitions {
-                if *partition >= 0 && partition_stats.consumer_lag >= 0 {
+                // librdkafka's own `consumer_lag` is measured from committed
+                // offsets, and we commit none: measure from what we consumed
+                // (`app_offset`), or from where fetching resumes before that.
+                let position = [partition_stats.app_offset, partition_stats.next_offset].into_iter().find(|&o| o >= 0);
+                if let (true, Some(position)) = (*partition >= 0 && partition_stats.hi_offset >= 0, position) {
                     METRICS
                         .consumer_lag
                         .with_label_values(&[topic.as_str(), &partition.to_string()])
-                        .set(partition_stats.consumer_lag);
+                        .set((partition_stats.hi_offset - position).max(0));
                 }
             }
         }

@@ -5,10 +5,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use mesaya_testkit::api::{SNAPSHOT_PATH, StandInApi};
+use mesaya_testkit::api::StandInApi;
 use mesaya_testkit::broker::Broker;
 use mesaya_testkit::fixtures;
-use mesaya_testkit::gateway::Gateway;
+use mesaya_testkit::gateway::{self, Gateway};
 use mesaya_testkit::producer::EventProducer;
 use mesaya_testkit::tokens::TokenBuilder;
 use mesaya_testkit::ws::WsClient;
@@ -42,15 +42,9 @@ pub struct Stack {
 /// The environment a gateway of this stack runs with, plus `extra`
 /// (which wins over the defaults).
 pub fn gateway_env(broker: &Broker, api: &StandInApi, extra: &[(&str, String)]) -> Vec<(&'static str, String)> {
-    let mut env: Vec<(&'static str, String)> = vec![
-        ("KAFKA_BROKERS", broker.bootstrap()),
-        ("REST_BASE_URL", api.base_url()),
-        ("SECTION_SNAPSHOT_PATH", SNAPSHOT_PATH.to_string()),
-        ("JWT_SECRET", SECRET.to_string()),
-        ("SHARDS", "2".to_string()),
-        ("KAFKA_FETCH_WAIT_MAX", "10ms".to_string()),
-        ("LOG_LEVEL", "info,mesaya_realtime=debug".to_string()),
-    ];
+    let mut env = gateway::wiring(broker, api, SECRET);
+    env.push(("SHARDS", "2".to_string()));
+    env.push(("LOG_LEVEL", "info,mesaya_realtime=debug".to_string()));
     for (name, value) in extra {
         env.retain(|(existing, _)| existing != name);
         let name: &'static str = Box::leak(name.to_string().into_boxed_str());

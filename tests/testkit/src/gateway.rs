@@ -13,12 +13,27 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::api::{SNAPSHOT_PATH, StandInApi};
+use crate::broker::Broker;
 use crate::client;
 use crate::process::{LogFile, free_port};
 use crate::wait::POLL_INTERVAL;
 
 /// Lines of the log quoted in panic messages.
 const LOG_TAIL: usize = 40;
+
+/// The variables that point a gateway at `broker` and `api`, with the HMAC
+/// key `secret`. Fetch waits are short because tansu does not answer idle
+/// fetches early: librdkafka's default would add up to 500 ms per event.
+pub fn wiring(broker: &Broker, api: &StandInApi, secret: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("KAFKA_BROKERS", broker.bootstrap()),
+        ("REST_BASE_URL", api.base_url()),
+        ("SECTION_SNAPSHOT_PATH", SNAPSHOT_PATH.to_string()),
+        ("JWT_SECRET", secret.to_string()),
+        ("KAFKA_FETCH_WAIT_MAX", "10ms".to_string()),
+    ]
+}
 
 /// A running gateway process. Dropping it kills the process.
 pub struct Gateway {
