@@ -135,4 +135,39 @@ mod tests {
         assert_eq!(client.close_request().unwrap().code, CloseCode::NORMAL);
         assert_eq!(hub.deliver(section, &delivery("x", false)), DeliveryReport::default());
     }
+
+    /// SPEC §3: a shard writes the same bytes to every subscriber. Routed
+    /// end to end: one object event, linked to two sections with three
+    /// clients between them, queues one buffer for all three.
+    #[test]
+    fn every_subscriber_gets_the_same_frame_bytes() {
+        use crate::application::router::EventRouter;
+        use crate::domain::envelope;
+
+        const S2: &str = "22222222-2222-4222-8222-222222222222";
+        let parse = |topic: &str, json: serde_json::Value| envelope::parse(topic, json.to_string().as_bytes(), 1 << 20).unwrap();
+        let mut router = EventRouter::default();
+        for (link, sec) in [("so1", S1), ("so2", S2)] {
+            let data = serde_json::json!({"id": link, "sectionId": sec, "objectId": "o1"});
+            router.route(parse("mesa-ya.section-objects.events", serde_json::json!({"event_type": "created", "data": data})), |_, _| {}).unwrap();
+        }
+
+        let mut hub = SectionHub::default();
+        let clients = [(S1, live_outbox(10)), (S1, live_outbox(10)), (S2, live_outbox(10))];
+        for (sec, outbox) in &clients {
+            hub.subscribe(SectionId::parse(sec).unwrap(), Rc::clone(outbox));
+        }
+        let object = serde_json::json!({"event_type": "updated", "data": {"id": "o1", "posX": 3}});
+        let mut queued = 0;
+        router.route(parse("mesa-ya.objects.events", object), |section, delivery| queued += hub.deliver(section, &delivery).queued).unwrap();
+        assert_eq!(queued, 3);
+
+        let frames: Vec<Frame> = clients.iter().map(|(_, outbox)| outbox.front().expect("queued")).collect();
+        let text: serde_json::Value = serde_json::from_slice(frames[0].utf8_bytes()).unwrap();
+        assert_eq!(text["event"], "object.updated");
+        for frame in &frames[1..] {
+            assert_eq!(frame.utf8_bytes().as_ptr(), frames[0].utf8_bytes().as_ptr(), "same buffer, not a copy");
+            assert_eq!(frame.len(), frames[0].len());
+        }
+    }
 }

@@ -301,4 +301,27 @@ mod tests {
         let mut router = EventRouter::default();
         assert_eq!(route(&mut router, v2("tables", "updated", serde_json::json!({"id": "t"}))), Err(Unroutable));
     }
+
+    /// SPEC §3: the frame is built once per event, not once per section.
+    #[test]
+    fn one_delivery_is_shared_by_every_section_an_object_reaches() {
+        let mut router = EventRouter::default();
+        for (link, sec) in [("so1", S1), ("so2", S2)] {
+            let data = serde_json::json!({"id": link, "sectionId": sec, "objectId": "o1"});
+            route(&mut router, v2("section-objects", "created", data)).unwrap();
+        }
+        let mut delivered: Vec<(SectionId, Arc<Delivery>)> = Vec::new();
+        let reached = router
+            .route(v2("objects", "updated", serde_json::json!({"id": "o1", "posX": 3})), |section, delivery| {
+                delivered.push((section, delivery))
+            })
+            .unwrap();
+        assert_eq!(reached, 2);
+        let mut sections: Vec<SectionId> = delivered.iter().map(|(section, _)| *section).collect();
+        sections.sort();
+        assert_eq!(sections, vec![section(S1), section(S2)]);
+        let (first, second) = (&delivered[0].1, &delivered[1].1);
+        assert!(Arc::ptr_eq(first, second), "one Arc<Delivery> for both sections");
+        assert_eq!(first.frame.utf8_bytes().as_ptr(), second.frame.utf8_bytes().as_ptr());
+    }
 }

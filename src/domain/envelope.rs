@@ -188,6 +188,14 @@ mod tests {
     }
 
     #[test]
+    fn integers_beyond_64_bits_do_not_drop_the_record() {
+        // JavaScript writes integers up to 1e21 without an exponent.
+        let event = parse_ok("mesa-ya.objects.events", r#"{"event_type":"updated","data":{"id":"o","posX":123456789012345678901}}"#);
+        let payload: serde_json::Value = serde_json::from_str(&event.payload).unwrap();
+        assert_eq!(payload["posX"].as_f64(), Some(123456789012345678901.0));
+    }
+
+    #[test]
     fn v1_section_updated_without_entity_id() {
         let event = parse_ok(
             "mesa-ya.sections.updated",

@@ -8,9 +8,9 @@ use std::time::Duration;
 use crate::application::outbox::QueueLimits;
 
 /// The default `KAFKA_TOPICS`: the v1 and v2 topics of every section-related
-/// domain (CONTRACT.md §1.3, §1.5).
-pub const DEFAULT_TOPICS: &str =
-    r"^mesa-ya\.(sections|tables|objects|section-objects|reservations)\.(events|created|updated|deleted)$";
+/// domain (CONTRACT.md §1.3, §1.5), including the v1 `tables.selecting` /
+/// `tables.released` hints, so that they are counted as skipped (SPEC §2.3).
+pub const DEFAULT_TOPICS: &str = r"^mesa-ya\.(sections|tables|objects|section-objects|reservations)\.(events|created|updated|deleted|selecting|released)$";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("configuration error: {variable}: {problem}")]

@@ -118,7 +118,13 @@ async fn serve<S: SnapshotSource>(
         Rc::clone(&heard),
         state.ctx.session.client_messages_per_second,
     ));
+    // Dropping a JoinHandle detaches the task: a reader still waiting on a
+    // peer that went silent (no pongs, full socket) would keep the socket
+    // open, and the outbox alive, until that peer sent something — for a
+    // dead peer, never. The session is over once the writer is: end it too.
+    let reader_abort = reader.abort_handle();
     write_live(state, &mut sink, outbox, &heard, expires_at, shutdown, reader).await;
+    reader_abort.abort();
 }
 
 /// Writes queued frames until a close is requested or the peer goes away.
