@@ -204,7 +204,14 @@ async fn run(
             Some(outcome)
         }
     };
-    RunReport { a, b, expected_a: expected_a * load.readers, expected_b: expected_b * load.readers, peak_rss_kib, stalled_close }
+    RunReport {
+        a,
+        b,
+        expected_a: expected_a * load.readers,
+        expected_b: expected_b * load.readers,
+        peak_rss_kib,
+        stalled_close,
+    }
 }
 
 fn main() {
@@ -250,7 +257,9 @@ fn main() {
             }
         }
         let (_, metrics) = gateway.get("/metrics").await;
-        for line in metrics.lines().filter(|l| l.starts_with("mesaya_slow_consumer_closes_total") || l.starts_with("mesaya_frames_conflated_total")) {
+        for line in metrics.lines().filter(|l| {
+            l.starts_with("mesaya_slow_consumer_closes_total") || l.starts_with("mesaya_frames_conflated_total")
+        }) {
             println!("  {line}");
         }
         println!("gateway RSS at end: {} KiB", rss_kib(gateway.pid()).unwrap_or(0));

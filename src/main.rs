@@ -91,7 +91,8 @@ fn run(config: Config, verifier: JwtVerifier, listener: std::net::TcpListener) -
 
     let mut shard_threads = Vec::new();
     for (index, inbox) in inboxes.into_iter().enumerate() {
-        let (base_url, path, timeout) = (config.rest_base_url.clone(), config.snapshot_path.clone(), config.rest_timeout);
+        let (base_url, path, timeout) =
+            (config.rest_base_url.clone(), config.snapshot_path.clone(), config.rest_timeout);
         shard_threads.push(shard::spawn(index, inbox, listener.try_clone()?, Arc::clone(&ctx), move || {
             HttpSnapshotSource::new(&base_url, &path, timeout)
         })?);

@@ -5,8 +5,7 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -60,24 +59,57 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(snapshot_seconds.clone())).expect("unique metric");
-        let kafka_ready = IntGauge::new("mesaya_kafka_ready", "1 when the consumer is connected and assigned")
-            .expect("valid metric");
+        let kafka_ready =
+            IntGauge::new("mesaya_kafka_ready", "1 when the consumer is connected and assigned").expect("valid metric");
         r.register(Box::new(kafka_ready.clone())).expect("unique metric");
         Self {
             connections: gauge_vec(&r, "mesaya_connections", "Open WebSocket connections", &["shard"]),
-            upgrades_refused: counter_vec(&r, "mesaya_upgrades_refused_total", "Upgrades answered with an HTTP error", &["status"]),
+            upgrades_refused: counter_vec(
+                &r,
+                "mesaya_upgrades_refused_total",
+                "Upgrades answered with an HTTP error",
+                &["status"],
+            ),
             events_consumed: counter(&r, "mesaya_events_consumed_total", "Kafka records consumed"),
             events_routed: counter(&r, "mesaya_events_routed_total", "(event, section) deliveries sent to shards"),
             events_dropped: counter_vec(&r, "mesaya_events_dropped_total", "Kafka records skipped", &["reason"]),
             frames_sent: counter(&r, "mesaya_frames_sent_total", "Text frames written to clients"),
-            frames_conflated: counter(&r, "mesaya_frames_conflated_total", "Queued frames replaced by a newer state of the same entity"),
+            frames_conflated: counter(
+                &r,
+                "mesaya_frames_conflated_total",
+                "Queued frames replaced by a newer state of the same entity",
+            ),
             slow_consumer_closes: counter(&r, "mesaya_slow_consumer_closes_total", "Clients closed with 4408"),
             snapshot_seconds,
-            snapshot_outcomes: counter_vec(&r, "mesaya_snapshot_outcomes_total", "Snapshot calls by outcome", &["outcome"]),
-            handoff_skipped: counter(&r, "mesaya_handoff_skipped_total", "Held events not sent because the snapshot already had them"),
-            consumer_lag: gauge_vec(&r, "mesaya_kafka_consumer_lag", "Messages behind the high watermark", &["topic", "partition"]),
-            shard_mailbox_pushed: counter_vec(&r, "mesaya_shard_mailbox_pushed_total", "Messages sent to a shard", &["shard"]),
-            shard_mailbox_popped: counter_vec(&r, "mesaya_shard_mailbox_popped_total", "Messages a shard handled", &["shard"]),
+            snapshot_outcomes: counter_vec(
+                &r,
+                "mesaya_snapshot_outcomes_total",
+                "Snapshot calls by outcome",
+                &["outcome"],
+            ),
+            handoff_skipped: counter(
+                &r,
+                "mesaya_handoff_skipped_total",
+                "Held events not sent because the snapshot already had them",
+            ),
+            consumer_lag: gauge_vec(
+                &r,
+                "mesaya_kafka_consumer_lag",
+                "Messages behind the high watermark",
+                &["topic", "partition"],
+            ),
+            shard_mailbox_pushed: counter_vec(
+                &r,
+                "mesaya_shard_mailbox_pushed_total",
+                "Messages sent to a shard",
+                &["shard"],
+            ),
+            shard_mailbox_popped: counter_vec(
+                &r,
+                "mesaya_shard_mailbox_popped_total",
+                "Messages a shard handled",
+                &["shard"],
+            ),
             router_links: gauge_vec(&r, "mesaya_router_links", "Links the router knows", &["kind"]),
             client_messages: counter_vec(&r, "mesaya_client_messages_total", "Frames received from clients", &["kind"]),
             kafka_ready,
@@ -87,9 +119,7 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buffer)
-            .expect("text encoding into a Vec cannot fail");
+        TextEncoder::new().encode(&self.registry.gather(), &mut buffer).expect("text encoding into a Vec cannot fail");
         String::from_utf8(buffer).expect("Prometheus text is UTF-8")
     }
 }

@@ -11,15 +11,13 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures_util::future::join_all;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use mesaya_testkit::api::{Reply, StandInApi};
 use mesaya_testkit::broker::Broker;
 use mesaya_testkit::fixtures::{self, v2};
 use mesaya_testkit::gateway::Gateway;
 use mesaya_testkit::producer::EventProducer;
 use mesaya_testkit::tokens::{EC_PUBLIC_PEM, ISSUER, RSA_PUBLIC_PEM, TokenBuilder, now};
-use mesaya_testkit::ws::{Request, WsClient};
+use mesaya_testkit::ws::{self, Request, WsClient};
 use mesaya_testkit::{client, wait};
 use serde_json::{Value, json};
 
@@ -97,64 +95,13 @@ async fn expect_snapshot(api: &StandInApi, section: &str, request: Request, expe
 }
 
 fn offered_protocol(client: &WsClient) -> Option<String> {
-    client
-        .response()
-        .headers()
-        .get("sec-websocket-protocol")
-        .map(|value| value.to_str().unwrap().to_string())
+    client.response().headers().get("sec-websocket-protocol").map(|value| value.to_str().unwrap().to_string())
 }
 
 /// Upgrades with the token in the path and returns the close code the
-/// server sends before any data frame, read off the wire. The testkit's
-/// client (tungstenite) cannot be used for this: it reports a received 1014
-/// (IANA "Bad Gateway", registered after RFC 6455, and SPEC §1.3's code for
-/// an unavailable API) as its own 1002 "Protocol violation".
+/// server sends before any data frame (see `ws::close_code_on_the_wire`).
 async fn close_code_on_the_wire(gateway: &Gateway, section: &str, token: &str) -> u16 {
-    let exchange = async {
-        let mut stream = TcpStream::connect(("127.0.0.1", gateway.port())).await.unwrap();
-        let request = format!(
-            "GET /ws/restaurant/{section}/{token} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: Upgrade\r\n\
-             Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-            gateway.port()
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut received = Vec::new();
-        let mut read_more = async |received: &mut Vec<u8>| {
-            let mut chunk = [0u8; 4096];
-            let n = stream.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "the gateway hung up without a close frame; got {:?}", String::from_utf8_lossy(received));
-            received.extend_from_slice(&chunk[..n]);
-        };
-        let body_at = loop {
-            if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
-                break end + 4;
-            }
-            read_more(&mut received).await;
-        };
-        let head = String::from_utf8_lossy(&received[..body_at]).into_owned();
-        assert!(head.starts_with("HTTP/1.1 101"), "upgrade refused: {head}");
-        let mut at = body_at;
-        loop {
-            // Server frames are unmasked: opcode, 7-bit length (extended
-            // lengths only for data frames, which must not come here).
-            while received.len() < at + 2 {
-                read_more(&mut received).await;
-            }
-            let (opcode, length) = (received[at] & 0x0f, usize::from(received[at + 1] & 0x7f));
-            assert!(length < 126 && received[at + 1] & 0x80 == 0, "unexpected frame header {:?}", &received[at..at + 2]);
-            while received.len() < at + 2 + length {
-                read_more(&mut received).await;
-            }
-            let payload = &received[at + 2..at + 2 + length];
-            match opcode {
-                0x8 if length >= 2 => return u16::from_be_bytes([payload[0], payload[1]]),
-                0x8 => return 1005, // a close without a code
-                0x9 | 0xA => at += 2 + length, // ping, pong
-                _ => panic!("expected a close, got opcode {opcode}: {:?}", String::from_utf8_lossy(payload)),
-            }
-        }
-    };
-    tokio::time::timeout(WAIT, exchange).await.unwrap_or_else(|_| panic!("no close frame within {WAIT:?}"))
+    ws::close_code_on_the_wire(&gateway.ws_url(&format!("/ws/restaurant/{section}/{token}")), WAIT).await
 }
 
 /// Every token a test sent, so that it can check none reached the logs.
@@ -237,8 +184,16 @@ async fn token_sources_precedence_and_pre_upgrade_refusals() {
     let refused_section = new_id();
     serve_empty_section(api, &refused_section);
     let refuse = async |sources: Sources<'_>| refused(upgrade_request(gateway, &refused_section, sources)).await;
-    assert_eq!(refuse(Sources { path: Some(&bad), ..all_valid }).await, 401, "a bad path token is not rescued by the header");
-    assert_eq!(refuse(Sources { path: None, header: Some(&bad), ..all_valid }).await, 401, "nor a bad header by the subprotocol");
+    assert_eq!(
+        refuse(Sources { path: Some(&bad), ..all_valid }).await,
+        401,
+        "a bad path token is not rescued by the header"
+    );
+    assert_eq!(
+        refuse(Sources { path: None, header: Some(&bad), ..all_valid }).await,
+        401,
+        "nor a bad header by the subprotocol"
+    );
     assert_eq!(
         refuse(Sources { path: None, header: None, protocol: Some(&bad), ..all_valid }).await,
         401,
@@ -304,12 +259,16 @@ async fn token_sources_precedence_and_pre_upgrade_refusals() {
 async fn public_keys_issuer_roles_and_permission() {
     let broker = Broker::start_memory().await;
     let api = StandInApi::start();
-    let mut rsa_env = gateway_env(&broker, &api, &[
-        ("JWT_PUBLIC_KEY", RSA_PUBLIC_PEM.to_string()),
-        ("JWT_ISSUER", ISSUER.to_string()),
-        ("WS_ALLOWED_ROLES", "OWNER,ADMIN".to_string()),
-        ("WS_REQUIRED_PERMISSION", "section:read".to_string()),
-    ]);
+    let mut rsa_env = gateway_env(
+        &broker,
+        &api,
+        &[
+            ("JWT_PUBLIC_KEY", RSA_PUBLIC_PEM.to_string()),
+            ("JWT_ISSUER", ISSUER.to_string()),
+            ("WS_ALLOWED_ROLES", "OWNER,ADMIN".to_string()),
+            ("WS_REQUIRED_PERMISSION", "section:read".to_string()),
+        ],
+    );
     rsa_env.retain(|(name, _)| *name != "JWT_SECRET");
     let escaped_ec = EC_PUBLIC_PEM.trim_end().replace('\n', "\\n");
     assert!(!escaped_ec.contains('\n'));
@@ -616,12 +575,24 @@ async fn configuration_errors_stop_the_process_with_one_line_naming_the_variable
     };
     let cases: Vec<(&str, Env, &str)> = vec![
         ("no JWT_SECRET nor JWT_PUBLIC_KEY", with(&[("JWT_SECRET", None)]), "JWT_SECRET"),
-        ("malformed JWT_PUBLIC_KEY", with(&[("JWT_SECRET", None), ("JWT_PUBLIC_KEY", Some(bad_pem.clone()))]), "JWT_PUBLIC_KEY"),
+        (
+            "malformed JWT_PUBLIC_KEY",
+            with(&[("JWT_SECRET", None), ("JWT_PUBLIC_KEY", Some(bad_pem.clone()))]),
+            "JWT_PUBLIC_KEY",
+        ),
         ("malformed JWT_PUBLIC_KEY beside a secret", with(&[("JWT_PUBLIC_KEY", Some(bad_pem))]), "JWT_PUBLIC_KEY"),
         ("SHARDS=0", with(&[("SHARDS", Some("0".into()))]), "SHARDS"),
         ("REST_TIMEOUT=soon", with(&[("REST_TIMEOUT", Some("soon".into()))]), "REST_TIMEOUT"),
-        ("KAFKA_TOPICS bad regex", with(&[("KAFKA_TOPICS", Some("mesa-ya.tables.events,^mesa-ya\\.(".into()))]), "KAFKA_TOPICS"),
-        ("SECTION_SNAPSHOT_PATH without {id}", with(&[("SECTION_SNAPSHOT_PATH", Some("/api/v1/sections".into()))]), "SECTION_SNAPSHOT_PATH"),
+        (
+            "KAFKA_TOPICS bad regex",
+            with(&[("KAFKA_TOPICS", Some("mesa-ya.tables.events,^mesa-ya\\.(".into()))]),
+            "KAFKA_TOPICS",
+        ),
+        (
+            "SECTION_SNAPSHOT_PATH without {id}",
+            with(&[("SECTION_SNAPSHOT_PATH", Some("/api/v1/sections".into()))]),
+            "SECTION_SNAPSHOT_PATH",
+        ),
     ];
     let limit = Duration::from_secs(10);
     let runs = cases.iter().map(async |(name, env, _)| {
@@ -664,7 +635,8 @@ async fn two_instances_on_one_broker_both_deliver_the_same_event() {
     serve_empty_section(&api, &section);
     let mut clients = Vec::new();
     for gateway in [&first, &second] {
-        let mut client = WsClient::connect(&gateway.ws_url(&format!("/ws/restaurant/{section}/{}", token()))).await.unwrap();
+        let mut client =
+            WsClient::connect(&gateway.ws_url(&format!("/ws/restaurant/{section}/{}", token()))).await.unwrap();
         assert_eq!(client.next_json(WAIT).await["event"], "section.snapshot");
         clients.push(client);
     }

@@ -56,7 +56,10 @@ fn arb_json() -> impl Strategy<Value = Value> {
 
 /// Our topics, near misses, and anything.
 fn arb_topic() -> impl Strategy<Value = String> {
-    let ours = (0..KINDS.len(), prop::sample::select(vec!["events", "created", "updated", "deleted", "selecting", "released", "x"]))
+    let ours = (
+        0..KINDS.len(),
+        prop::sample::select(vec!["events", "created", "updated", "deleted", "selecting", "released", "x"]),
+    )
         .prop_map(|(kind, last)| format!("mesa-ya.{}.{last}", KINDS[kind].0));
     prop_oneof![ours, "[a-z.-]{0,30}", any::<String>()]
 }
@@ -65,8 +68,17 @@ fn arb_topic() -> impl Strategy<Value = String> {
 fn arb_field_value() -> impl Strategy<Value = Value> {
     prop_oneof![
         prop::sample::select(vec![
-            "created", "updated", "deleted", "selecting", "released", "status_changed", "table.updated",
-            "section-object.created", "", ".", "tables",
+            "created",
+            "updated",
+            "deleted",
+            "selecting",
+            "released",
+            "status_changed",
+            "table.updated",
+            "section-object.created",
+            "",
+            ".",
+            "tables",
         ])
         .prop_map(Value::from),
         arb_json(),
@@ -79,19 +91,21 @@ fn arb_envelope_like() -> impl Strategy<Value = Value> {
     prop::collection::vec((prop::sample::select(fields.to_vec()), arb_field_value()), 0..6).prop_flat_map(|pairs| {
         let base: Map<String, Value> = pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         // Sometimes an entity object with the ids routing reads.
-        (Just(base), prop::option::of(arb_entity_fields()))
-            .prop_map(|(mut base, entity)| {
-                if let Some(entity) = entity {
-                    base.insert("data".into(), Value::Object(entity));
-                }
-                Value::Object(base)
-            })
+        (Just(base), prop::option::of(arb_entity_fields())).prop_map(|(mut base, entity)| {
+            if let Some(entity) = entity {
+                base.insert("data".into(), Value::Object(entity));
+            }
+            Value::Object(base)
+        })
     })
 }
 
 fn arb_entity_fields() -> impl Strategy<Value = Map<String, Value>> {
     prop::collection::vec(
-        (prop::sample::select(vec!["id", "sectionId", "objectId", "tableId", "updatedAt", "tables"]), arb_field_value()),
+        (
+            prop::sample::select(vec!["id", "sectionId", "objectId", "tableId", "updatedAt", "tables"]),
+            arb_field_value(),
+        ),
         0..5,
     )
     .prop_map(|pairs| pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
@@ -164,34 +178,39 @@ fn arb_change() -> impl Strategy<Value = Change> {
         any::<bool>(),
         any::<bool>(),
     )
-        .prop_map(|(kind, action, extra, (uuid, other, second, third), updated_at, tables, v1, v1_action_field)| {
-            let mut entity: Map<String, Value> = extra.into_iter().collect();
-            let kind_value = KINDS[kind].2;
-            let id = if kind_value == EntityKind::Section { uuid.clone() } else { other };
-            entity.insert("id".into(), json!(id));
-            match kind_value {
-                EntityKind::Section => {
-                    if !tables.is_empty() {
-                        entity.insert("tables".into(), tables.iter().map(|t| json!({"id": t, "sectionId": uuid})).collect());
+        .prop_map(
+            |(kind, action, extra, (uuid, other, second, third), updated_at, tables, v1, v1_action_field)| {
+                let mut entity: Map<String, Value> = extra.into_iter().collect();
+                let kind_value = KINDS[kind].2;
+                let id = if kind_value == EntityKind::Section { uuid.clone() } else { other };
+                entity.insert("id".into(), json!(id));
+                match kind_value {
+                    EntityKind::Section => {
+                        if !tables.is_empty() {
+                            entity.insert(
+                                "tables".into(),
+                                tables.iter().map(|t| json!({"id": t, "sectionId": uuid})).collect(),
+                            );
+                        }
                     }
+                    EntityKind::Table => {
+                        entity.insert("sectionId".into(), json!(uuid));
+                    }
+                    EntityKind::SectionObject => {
+                        entity.insert("sectionId".into(), json!(uuid));
+                        entity.insert("objectId".into(), json!(second));
+                    }
+                    EntityKind::Reservation => {
+                        entity.insert("tableId".into(), json!(third));
+                    }
+                    EntityKind::Object => {}
                 }
-                EntityKind::Table => {
-                    entity.insert("sectionId".into(), json!(uuid));
+                if let Some(at) = updated_at {
+                    entity.insert("updatedAt".into(), json!(at));
                 }
-                EntityKind::SectionObject => {
-                    entity.insert("sectionId".into(), json!(uuid));
-                    entity.insert("objectId".into(), json!(second));
-                }
-                EntityKind::Reservation => {
-                    entity.insert("tableId".into(), json!(third));
-                }
-                EntityKind::Object => {}
-            }
-            if let Some(at) = updated_at {
-                entity.insert("updatedAt".into(), json!(at));
-            }
-            Change { kind, action, entity, v1, v1_action_field }
-        })
+                Change { kind, action, entity, v1, v1_action_field }
+            },
+        )
 }
 
 // ---------------------------------------------------------------- parsing

@@ -60,19 +60,14 @@ async fn publish_change(stack: &Stack, version: Version, kind: &str, action: &st
 /// The client's next frame must be exactly `{"event": event, "payload": payload}`.
 async fn expect_event(client: &mut WsClient, who: &str, event: &str, payload: &Value) {
     let frame = client.next_json(WAIT).await;
-    assert_eq!(
-        frame,
-        json!({"event": event, "payload": payload}),
-        "{who}: expected {event} with the entity as sent"
-    );
+    assert_eq!(frame, json!({"event": event, "payload": payload}), "{who}: expected {event} with the entity as sent");
 }
 
 /// Connects to `gateway` (not necessarily the stack's) and reads the snapshot.
 async fn watch_on(gateway: &Gateway, section: &str) -> WsClient {
     let url = gateway.ws_url(&format!("/ws/restaurant/{section}/{}", token()));
-    let mut client = WsClient::connect(&url)
-        .await
-        .unwrap_or_else(|(status, body)| panic!("upgrade refused: {status} {body}"));
+    let mut client =
+        WsClient::connect(&url).await.unwrap_or_else(|(status, body)| panic!("upgrade refused: {status} {body}"));
     let snapshot = client.next_json(WAIT).await;
     assert_eq!(snapshot["event"], "section.snapshot", "{snapshot}");
     client
@@ -99,9 +94,7 @@ async fn dropped_by_reason(stack: &Stack) -> BTreeMap<String, f64> {
 async fn connections_per_shard(stack: &Stack, shards: usize) -> Vec<f64> {
     let (status, body) = stack.gateway.get("/metrics").await;
     assert_eq!(status, 200);
-    (0..shards)
-        .map(|k| metric_value(&body, "mesaya_connections", &format!("shard=\"{k}\"")))
-        .collect()
+    (0..shards).map(|k| metric_value(&body, "mesaya_connections", &format!("shard=\"{k}\""))).collect()
 }
 
 // ------------------------------------------------------ item 4: routing
@@ -244,9 +237,19 @@ async fn section_object_links_made_before_start_are_rebuilt() {
     }
     let (so1, so2, so3) = (new_id(), new_id(), new_id());
     let link3 = fixtures::section_object_json(&so3, &s3, &object);
-    stack.publish("mesa-ya.section-objects.events", &fixtures::v2("created", &so1, fixtures::section_object_json(&so1, &s1, &object))).await;
+    stack
+        .publish(
+            "mesa-ya.section-objects.events",
+            &fixtures::v2("created", &so1, fixtures::section_object_json(&so1, &s1, &object)),
+        )
+        .await;
     stack.producer.send("mesa-ya.section-objects.events", b"not json at all").await;
-    stack.publish("mesa-ya.section-objects.created", &fixtures::v1("section-object.created", None, fixtures::section_object_json(&so2, &s2, &object))).await;
+    stack
+        .publish(
+            "mesa-ya.section-objects.created",
+            &fixtures::v1("section-object.created", None, fixtures::section_object_json(&so2, &s2, &object)),
+        )
+        .await;
     stack.publish("mesa-ya.section-objects.events", &fixtures::v2("created", &so3, link3.clone())).await;
     stack.publish("mesa-ya.section-objects.events", &fixtures::v2("deleted", &so3, link3)).await;
 
@@ -282,7 +285,8 @@ async fn malformed_records_are_counted_and_skipped() {
     stack.publish("mesa-ya.section-objects.events", &fixtures::v2("created", &link, link_json.clone())).await;
     expect_event(&mut client, "link", "section-object.created", &link_json).await;
 
-    let table_event = |minute: u32| fixtures::table_json(&table, &section, &format!("2026-01-10T17:{minute:02}:00.000Z"));
+    let table_event =
+        |minute: u32| fixtures::table_json(&table, &section, &format!("2026-01-10T17:{minute:02}:00.000Z"));
     let mut padded = table_event(0);
     padded["notes"] = json!("x".repeat(10 * 1024));
     let mut no_id = table_event(0);
@@ -296,15 +300,43 @@ async fn malformed_records_are_counted_and_skipped() {
     let cases: Vec<(&str, &str, Vec<u8>)> = vec![
         ("not_json", "mesa-ya.tables.events", br#"{"event_type":"updated","data":{"id""#.to_vec()),
         ("not_json", "mesa-ya.tables.events", br#"[{"event_type":"updated"}]"#.to_vec()),
-        ("no_entity", "mesa-ya.tables.events", json!({"timestamp": CREATED_AT, "event_type": "updated", "entity_id": table}).to_string().into_bytes()),
-        ("no_entity", "mesa-ya.tables.updated", json!({"action": "table.updated", "entityId": table, "entity": "tables"}).to_string().into_bytes()),
+        (
+            "no_entity",
+            "mesa-ya.tables.events",
+            json!({"timestamp": CREATED_AT, "event_type": "updated", "entity_id": table}).to_string().into_bytes(),
+        ),
+        (
+            "no_entity",
+            "mesa-ya.tables.updated",
+            json!({"action": "table.updated", "entityId": table, "entity": "tables"}).to_string().into_bytes(),
+        ),
         ("no_id", "mesa-ya.tables.events", fixtures::v2("updated", "", no_id).to_string().into_bytes()),
-        ("unknown_action", "mesa-ya.tables.events", fixtures::v2("status_changed", &table, table_event(0)).to_string().into_bytes()),
+        (
+            "unknown_action",
+            "mesa-ya.tables.events",
+            fixtures::v2("status_changed", &table, table_event(0)).to_string().into_bytes(),
+        ),
         ("no_section", "mesa-ya.tables.events", fixtures::v2("updated", &table, no_section).to_string().into_bytes()),
-        ("no_section", "mesa-ya.objects.events", fixtures::v2("updated", &unlinked, unlinked_object).to_string().into_bytes()),
-        ("no_section", "mesa-ya.reservations.events", fixtures::v2("created", &orphan, orphan_reservation).to_string().into_bytes()),
-        ("selection_hint", "mesa-ya.tables.selecting", fixtures::v1_table_selection("selecting", &table, &section).to_string().into_bytes()),
-        ("selection_hint", "mesa-ya.tables.released", fixtures::v1_table_selection("released", &table, &section).to_string().into_bytes()),
+        (
+            "no_section",
+            "mesa-ya.objects.events",
+            fixtures::v2("updated", &unlinked, unlinked_object).to_string().into_bytes(),
+        ),
+        (
+            "no_section",
+            "mesa-ya.reservations.events",
+            fixtures::v2("created", &orphan, orphan_reservation).to_string().into_bytes(),
+        ),
+        (
+            "selection_hint",
+            "mesa-ya.tables.selecting",
+            fixtures::v1_table_selection("selecting", &table, &section).to_string().into_bytes(),
+        ),
+        (
+            "selection_hint",
+            "mesa-ya.tables.released",
+            fixtures::v1_table_selection("released", &table, &section).to_string().into_bytes(),
+        ),
         ("too_large", "mesa-ya.tables.events", fixtures::v2("updated", &table, padded).to_string().into_bytes()),
     ];
     let mut expected: BTreeMap<String, f64> = BTreeMap::new();
@@ -320,7 +352,8 @@ async fn malformed_records_are_counted_and_skipped() {
         // Published after the skip was counted: it must be the next frame.
         let good = table_event(minute);
         stack.publish("mesa-ya.tables.events", &fixtures::v2("updated", &table, good.clone())).await;
-        expect_event(&mut client, &format!("delivery after a {reason} record on {topic}"), "table.updated", &good).await;
+        expect_event(&mut client, &format!("delivery after a {reason} record on {topic}"), "table.updated", &good)
+            .await;
     }
     assert_eq!(dropped_by_reason(&stack).await, expected, "each record counted once, under its reason");
 }

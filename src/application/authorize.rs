@@ -26,13 +26,9 @@ impl Authorizer {
     }
 
     pub fn authorize(&self, token: Option<&str>) -> Result<Claims, Refusal> {
-        let token = token
-            .filter(|token| !token.is_empty())
-            .ok_or_else(|| Refusal::Unauthenticated("no token".into()))?;
-        let claims = self
-            .verifier
-            .verify(token)
-            .map_err(|InvalidToken(reason)| Refusal::Unauthenticated(reason))?;
+        let token =
+            token.filter(|token| !token.is_empty()).ok_or_else(|| Refusal::Unauthenticated("no token".into()))?;
+        let claims = self.verifier.verify(token).map_err(|InvalidToken(reason)| Refusal::Unauthenticated(reason))?;
         if claims.subject.is_empty() {
             return Err(Refusal::Unauthenticated("empty sub".into()));
         }

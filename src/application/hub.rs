@@ -69,15 +69,6 @@ impl SectionHub {
         }
         report
     }
-
-    /// Shutdown: every client gets 1001 after what is already queued.
-    pub fn close_all(&mut self, code: CloseCode) {
-        for (_, outboxes) in self.sections.drain() {
-            for outbox in outboxes {
-                outbox.request_close(code, true);
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -145,11 +136,18 @@ mod tests {
         use crate::domain::envelope;
 
         const S2: &str = "22222222-2222-4222-8222-222222222222";
-        let parse = |topic: &str, json: serde_json::Value| envelope::parse(topic, json.to_string().as_bytes(), 1 << 20).unwrap();
+        let parse = |topic: &str, json: serde_json::Value| {
+            envelope::parse(topic, json.to_string().as_bytes(), 1 << 20).unwrap()
+        };
         let mut router = EventRouter::default();
         for (link, sec) in [("so1", S1), ("so2", S2)] {
             let data = serde_json::json!({"id": link, "sectionId": sec, "objectId": "o1"});
-            router.route(parse("mesa-ya.section-objects.events", serde_json::json!({"event_type": "created", "data": data})), |_, _| {}).unwrap();
+            router
+                .route(
+                    parse("mesa-ya.section-objects.events", serde_json::json!({"event_type": "created", "data": data})),
+                    |_, _| {},
+                )
+                .unwrap();
         }
 
         let mut hub = SectionHub::default();
@@ -159,7 +157,11 @@ mod tests {
         }
         let object = serde_json::json!({"event_type": "updated", "data": {"id": "o1", "posX": 3}});
         let mut queued = 0;
-        router.route(parse("mesa-ya.objects.events", object), |section, delivery| queued += hub.deliver(section, &delivery).queued).unwrap();
+        router
+            .route(parse("mesa-ya.objects.events", object), |section, delivery| {
+                queued += hub.deliver(section, &delivery).queued
+            })
+            .unwrap();
         assert_eq!(queued, 3);
 
         let frames: Vec<Frame> = clients.iter().map(|(_, outbox)| outbox.front().expect("queued")).collect();

@@ -250,8 +250,10 @@ mod tests {
     }
 
     fn snapshot_with_table(id: &str, updated_at: &str) -> Snapshot {
-        Snapshot::parse(format!(r#"{{"data":{{"id":"s","tables":[{{"id":"{id}","updatedAt":"{updated_at}"}}]}}}}"#).as_bytes())
-            .unwrap()
+        Snapshot::parse(
+            format!(r#"{{"data":{{"id":"s","tables":[{{"id":"{id}","updatedAt":"{updated_at}"}}]}}}}"#).as_bytes(),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -287,7 +289,10 @@ mod tests {
         assert_eq!(outbox.push_event(delivery("b", Action::Updated, Some(2))), PushOutcome::Conflated(3));
         assert_eq!(
             drain(&outbox),
-            vec![delivery("a", Action::Updated, Some(3)).frame.clone(), delivery("b", Action::Updated, Some(2)).frame.clone()]
+            vec![
+                delivery("a", Action::Updated, Some(3)).frame.clone(),
+                delivery("b", Action::Updated, Some(2)).frame.clone()
+            ]
         );
     }
 

@@ -57,9 +57,7 @@ impl SnapshotError {
             Self::Forbidden => CloseCode::FORBIDDEN,
             Self::NotFound => CloseCode::NOT_FOUND,
             Self::Rejected(_) => CloseCode::API_REJECTED,
-            Self::ServerError(_) | Self::TimedOut | Self::Unreachable(_) | Self::Unparseable => {
-                CloseCode::BAD_GATEWAY
-            }
+            Self::ServerError(_) | Self::TimedOut | Self::Unreachable(_) | Self::Unparseable => CloseCode::BAD_GATEWAY,
         }
     }
 

@@ -172,12 +172,8 @@ impl EventRouter {
             self.table_sections.remove(table);
         }
         self.table_sections.retain(|_, owner| *owner != section);
-        let gone: Vec<EntityId> = self
-            .section_objects
-            .iter()
-            .filter(|(_, (owner, _))| *owner == section)
-            .map(|(id, _)| id.clone())
-            .collect();
+        let gone: Vec<EntityId> =
+            self.section_objects.iter().filter(|(_, (owner, _))| *owner == section).map(|(id, _)| id.clone()).collect();
         for id in gone {
             if let Some((owner, object)) = self.section_objects.remove(&id) {
                 self.unlink(&object, owner);
@@ -240,10 +236,7 @@ mod tests {
         }
         let mut reached = route(&mut router, v2("objects", "updated", object.clone())).unwrap();
         reached.sort();
-        assert_eq!(
-            reached,
-            vec![(section(S1), "object.updated".into()), (section(S2), "object.updated".into())]
-        );
+        assert_eq!(reached, vec![(section(S1), "object.updated".into()), (section(S2), "object.updated".into())]);
 
         let unlink = serde_json::json!({"id": "so1", "sectionId": S1, "objectId": "o1"});
         route(&mut router, v2("section-objects", "deleted", unlink)).unwrap();
@@ -270,12 +263,11 @@ mod tests {
     fn a_moved_table_is_deleted_from_its_old_section() {
         let mut router = EventRouter::default();
         route(&mut router, v2("tables", "created", serde_json::json!({"id": "t1", "sectionId": S1}))).unwrap();
-        let moved = route(&mut router, v2("tables", "updated", serde_json::json!({"id": "t1", "sectionId": S2}))).unwrap();
-        assert_eq!(
-            moved,
-            vec![(section(S2), "table.updated".into()), (section(S1), "table.deleted".into())]
-        );
-        let again = route(&mut router, v2("tables", "updated", serde_json::json!({"id": "t1", "sectionId": S2}))).unwrap();
+        let moved =
+            route(&mut router, v2("tables", "updated", serde_json::json!({"id": "t1", "sectionId": S2}))).unwrap();
+        assert_eq!(moved, vec![(section(S2), "table.updated".into()), (section(S1), "table.deleted".into())]);
+        let again =
+            route(&mut router, v2("tables", "updated", serde_json::json!({"id": "t1", "sectionId": S2}))).unwrap();
         assert_eq!(again, vec![(section(S2), "table.updated".into())]);
     }
 
@@ -283,8 +275,11 @@ mod tests {
     fn a_deleted_section_forgets_its_links() {
         let mut router = EventRouter::default();
         router.learn_tables(LearnedTables { section: section(S1), table_ids: vec!["t1".into()] });
-        route(&mut router, v2("section-objects", "created", serde_json::json!({"id": "so", "sectionId": S1, "objectId": "o"})))
-            .unwrap();
+        route(
+            &mut router,
+            v2("section-objects", "created", serde_json::json!({"id": "so", "sectionId": S1, "objectId": "o"})),
+        )
+        .unwrap();
         let mut ended = false;
         router
             .route(v2("sections", "deleted", serde_json::json!({"id": S1, "tables": [{"id": "t1"}]})), |_, d| {

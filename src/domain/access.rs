@@ -31,17 +31,13 @@ impl AccessPolicy {
     pub fn check(&self, claims: &Claims) -> Result<(), Denial> {
         // Role names are upper-case upstream; compare case-insensitively so
         // `WS_ALLOWED_ROLES=user,owner` does what its author meant.
-        let has_role = claims
-            .roles
-            .iter()
-            .any(|role| self.allowed_roles.iter().any(|allowed| allowed.eq_ignore_ascii_case(role)));
+        let has_role =
+            claims.roles.iter().any(|role| self.allowed_roles.iter().any(|allowed| allowed.eq_ignore_ascii_case(role)));
         if !has_role {
             return Err(Denial::NoAllowedRole);
         }
         match &self.required_permission {
-            Some(required) if !claims.permissions.iter().any(|p| p == required) => {
-                Err(Denial::MissingPermission)
-            }
+            Some(required) if !claims.permissions.iter().any(|p| p == required) => Err(Denial::MissingPermission),
             _ => Ok(()),
         }
     }

@@ -91,10 +91,7 @@ pub fn parse(topic: &str, record: &[u8], max_bytes: usize) -> Result<EntityEvent
         return Err(Rejection::NotJson);
     }
 
-    let verb = envelope
-        .get_str("event_type")
-        .or_else(|| envelope.get_str("action").map(verb_of))
-        .unwrap_or(topic_verb);
+    let verb = envelope.get_str("event_type").or_else(|| envelope.get_str("action").map(verb_of)).unwrap_or(topic_verb);
     let action = match Action::parse(verb) {
         Some(action) => action,
         None if matches!(verb, "selecting" | "released") => return Err(Rejection::SelectionHint),
@@ -117,9 +114,7 @@ pub fn parse(topic: &str, record: &[u8], max_bytes: usize) -> Result<EntityEvent
 
     let section_id = match kind {
         EntityKind::Section => SectionId::parse(&id),
-        EntityKind::Table | EntityKind::SectionObject => {
-            entity.get_str("sectionId").and_then(SectionId::parse)
-        }
+        EntityKind::Table | EntityKind::SectionObject => entity.get_str("sectionId").and_then(SectionId::parse),
         EntityKind::Object | EntityKind::Reservation => None,
     };
 
@@ -138,13 +133,7 @@ pub fn parse(topic: &str, record: &[u8], max_bytes: usize) -> Result<EntityEvent
 fn embedded_table_ids(entity: &BorrowedValue<'_>) -> Vec<EntityId> {
     entity
         .get_array("tables")
-        .map(|tables| {
-            tables
-                .iter()
-                .filter_map(|table| table.get_str("id"))
-                .map(EntityId::from)
-                .collect()
-        })
+        .map(|tables| tables.iter().filter_map(|table| table.get_str("id")).map(EntityId::from).collect())
         .unwrap_or_default()
 }
 
@@ -181,16 +170,16 @@ mod tests {
             "mesa-ya.objects.events",
             r#"{"event_type":"created","data":{"id":"o1","posX":40,"posY":5,"width":10,"imageId":"i","createdAt":"x"}}"#,
         );
-        assert_eq!(
-            event.payload,
-            r#"{"id":"o1","posX":40,"posY":5,"width":10,"imageId":"i","createdAt":"x"}"#
-        );
+        assert_eq!(event.payload, r#"{"id":"o1","posX":40,"posY":5,"width":10,"imageId":"i","createdAt":"x"}"#);
     }
 
     #[test]
     fn integers_beyond_64_bits_do_not_drop_the_record() {
         // JavaScript writes integers up to 1e21 without an exponent.
-        let event = parse_ok("mesa-ya.objects.events", r#"{"event_type":"updated","data":{"id":"o","posX":123456789012345678901}}"#);
+        let event = parse_ok(
+            "mesa-ya.objects.events",
+            r#"{"event_type":"updated","data":{"id":"o","posX":123456789012345678901}}"#,
+        );
         let payload: serde_json::Value = serde_json::from_str(&event.payload).unwrap();
         assert_eq!(payload["posX"].as_f64(), Some(123456789012345678901.0));
     }
@@ -199,7 +188,9 @@ mod tests {
     fn v1_section_updated_without_entity_id() {
         let event = parse_ok(
             "mesa-ya.sections.updated",
-            &format!(r#"{{"timestamp":"2025-12-01T18:22:05.431Z","action":"section.updated","entity":{{"id":"{SECTION}","name":"T"}}}}"#),
+            &format!(
+                r#"{{"timestamp":"2025-12-01T18:22:05.431Z","action":"section.updated","entity":{{"id":"{SECTION}","name":"T"}}}}"#
+            ),
         );
         assert_eq!(event.key.kind, EntityKind::Section);
         assert_eq!(event.action, Action::Updated);
@@ -210,7 +201,9 @@ mod tests {
     fn v1_deleted_section_lists_its_tables() {
         let event = parse_ok(
             "mesa-ya.sections.deleted",
-            &format!(r#"{{"action":"section.deleted","entityId":"{SECTION}","entity":{{"id":"{SECTION}","tables":[{{"id":"{TABLE}"}}]}}}}"#),
+            &format!(
+                r#"{{"action":"section.deleted","entityId":"{SECTION}","entity":{{"id":"{SECTION}","tables":[{{"id":"{TABLE}"}}]}}}}"#
+            ),
         );
         assert_eq!(event.action, Action::Deleted);
         assert_eq!(event.embedded_table_ids, vec![EntityId::from(TABLE)]);
@@ -228,10 +221,7 @@ mod tests {
         let record = format!(
             r#"{{"entity":"tables","action":"selecting","resourceId":"{TABLE}","data":{{"tableId":"{TABLE}","sectionId":"{SECTION}"}}}}"#
         );
-        assert_eq!(
-            parse("mesa-ya.tables.selecting", record.as_bytes(), 1 << 20),
-            Err(Rejection::SelectionHint)
-        );
+        assert_eq!(parse("mesa-ya.tables.selecting", record.as_bytes(), 1 << 20), Err(Rejection::SelectionHint));
     }
 
     #[test]

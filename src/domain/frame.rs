@@ -61,10 +61,7 @@ mod tests {
     fn event_frame_is_the_documented_json() {
         let frame = Frame::event(EntityKind::SectionObject, Action::Deleted, r#"{"id":"x"}"#);
         let parsed: serde_json::Value = serde_json::from_slice(frame.utf8_bytes()).unwrap();
-        assert_eq!(
-            parsed,
-            serde_json::json!({"event":"section-object.deleted","payload":{"id":"x"}})
-        );
+        assert_eq!(parsed, serde_json::json!({"event":"section-object.deleted","payload":{"id":"x"}}));
     }
 
     #[test]

@@ -34,8 +34,7 @@ pub fn is_application_ping(text: &str) -> bool {
         event: &'a str,
     }
     // Cheap pre-check: most client text is pings, and anything long is not.
-    text.len() < 256
-        && serde_json::from_str::<Probe<'_>>(text).is_ok_and(|probe| probe.event == "ping")
+    text.len() < 256 && serde_json::from_str::<Probe<'_>>(text).is_ok_and(|probe| probe.event == "ping")
 }
 
 pub const PONG_FRAME: &str = r#"{"event":"pong"}"#;

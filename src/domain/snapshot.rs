@@ -55,10 +55,10 @@ impl Snapshot {
 
         let mut versions = HashMap::new();
         let mut record = |kind, entity: &Entity| {
-            if let (Some(id), Some(at)) = (&entity.id, &entity.updated_at) {
-                if let Some(millis) = timestamp::parse_millis(at) {
-                    versions.insert(EntityKey::new(kind, id.as_str()), millis);
-                }
+            if let (Some(id), Some(at)) = (&entity.id, &entity.updated_at)
+                && let Some(millis) = timestamp::parse_millis(at)
+            {
+                versions.insert(EntityKey::new(kind, id.as_str()), millis);
             }
         };
         record(EntityKind::Section, &section.entity);

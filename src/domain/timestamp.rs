@@ -4,9 +4,7 @@
 
 /// Milliseconds since the Unix epoch, or `None` when the text is not RFC 3339.
 pub fn parse_millis(text: &str) -> Option<i64> {
-    chrono::DateTime::parse_from_rfc3339(text)
-        .ok()
-        .map(|instant| instant.timestamp_millis())
+    chrono::DateTime::parse_from_rfc3339(text).ok().map(|instant| instant.timestamp_millis())
 }
 
 #[cfg(test)]

@@ -145,7 +145,10 @@ impl Config {
             leeway: env.duration("JWT_LEEWAY", Duration::from_secs(5))?,
         };
         if jwt.secret.is_none() && jwt.public_key_pem.is_none() {
-            return Err(ConfigError::new("JWT_SECRET", "set JWT_SECRET (HMAC) or JWT_PUBLIC_KEY (PEM); neither is set"));
+            return Err(ConfigError::new(
+                "JWT_SECRET",
+                "set JWT_SECRET (HMAC) or JWT_PUBLIC_KEY (PEM); neither is set",
+            ));
         }
 
         let brokers = env.get("KAFKA_BROKERS").or_else(|| env.get("KAFKA_BROKER")).unwrap_or("localhost:9092".into());
@@ -172,11 +175,19 @@ impl Config {
                     "https is not supported: reach the API over plain http inside the cluster (e.g. a sidecar or service address)",
                 ));
             }
-            _ => return Err(ConfigError::new("REST_BASE_URL", format!("expected http://host[:port], got {rest_base_url:?}"))),
+            _ => {
+                return Err(ConfigError::new(
+                    "REST_BASE_URL",
+                    format!("expected http://host[:port], got {rest_base_url:?}"),
+                ));
+            }
         }
         let snapshot_path = env.string("SECTION_SNAPSHOT_PATH", "/api/section/{id}");
         if !snapshot_path.starts_with('/') || !snapshot_path.contains("{id}") {
-            return Err(ConfigError::new("SECTION_SNAPSHOT_PATH", format!("must start with / and contain {{id}}, got {snapshot_path:?}")));
+            return Err(ConfigError::new(
+                "SECTION_SNAPSHOT_PATH",
+                format!("must start with / and contain {{id}}, got {snapshot_path:?}"),
+            ));
         }
 
         let log_format = match env.string("LOG_FORMAT", "json").to_ascii_lowercase().as_str() {

@@ -80,8 +80,8 @@ impl TokenVerifier for JwtVerifier {
             .flatten()
             .find(|keyed| keyed.validation.algorithms.contains(&header.alg))
             .ok_or_else(|| InvalidToken(format!("algorithm {:?} not accepted", header.alg)))?;
-        let data = decode::<TokenClaims>(token, &keyed.key, &keyed.validation)
-            .map_err(|e| InvalidToken(e.to_string()))?;
+        let data =
+            decode::<TokenClaims>(token, &keyed.key, &keyed.validation).map_err(|e| InvalidToken(e.to_string()))?;
         Ok(Claims {
             subject: data.claims.sub,
             roles: data.claims.roles,
@@ -142,10 +142,19 @@ mod tests {
         assert!(!ok(serde_json::json!({"exp": now() - 30})));
         assert!(!ok(serde_json::json!({"nbf": now() + 60})));
         assert!(!ok(serde_json::json!({"iss": "someone-else"})));
-        assert!(verifier.verify(&token(Algorithm::HS256, serde_json::json!({"sub": "u", "iss": "mesaYA-auth"}))).is_err(), "exp is required");
-        assert!(verifier.verify(&token(Algorithm::HS256, serde_json::json!({"sub": "u", "exp": now() + 60}))).is_err(), "iss is required when configured");
+        assert!(
+            verifier.verify(&token(Algorithm::HS256, serde_json::json!({"sub": "u", "iss": "mesaYA-auth"}))).is_err(),
+            "exp is required"
+        );
+        assert!(
+            verifier.verify(&token(Algorithm::HS256, serde_json::json!({"sub": "u", "exp": now() + 60}))).is_err(),
+            "iss is required when configured"
+        );
         let open = JwtVerifier::new(&settings(None)).unwrap();
-        assert!(open.verify(&token(Algorithm::HS256, serde_json::json!({"sub": "u", "exp": now() + 60}))).is_ok(), "and only then");
+        assert!(
+            open.verify(&token(Algorithm::HS256, serde_json::json!({"sub": "u", "exp": now() + 60}))).is_ok(),
+            "and only then"
+        );
     }
 
     #[test]

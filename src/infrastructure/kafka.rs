@@ -11,11 +11,12 @@
 //!    section-objects, else its high watermark *queried now* (latest). The
 //!    consumer reports ready only after that, so an event produced once
 //!    `/readyz` says 200 is never skipped by a lazily resolved "latest".
+//!
 //! Nothing is committed: a restarted instance starts from latest again.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
@@ -81,7 +82,13 @@ struct RecordSkipped<'a> {
 impl RecordSkipped<'_> {
     fn emit(self) {
         METRICS.events_dropped.with_label_values(&[self.reason]).inc();
-        tracing::debug!(topic = self.topic, partition = self.partition, offset = self.offset, reason = self.reason, "record skipped");
+        tracing::debug!(
+            topic = self.topic,
+            partition = self.partition,
+            offset = self.offset,
+            reason = self.reason,
+            "record skipped"
+        );
     }
 }
 
@@ -211,10 +218,8 @@ impl<S: DeliverySink> KafkaIngest<S> {
     /// Phase 1 of the offset lifecycle. Returns each section-objects
     /// partition's high watermark: where the live consumer takes over.
     fn rebuild_links(&mut self) -> KafkaResult<HashMap<PartitionKey, i64>> {
-        let consumer: BaseConsumer = self
-            .client_config(&format!("{}-rebuild", self.group_id))
-            .set("enable.partition.eof", "true")
-            .create()?;
+        let consumer: BaseConsumer =
+            self.client_config(&format!("{}-rebuild", self.group_id)).set("enable.partition.eof", "true").create()?;
         let selection = TopicSelection::new(&self.settings.topics);
         let metadata = consumer.fetch_metadata(None, METADATA_TIMEOUT)?;
         let mut ends = HashMap::new();
@@ -242,10 +247,10 @@ impl<S: DeliverySink> KafkaIngest<S> {
             match consumer.poll(POLL_INTERVAL) {
                 None => {}
                 Some(Ok(message)) => {
-                    if let Some(payload) = message.payload() {
-                        if let Ok(event) = envelope::parse(message.topic(), payload, self.settings.max_record_bytes) {
-                            self.router.learn_links(&event);
-                        }
+                    if let Some(payload) = message.payload()
+                        && let Ok(event) = envelope::parse(message.topic(), payload, self.settings.max_record_bytes)
+                    {
+                        self.router.learn_links(&event);
                     }
                     let key = (message.topic().to_string(), message.partition());
                     if remaining.get(&key).is_some_and(|&high| message.offset() + 1 >= high) {
@@ -258,10 +263,10 @@ impl<S: DeliverySink> KafkaIngest<S> {
                 Some(Err(KafkaError::PartitionEOF(_))) => {
                     for element in consumer.position()?.elements() {
                         let key = (element.topic().to_string(), element.partition());
-                        if let (Offset::Offset(position), Some(&high)) = (element.offset(), remaining.get(&key)) {
-                            if position >= high {
-                                remaining.remove(&key);
-                            }
+                        if let (Offset::Offset(position), Some(&high)) = (element.offset(), remaining.get(&key))
+                            && position >= high
+                        {
+                            remaining.remove(&key);
                         }
                     }
                 }
@@ -273,11 +278,12 @@ impl<S: DeliverySink> KafkaIngest<S> {
 
     /// Phase 2: the group consumer that feeds the router.
     fn live_consumer(&self, start_offsets: HashMap<PartitionKey, i64>) -> KafkaResult<BaseConsumer<IngestContext>> {
-        let context = IngestContext { readiness: Arc::clone(&self.readiness), resume_points: Mutex::new(start_offsets) };
+        let context =
+            IngestContext { readiness: Arc::clone(&self.readiness), resume_points: Mutex::new(start_offsets) };
         let consumer: BaseConsumer<IngestContext> = self
             .client_config(&self.group_id)
             .set("statistics.interval.ms", "1000")
-            .set("fetch.wait.max.ms", &self.settings.fetch_wait_max.as_millis().to_string())
+            .set("fetch.wait.max.ms", self.settings.fetch_wait_max.as_millis().to_string())
             // Pick up topics created after start that match a regex.
             .set("topic.metadata.refresh.interval.ms", "10000")
             .create_with_context(context)?;
@@ -308,13 +314,21 @@ impl IngestContext {
     }
 
     fn start_offset(&self, consumer: &BaseConsumer<Self>, topic: &str, partition: i32) -> Offset {
-        let known = self.resume_points.lock().unwrap_or_else(PoisonError::into_inner).get(&(topic.to_string(), partition)).copied();
+        let known = self
+            .resume_points
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(topic.to_string(), partition))
+            .copied();
         if let Some(offset) = known {
             return Offset::Offset(offset);
         }
         match consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT) {
             Ok((_, high)) => {
-                self.resume_points.lock().unwrap_or_else(PoisonError::into_inner).insert((topic.to_string(), partition), high);
+                self.resume_points
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert((topic.to_string(), partition), high);
                 Offset::Offset(high)
             }
             Err(error) => {

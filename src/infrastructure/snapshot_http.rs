@@ -67,8 +67,6 @@ impl HttpSnapshotSource {
 
 impl SnapshotSource for HttpSnapshotSource {
     async fn fetch(&self, section: SectionId, token: &str) -> Result<Snapshot, SnapshotError> {
-        tokio::time::timeout(self.timeout, self.request(section, token))
-            .await
-            .unwrap_or(Err(SnapshotError::TimedOut))
+        tokio::time::timeout(self.timeout, self.request(section, token)).await.unwrap_or(Err(SnapshotError::TimedOut))
     }
 }

@@ -9,11 +9,12 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, sleep_until};
+use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
+use tracing::Instrument;
 
 use crate::application::outbox::Outbox;
 use crate::application::ports::SnapshotSource;
@@ -48,7 +49,6 @@ pub async fn run<S: SnapshotSource + 'static>(
     let connections = METRICS.connections.with_label_values(&[&shard_label]);
     connections.inc();
     let span = tracing::info_span!("session", %section, shard = state.index, sub = %claims.subject);
-    let _entered = span.enter();
 
     let result = async {
         let stream = TcpStream::from_std(stream)?;
@@ -61,6 +61,7 @@ pub async fn run<S: SnapshotSource + 'static>(
         serve(&state, socket, &outbox, section, &token, claims.expires_at).await;
         Ok::<(), std::io::Error>(())
     }
+    .instrument(span)
     .await;
     if let Err(error) = result {
         tracing::warn!(%error, "could not adopt the socket");
@@ -128,6 +129,8 @@ async fn serve<S: SnapshotSource>(
 }
 
 /// Writes queued frames until a close is requested or the peer goes away.
+/// Pings, the pong deadline and token expiry are served on every turn, so a
+/// client whose queue never empties is still pinged and still expires.
 async fn write_live<S>(
     state: &ShardState<S>,
     sink: &mut Sink,
@@ -139,55 +142,48 @@ async fn write_live<S>(
 ) {
     let settings = &state.ctx.session;
     let mut ping = tokio::time::interval_at(Instant::now() + settings.ping_interval, settings.ping_interval);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let expiry = sleep_until(expiry_instant(expires_at, state.ctx.token_leeway));
     tokio::pin!(expiry);
     let mut reader_done = false;
     let mut shutting_down = false;
+    let mut unflushed = false;
 
     loop {
         if !shutting_down && *shutdown.borrow_and_update() {
             shutting_down = true;
             outbox.request_close(CloseCode::GOING_AWAY, true);
         }
-        if let Some(close) = outbox.close_request() {
-            if !close.after_drain || outbox.front().is_none() {
-                if close.code == CloseCode::SLOW_CONSUMER {
-                    tracing::info!("slow consumer closed");
-                }
-                let _ = tokio::time::timeout(CLOSE_GRACE, send_close(sink, close.code)).await;
-                if !reader_done {
-                    let _ = tokio::time::timeout(CLOSE_GRACE, &mut reader).await;
-                }
-                return;
+        if let Some(close) = outbox.close_request()
+            && (!close.after_drain || outbox.front().is_none())
+        {
+            if close.code == CloseCode::SLOW_CONSUMER {
+                tracing::info!("slow consumer closed");
             }
-        }
-        if let Some(frame) = outbox.front() {
-            // `feed` only takes the message once it is buffered, so losing
-            // this race to a close request drops nothing that was queued.
-            tokio::select! {
-                biased;
-                fed = sink.feed(text(&frame)) => {
-                    if fed.is_err() { return; }
-                    outbox.pop_front();
-                    METRICS.frames_sent.inc();
-                }
-                _ = outbox.changed() => {}
-                _ = &mut reader, if !reader_done => reader_done = true,
+            let _ = tokio::time::timeout(CLOSE_GRACE, send_close(sink, close.code)).await;
+            if !reader_done {
+                let _ = tokio::time::timeout(CLOSE_GRACE, &mut reader).await;
             }
-            continue;
+            return;
         }
         if reader_done {
             return; // the peer is gone and nothing asked for a close frame
         }
+        let front = outbox.front();
+        // One I/O step per turn: buffer the next frame, or flush once the
+        // queue is empty. `feed` takes a message only once it is buffered and
+        // a flush resumes where it stopped, so losing a race to another
+        // branch drops nothing that was queued.
+        let io_step = async {
+            match &front {
+                Some(frame) => sink.feed(text(frame)).await.map(|()| true),
+                None if unflushed => sink.flush().await.map(|()| false),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
-            flushed = sink.flush() => if flushed.is_err() { return },
-            _ = outbox.changed() => continue,
-            _ = &mut reader => { reader_done = true; continue }
-        }
-        tokio::select! {
-            _ = outbox.changed() => {}
-            _ = &mut reader => reader_done = true,
+            _ = &mut reader, if !reader_done => reader_done = true,
             _ = shutdown.changed(), if !shutting_down => {}
             _ = &mut expiry => outbox.request_close(CloseCode::TOKEN_EXPIRED, false),
             _ = ping.tick() => {
@@ -195,10 +191,21 @@ async fn write_live<S>(
                     tracing::info!("peer stopped answering pings; dropping");
                     return;
                 }
-                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                if sink.feed(Message::Ping(Bytes::new())).await.is_err() {
                     return;
                 }
+                unflushed = true;
             }
+            step = io_step => match step {
+                Ok(true) => {
+                    outbox.pop_front();
+                    METRICS.frames_sent.inc();
+                    unflushed = true;
+                }
+                Ok(false) => unflushed = false,
+                Err(_) => return,
+            },
+            _ = outbox.changed() => {}
         }
     }
 }

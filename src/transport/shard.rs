@@ -167,7 +167,11 @@ async fn run<S: SnapshotSource + 'static>(state: Rc<ShardState<S>>, inbox: Inbox
 }
 
 /// Handles mailbox messages until shutdown.
-async fn drain_mailbox<S: SnapshotSource + 'static>(state: &Rc<ShardState<S>>, inbox: &Inbox, sessions: mpsc::Sender<()>) {
+async fn drain_mailbox<S: SnapshotSource + 'static>(
+    state: &Rc<ShardState<S>>,
+    inbox: &Inbox,
+    sessions: mpsc::Sender<()>,
+) {
     let mut shutdown = state.ctx.shutdown.clone();
     let popped = METRICS.shard_mailbox_popped.with_label_values(&[&state.index.to_string()]);
     loop {

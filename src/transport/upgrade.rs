@@ -1,7 +1,9 @@
 //! Reading an upgrade request: the section, the token and its source
 //! (SPEC §1.1). The token is never logged; only its source is.
 
-use http::header::{AUTHORIZATION, CONNECTION, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, UPGRADE};
+use http::header::{
+    AUTHORIZATION, CONNECTION, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, UPGRADE,
+};
 use http::{HeaderMap, Method, Uri};
 
 const PREFIX: &str = "/ws/restaurant/";
@@ -81,7 +83,12 @@ fn query_token(uri: &Uri) -> Option<String> {
 /// The handshake key when this is a WebSocket upgrade (RFC 6455 §4.2.1).
 pub fn websocket_key<'h>(method: &Method, headers: &'h HeaderMap) -> Option<&'h [u8]> {
     let has_token = |name, wanted: &str| {
-        headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|t| t.trim().eq_ignore_ascii_case(wanted))
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(wanted))
     };
     let ok = method == Method::GET
         && has_token(CONNECTION, "upgrade")
@@ -103,7 +110,10 @@ mod tests {
     use super::*;
     use http::HeaderValue;
 
-    fn target(uri: &str, headers: &[(http::HeaderName, &str)]) -> Option<(String, Option<(String, TokenSource)>, bool)> {
+    /// (section, token and its source, offers the bearer subprotocol)
+    type Parsed = (String, Option<(String, TokenSource)>, bool);
+
+    fn target(uri: &str, headers: &[(http::HeaderName, &str)]) -> Option<Parsed> {
         let uri: Uri = uri.parse().unwrap();
         let mut map = HeaderMap::new();
         for (name, value) in headers {
@@ -119,8 +129,14 @@ mod tests {
         assert_eq!(section, "s1");
         assert_eq!(token, Some(("from-path".into(), TokenSource::Path)));
         assert!(offers);
-        assert_eq!(target("/ws/restaurant/s1?token=q", &all).unwrap().1, Some(("from-header".into(), TokenSource::AuthorizationHeader)));
-        assert_eq!(target("/ws/restaurant/s1?token=q", &all[1..]).unwrap().1, Some(("from-protocol".into(), TokenSource::Subprotocol)));
+        assert_eq!(
+            target("/ws/restaurant/s1?token=q", &all).unwrap().1,
+            Some(("from-header".into(), TokenSource::AuthorizationHeader))
+        );
+        assert_eq!(
+            target("/ws/restaurant/s1?token=q", &all[1..]).unwrap().1,
+            Some(("from-protocol".into(), TokenSource::Subprotocol))
+        );
         assert_eq!(target("/ws/restaurant/s1?a=b&token=q", &[]).unwrap().1, Some(("q".into(), TokenSource::Query)));
         assert_eq!(target("/ws/restaurant/s1", &[(AUTHORIZATION, "Basic abc")]).unwrap().1, None);
     }

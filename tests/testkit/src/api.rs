@@ -40,11 +40,7 @@ pub struct Reply {
 impl Reply {
     /// An immediate reply.
     pub fn new(status: u16, body: impl Into<String>) -> Self {
-        Self {
-            status,
-            body: body.into(),
-            delay: Duration::ZERO,
-        }
+        Self { status, body: body.into(), delay: Duration::ZERO }
     }
 
     /// The same reply, sent after `delay`.
@@ -74,9 +70,7 @@ struct State {
 /// Locks ignoring poisoning: a test that panicked while holding a lock must not hide its own
 /// failure behind a second panic here.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The running stand-in server. Dropping it shuts it down.
@@ -90,11 +84,8 @@ pub struct StandInApi {
 impl StandInApi {
     /// Binds a free port on 127.0.0.1 and starts serving at once.
     pub fn start() -> Self {
-        let listener =
-            std::net::TcpListener::bind("127.0.0.1:0").expect("cannot bind stand-in API");
-        listener
-            .set_nonblocking(true)
-            .expect("cannot make the listener non-blocking");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("cannot bind stand-in API");
+        listener.set_nonblocking(true).expect("cannot make the listener non-blocking");
         let addr = listener.local_addr().expect("listener has no address");
         let state = Arc::new(State::default());
         let (shutdown, stop) = watch::channel(false);
@@ -112,12 +103,7 @@ impl StandInApi {
                 }
             })
             .expect("cannot spawn the stand-in API thread");
-        Self {
-            addr,
-            state,
-            shutdown,
-            thread: Some(thread),
-        }
+        Self { addr, state, shutdown, thread: Some(thread) }
     }
 
     /// `http://127.0.0.1:PORT`, for the gateway's `REST_BASE_URL`.
@@ -151,10 +137,7 @@ impl StandInApi {
     /// How many `GET /api/v1/sections/{section_id}` requests arrived.
     pub fn call_count(&self, section_id: &str) -> usize {
         let path = format!("{SECTION_PREFIX}{section_id}");
-        lock(&self.state.calls)
-            .iter()
-            .filter(|call| call.method == "GET" && call.path == path)
-            .count()
+        lock(&self.state.calls).iter().filter(|call| call.method == "GET" && call.path == path).count()
     }
 
     /// Stops accepting and closes every open connection (as if the API went down); later
@@ -190,11 +173,7 @@ impl Drop for HeldReplies {
     }
 }
 
-async fn serve(
-    listener: std::net::TcpListener,
-    state: Arc<State>,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn serve(listener: std::net::TcpListener, state: Arc<State>, mut stop: watch::Receiver<bool>) {
     let listener = TcpListener::from_std(listener).expect("cannot register the listener");
     loop {
         tokio::select! {
@@ -214,10 +193,7 @@ async fn serve(
     }
 }
 
-async fn answer(
-    state: Arc<State>,
-    request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(state: Arc<State>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let uri = request.uri();
     let path = uri.path().to_owned();
     lock(&state.calls).push(RecordedCall {
@@ -230,15 +206,10 @@ async fn answer(
             .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned()),
     });
 
-    let section_id = path
-        .strip_prefix(SECTION_PREFIX)
-        .filter(|id| !id.is_empty() && !id.contains('/'));
+    let section_id = path.strip_prefix(SECTION_PREFIX).filter(|id| !id.is_empty() && !id.contains('/'));
     let (Some(id), &Method::GET) = (section_id, request.method()) else {
         let message = format!("Cannot {} {path}", request.method());
-        return Ok(respond(&Reply::new(
-            404,
-            nest_error(404, &message, "Not Found", &path),
-        )));
+        return Ok(respond(&Reply::new(404, nest_error(404, &message, "Not Found", &path))));
     };
 
     let held = lock(&state.holds).get(id).cloned();
@@ -246,10 +217,7 @@ async fn answer(
         // An error means the guard is gone, which releases too.
         let _ = held.wait_for(|released| *released).await;
     }
-    let reply = lock(&state.replies)
-        .get(id)
-        .cloned()
-        .unwrap_or_else(|| default_reply(id, &path));
+    let reply = lock(&state.replies).get(id).cloned().unwrap_or_else(|| default_reply(id, &path));
     tokio::time::sleep(reply.delay).await;
     Ok(respond(&reply))
 }
@@ -280,8 +248,7 @@ fn nest_error(status: u16, message: &str, error: &str, path: &str) -> String {
 }
 
 fn respond(reply: &Reply) -> Response<Full<Bytes>> {
-    let status = StatusCode::from_u16(reply.status)
-        .unwrap_or_else(|_| panic!("invalid HTTP status {}", reply.status));
+    let status = StatusCode::from_u16(reply.status).unwrap_or_else(|_| panic!("invalid HTTP status {}", reply.status));
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json; charset=utf-8")
@@ -322,10 +289,7 @@ mod tests {
         let url = format!("{}/api/v1/sections/{ID}", api.base_url());
         let (status, body) = get_with(&url, &[("authorization", "Bearer abc")]).await;
         assert_eq!(status, 200);
-        assert_eq!(
-            serde_json::from_str::<Value>(&body).unwrap(),
-            json!({"data": {"id": ID, "tables": []}})
-        );
+        assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), json!({"data": {"id": ID, "tables": []}}));
         assert_eq!(
             api.calls(),
             vec![RecordedCall {
@@ -341,10 +305,7 @@ mod tests {
     #[tokio::test]
     async fn configured_reply_is_served_after_its_delay() {
         let api = StandInApi::start();
-        api.set_reply(
-            ID,
-            Reply::new(503, "oops").after(Duration::from_millis(200)),
-        );
+        api.set_reply(ID, Reply::new(503, "oops").after(Duration::from_millis(200)));
         let started = std::time::Instant::now();
         let (status, body) = get(&format!("{}/api/v1/sections/{ID}", api.base_url())).await;
         assert_eq!((status, body.as_str()), (503, "oops"));
@@ -357,10 +318,7 @@ mod tests {
         let held = api.hold(ID);
         let url = format!("{}/api/v1/sections/{ID}", api.base_url());
         let request = tokio::spawn(async move { get(&url).await });
-        wait::until(Duration::from_secs(5), "the held call to arrive", || {
-            api.call_count(ID) == 1
-        })
-        .await;
+        wait::until(Duration::from_secs(5), "the held call to arrive", || api.call_count(ID) == 1).await;
         // Configured while the call is held: the reply is chosen on release.
         api.set_section(ID, json!({"id": ID}));
         assert!(!request.is_finished());

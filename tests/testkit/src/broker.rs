@@ -72,11 +72,7 @@ impl Broker {
     /// A broker storing everything in a libsql database inside `dir` (which must exist), so that
     /// [`Broker::restart`] keeps topics, records and committed offsets.
     pub async fn start_persistent(dir: &Path) -> Broker {
-        assert!(
-            dir.is_dir(),
-            "storage directory {} does not exist",
-            dir.display()
-        );
+        assert!(dir.is_dir(), "storage directory {} does not exist", dir.display());
         Self::start(SQLITE_URL, dir.to_path_buf()).await
     }
 
@@ -164,24 +160,13 @@ impl Broker {
     async fn wait_until_serving(&mut self) {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!(
-                    "tansu exited during startup ({status}); {}\n{}",
-                    self.describe(),
-                    self.log.tail(30)
-                );
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("tansu exited during startup ({status}); {}\n{}", self.describe(), self.log.tail(30));
             }
             let admin = self.admin();
             // fetch_metadata blocks: keep it off the async runtime's thread.
             let answered = tokio::task::spawn_blocking(move || {
-                admin
-                    .inner()
-                    .fetch_metadata(None, Duration::from_millis(500))
-                    .is_ok()
+                admin.inner().fetch_metadata(None, Duration::from_millis(500)).is_ok()
             })
             .await
             .expect("metadata probe panicked");
@@ -200,10 +185,8 @@ impl Broker {
     }
 
     async fn create_topics(&self, names: &[&str], partitions: i32) {
-        let topics: Vec<NewTopic> = names
-            .iter()
-            .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1)))
-            .collect();
+        let topics: Vec<NewTopic> =
+            names.iter().map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1))).collect();
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         let results = self
             .admin()
@@ -230,11 +213,7 @@ impl Broker {
     }
 
     fn describe(&self) -> String {
-        format!(
-            "tansu on {} (log: {})",
-            self.bootstrap(),
-            self.log.path().display()
-        )
+        format!("tansu on {} (log: {})", self.bootstrap(), self.log.path().display())
     }
 }
 
@@ -274,9 +253,7 @@ mod tests {
             .create()
             .unwrap();
         let mut assignment = TopicPartitionList::new();
-        assignment
-            .add_partition_offset(topic, 0, Offset::Beginning)
-            .unwrap();
+        assignment.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
         consumer.assign(&assignment).unwrap();
         let message = tokio::time::timeout(Duration::from_secs(20), consumer.recv())
             .await
@@ -289,30 +266,20 @@ mod tests {
     async fn memory_broker_has_every_section_topic_with_one_partition() {
         let broker = Broker::start_memory().await;
         let admin = broker.admin();
-        let metadata = tokio::task::spawn_blocking(move || {
-            admin
-                .inner()
-                .fetch_metadata(None, Duration::from_secs(5))
-                .unwrap()
-        })
-        .await
-        .unwrap();
+        let metadata =
+            tokio::task::spawn_blocking(move || admin.inner().fetch_metadata(None, Duration::from_secs(5)).unwrap())
+                .await
+                .unwrap();
         for name in SECTION_TOPICS {
-            let topic = metadata
-                .topics()
-                .iter()
-                .find(|topic| topic.name() == name)
-                .unwrap_or_else(|| panic!("{name} missing"));
+            let topic =
+                metadata.topics().iter().find(|topic| topic.name() == name).unwrap_or_else(|| panic!("{name} missing"));
             assert_eq!(topic.partitions().len(), 1, "{name}");
         }
         let producer = EventProducer::new(&broker.bootstrap());
         let json = serde_json::json!({"event_type": "created"});
         producer.send_json("mesa-ya.tables.events", &json).await;
         let payload = first_record(&broker.bootstrap(), "mesa-ya.tables.events").await;
-        assert_eq!(
-            serde_json::from_slice::<serde_json::Value>(&payload).unwrap(),
-            json
-        );
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&payload).unwrap(), json);
     }
 
     #[tokio::test]
@@ -322,20 +289,13 @@ mod tests {
         let mut broker = Broker::start_persistent(&dir).await;
         let port = broker.port();
         let producer = EventProducer::new(&broker.bootstrap());
-        producer
-            .send("mesa-ya.section-objects.events", b"before")
-            .await;
+        producer.send("mesa-ya.section-objects.events", b"before").await;
 
         broker.restart().await;
         assert_eq!(broker.port(), port);
-        assert_eq!(
-            first_record(&broker.bootstrap(), "mesa-ya.section-objects.events").await,
-            b"before"
-        );
+        assert_eq!(first_record(&broker.bootstrap(), "mesa-ya.section-objects.events").await, b"before");
         // The producer created before the restart reconnects by itself.
-        producer
-            .send("mesa-ya.section-objects.events", b"after")
-            .await;
+        producer.send("mesa-ya.section-objects.events", b"after").await;
 
         drop(broker);
         std::fs::remove_dir_all(&dir).unwrap();

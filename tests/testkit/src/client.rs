@@ -35,12 +35,9 @@ pub(crate) async fn try_get(url: &str) -> Result<(u16, String), String> {
 async fn exchange(url: &str, headers: &[(&str, &str)]) -> Result<(u16, String), String> {
     let uri: Uri = url.parse().map_err(|e| format!("bad URL: {e}"))?;
     let authority = uri.authority().ok_or("URL has no host")?.clone();
-    let stream = TcpStream::connect(authority.as_str())
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
+    let stream = TcpStream::connect(authority.as_str()).await.map_err(|e| format!("connect: {e}"))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| format!("handshake: {e}"))?;
     // The connection future performs the I/O; it ends when the exchange is over.
     tokio::spawn(connection);
 
@@ -49,19 +46,9 @@ async fn exchange(url: &str, headers: &[(&str, &str)]) -> Result<(u16, String), 
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let request = request
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| format!("bad request: {e}"))?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| format!("request: {e}"))?;
+    let request = request.body(Empty::<Bytes>::new()).map_err(|e| format!("bad request: {e}"))?;
+    let response = sender.send_request(request).await.map_err(|e| format!("request: {e}"))?;
     let status = response.status().as_u16();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("body: {e}"))?
-        .to_bytes();
+    let body = response.into_body().collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }

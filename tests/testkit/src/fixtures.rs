@@ -166,11 +166,7 @@ mod tests {
     fn v1_omits_entity_id_when_absent() {
         let created = v1("section.created", None, section_json(SECTION, CREATED_AT));
         assert!(created.get("entityId").is_none());
-        let deleted = v1(
-            "section.deleted",
-            Some(SECTION),
-            section_json(SECTION, CREATED_AT),
-        );
+        let deleted = v1("section.deleted", Some(SECTION), section_json(SECTION, CREATED_AT));
         assert_eq!(deleted["entityId"], SECTION);
         assert_eq!(deleted["entity"]["id"], SECTION);
     }

@@ -54,21 +54,12 @@ impl Gateway {
             .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run the gateway {}: {e}", bin.display()));
-        Gateway {
-            child,
-            port,
-            log,
-            exit: None,
-        }
+        Gateway { child, port, log, exit: None }
     }
 
     /// Runs `bin` until it exits by itself (e.g. rejecting its configuration); returns its exit
     /// status and its stderr alone. Panics (killing it) if it still runs after `timeout`.
-    pub async fn run_to_exit(
-        bin: &Path,
-        env: &[(&str, String)],
-        timeout: Duration,
-    ) -> (ExitStatus, String) {
+    pub async fn run_to_exit(bin: &Path, env: &[(&str, String)], timeout: Duration) -> (ExitStatus, String) {
         let stdout_log = LogFile::new("gateway-stdout");
         let stderr_log = LogFile::new("gateway-stderr");
         let port = port_from(env);
@@ -132,10 +123,7 @@ impl Gateway {
         let url = format!("{}/readyz", self.url());
         loop {
             if let Some(status) = self.poll_exit() {
-                panic!(
-                    "the gateway exited ({status}) before it was ready; output:\n{}",
-                    self.log.tail(LOG_TAIL)
-                );
+                panic!("the gateway exited ({status}) before it was ready; output:\n{}", self.log.tail(LOG_TAIL));
             }
             let last = client::try_get(&url).await;
             if matches!(last, Ok((200, _))) {
@@ -169,12 +157,7 @@ impl Gateway {
         // SAFETY: kill(2) only takes plain integers; the pid is our own unreaped child, so it
         // cannot have been recycled for another process.
         let result = unsafe { libc::kill(pid, signal) };
-        assert_eq!(
-            result,
-            0,
-            "kill({pid}, {signal}): {}",
-            std::io::Error::last_os_error()
-        );
+        assert_eq!(result, 0, "kill({pid}, {signal}): {}", std::io::Error::last_os_error());
     }
 
     /// Waits up to `timeout` for the process to exit; `None` if it still runs.
@@ -193,10 +176,7 @@ impl Gateway {
 
     fn poll_exit(&mut self) -> Option<ExitStatus> {
         if self.exit.is_none() {
-            self.exit = self
-                .child
-                .try_wait()
-                .expect("cannot poll the gateway process");
+            self.exit = self.child.try_wait().expect("cannot poll the gateway process");
         }
         self.exit
     }
@@ -209,10 +189,7 @@ impl Drop for Gateway {
             let _ = self.child.wait();
         }
         if std::thread::panicking() {
-            eprintln!(
-                "[mesaya-testkit] gateway output (last {LOG_TAIL} lines):\n{}",
-                self.log.tail(LOG_TAIL)
-            );
+            eprintln!("[mesaya-testkit] gateway output (last {LOG_TAIL} lines):\n{}", self.log.tail(LOG_TAIL));
         }
     }
 }
@@ -220,9 +197,7 @@ impl Drop for Gateway {
 /// The caller's `PORT`, else a free one.
 fn port_from(env: &[(&str, String)]) -> u16 {
     match env.iter().find(|(name, _)| *name == "PORT") {
-        Some((_, port)) => port
-            .parse()
-            .unwrap_or_else(|_| panic!("PORT={port} is not a port")),
+        Some((_, port)) => port.parse().unwrap_or_else(|_| panic!("PORT={port} is not a port")),
         None => free_port(),
     }
 }
@@ -271,9 +246,8 @@ mod tests {
 
     #[tokio::test]
     async fn run_to_exit_returns_status_and_stderr_with_a_clean_environment() {
-        let script = Script::new(
-            r#"echo "out"; echo "$HOST:$PORT $LOG_FORMAT ${HOME:-no-home} $JWT_SECRET" >&2; exit 3"#,
-        );
+        let script =
+            Script::new(r#"echo "out"; echo "$HOST:$PORT $LOG_FORMAT ${HOME:-no-home} $JWT_SECRET" >&2; exit 3"#);
         let env = [("PORT", "4321".to_owned()), ("JWT_SECRET", "s".to_owned())];
         let (status, stderr) = Gateway::run_to_exit(&script.0, &env, Duration::from_secs(10)).await;
         assert_eq!(status.code(), Some(3));
@@ -286,10 +260,7 @@ mod tests {
         let mut gateway = Gateway::start(&script.0, &[]);
         assert!(gateway.wait_exit(Duration::from_millis(50)).await.is_none());
         gateway.terminate();
-        let status = gateway
-            .wait_exit(Duration::from_secs(10))
-            .await
-            .expect("exit after SIGTERM");
+        let status = gateway.wait_exit(Duration::from_secs(10)).await.expect("exit after SIGTERM");
         assert_eq!(status.signal(), Some(libc::SIGTERM));
     }
 
@@ -305,10 +276,7 @@ mod tests {
     async fn logs_capture_stdout_and_stderr() {
         let script = Script::new("echo one; echo two >&2");
         let mut gateway = Gateway::start(&script.0, &[]);
-        gateway
-            .wait_exit(Duration::from_secs(10))
-            .await
-            .expect("exit");
+        gateway.wait_exit(Duration::from_secs(10)).await.expect("exit");
         assert_eq!(gateway.logs(), "one\ntwo\n");
     }
 }

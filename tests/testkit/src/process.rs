@@ -50,9 +50,7 @@ impl LogFile {
     }
 
     pub(crate) fn read(&self) -> String {
-        fs::read(&self.path)
-            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-            .unwrap_or_default()
+        fs::read(&self.path).map(|bytes| String::from_utf8_lossy(&bytes).into_owned()).unwrap_or_default()
     }
 
     /// The last `n` lines, for panic messages.

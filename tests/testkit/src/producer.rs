@@ -16,10 +16,7 @@ impl EventProducer {
     pub fn new(bootstrap: &str) -> Self {
         let producer = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
-            .set(
-                "message.timeout.ms",
-                DELIVERY_TIMEOUT.as_millis().to_string(),
-            )
+            .set("message.timeout.ms", DELIVERY_TIMEOUT.as_millis().to_string())
             // Send each record at once: tests measure latency and ordering, not throughput.
             .set("linger.ms", "0")
             .create()
@@ -33,10 +30,9 @@ impl EventProducer {
         let record = FutureRecord::<(), [u8]>::to(topic).payload(payload);
         match self.producer.send(record, DELIVERY_TIMEOUT).await {
             Ok(delivery) => (delivery.partition, delivery.offset),
-            Err((error, _)) => panic!(
-                "delivery to {topic} failed: {error} (payload: {})",
-                String::from_utf8_lossy(payload)
-            ),
+            Err((error, _)) => {
+                panic!("delivery to {topic} failed: {error} (payload: {})", String::from_utf8_lossy(payload))
+            }
         }
     }
 

@@ -18,9 +18,7 @@ pub const ISSUER: &str = "mesaYA-auth";
 
 /// Seconds since the Unix epoch.
 pub fn now() -> i64 {
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock before 1970");
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock before 1970");
     i64::try_from(since_epoch.as_secs()).expect("clock out of range")
 }
 
@@ -49,9 +47,7 @@ impl TokenBuilder {
             "iat": issued_at,
             "exp": issued_at + 3600,
         });
-        let Value::Object(claims) = claims else {
-            unreachable!()
-        };
+        let Value::Object(claims) = claims else { unreachable!() };
         Self { claims }
     }
 
@@ -108,24 +104,15 @@ impl TokenBuilder {
     }
 
     pub fn hs256(&self, secret: &str) -> String {
-        self.sign(
-            Algorithm::HS256,
-            &EncodingKey::from_secret(secret.as_bytes()),
-        )
+        self.sign(Algorithm::HS256, &EncodingKey::from_secret(secret.as_bytes()))
     }
 
     pub fn hs384(&self, secret: &str) -> String {
-        self.sign(
-            Algorithm::HS384,
-            &EncodingKey::from_secret(secret.as_bytes()),
-        )
+        self.sign(Algorithm::HS384, &EncodingKey::from_secret(secret.as_bytes()))
     }
 
     pub fn hs512(&self, secret: &str) -> String {
-        self.sign(
-            Algorithm::HS512,
-            &EncodingKey::from_secret(secret.as_bytes()),
-        )
+        self.sign(Algorithm::HS512, &EncodingKey::from_secret(secret.as_bytes()))
     }
 
     /// Signed with the test RSA key; verify with [`RSA_PUBLIC_PEM`].
@@ -154,26 +141,17 @@ mod tests {
         let mut validation = Validation::new(algorithm);
         validation.set_issuer(&[ISSUER]);
         validation.set_required_spec_claims(&["exp", "sub", "iss"]);
-        decode::<Map<String, Value>>(token, key, &validation)
-            .expect("token should verify")
-            .claims
+        decode::<Map<String, Value>>(token, key, &validation).expect("token should verify").claims
     }
 
     #[test]
     fn defaults_look_like_the_auth_ms() {
         let builder = TokenBuilder::new();
-        let claims = verify(
-            &builder.hs256("s3cret"),
-            Algorithm::HS256,
-            &DecodingKey::from_secret(b"s3cret"),
-        );
+        let claims = verify(&builder.hs256("s3cret"), Algorithm::HS256, &DecodingKey::from_secret(b"s3cret"));
         assert_eq!(&claims, builder.claims());
         assert_eq!(claims["roles"], json!(["USER"]));
         assert_eq!(claims["iss"], ISSUER);
-        assert_eq!(
-            claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
-            3600
-        );
+        assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 3600);
         assert!(uuid::Uuid::parse_str(claims["sub"].as_str().unwrap()).is_ok());
         assert!(claims["email"].as_str().unwrap().contains('@'));
     }
@@ -188,10 +166,7 @@ mod tests {
 
     #[test]
     fn rs256_verifies_with_the_public_pem() {
-        let token = TokenBuilder::new()
-            .roles(&["OWNER"])
-            .permissions(&["section:read"])
-            .rs256();
+        let token = TokenBuilder::new().roles(&["OWNER"]).permissions(&["section:read"]).rs256();
         let key = DecodingKey::from_rsa_pem(RSA_PUBLIC_PEM.as_bytes()).unwrap();
         let claims = verify(&token, Algorithm::RS256, &key);
         assert_eq!(claims["roles"], json!(["OWNER"]));

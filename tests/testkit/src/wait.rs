@@ -53,10 +53,7 @@ mod tests {
     #[tokio::test]
     async fn returns_once_the_condition_holds() {
         let calls = AtomicU32::new(0);
-        until(Duration::from_secs(2), "third call", || {
-            calls.fetch_add(1, Ordering::SeqCst) == 2
-        })
-        .await;
+        until(Duration::from_secs(2), "third call", || calls.fetch_add(1, Ordering::SeqCst) == 2).await;
         assert_eq!(calls.load(Ordering::SeqCst), 3);
     }
 

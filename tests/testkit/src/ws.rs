@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -29,8 +30,7 @@ impl WsClient {
     /// An upgrade request for `url` with the handshake headers already set; add your own
     /// (`Authorization`, `Sec-WebSocket-Protocol`, …) and pass it to [`WsClient::connect_with`].
     pub fn request(url: &str) -> Request {
-        url.into_client_request()
-            .unwrap_or_else(|e| panic!("bad WebSocket URL {url}: {e}"))
+        url.into_client_request().unwrap_or_else(|e| panic!("bad WebSocket URL {url}: {e}"))
     }
 
     /// Connects; `Err((status, body))` when the server answers the upgrade with plain HTTP.
@@ -75,8 +75,9 @@ impl WsClient {
     pub async fn next_json(&mut self, timeout: Duration) -> Value {
         match self.try_next(timeout).await {
             None => panic!("no frame within {timeout:?}"),
-            Some(Message::Text(text)) => serde_json::from_str(&text)
-                .unwrap_or_else(|e| panic!("text frame is not JSON ({e}): {text}")),
+            Some(Message::Text(text)) => {
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("text frame is not JSON ({e}): {text}"))
+            }
             Some(other) => panic!("expected a JSON text frame, got {other:?}"),
         }
     }
@@ -86,9 +87,7 @@ impl WsClient {
     pub async fn try_next(&mut self, timeout: Duration) -> Option<Message> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let frame = tokio::time::timeout_at(deadline, self.stream.next())
-                .await
-                .ok()?;
+            let frame = tokio::time::timeout_at(deadline, self.stream.next()).await.ok()?;
             match frame {
                 // tungstenite queues the pong reply itself; it goes out with the next read/write.
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
@@ -104,10 +103,7 @@ impl WsClient {
     /// comes first, or nothing within `timeout`.
     pub async fn expect_close(&mut self, timeout: Duration) -> (u16, String) {
         let (frames, code, reason) = self.frames_until_close(timeout).await;
-        assert!(
-            frames.is_empty(),
-            "expected a close ({code} {reason:?}) but first got {frames:?}"
-        );
+        assert!(frames.is_empty(), "expected a close ({code} {reason:?}) but first got {frames:?}");
         (code, reason)
     }
 
@@ -133,10 +129,7 @@ impl WsClient {
     }
 
     pub async fn send(&mut self, message: Message) {
-        self.stream
-            .send(message)
-            .await
-            .unwrap_or_else(|e| panic!("WebSocket send failed: {e}"));
+        self.stream.send(message).await.unwrap_or_else(|e| panic!("WebSocket send failed: {e}"));
     }
 
     pub async fn send_text(&mut self, text: impl Into<String>) {
@@ -153,15 +146,66 @@ impl WsClient {
 
     /// Starts a normal client-side close (1000).
     pub async fn close(&mut self) {
-        self.stream
-            .close(None)
-            .await
-            .unwrap_or_else(|e| panic!("WebSocket close failed: {e}"));
+        self.stream.close(None).await.unwrap_or_else(|e| panic!("WebSocket close failed: {e}"));
     }
 }
 
 fn describe(frame: CloseFrame) -> (u16, String) {
     (u16::from(frame.code), frame.reason.to_string())
+}
+
+/// The code of the first close frame the server sends on `url`, read off the
+/// wire (1005 for a close without a code). tungstenite 0.30 predates 1014
+/// (Bad Gateway, registered with IANA after RFC 6455, and SPEC §1.3's code
+/// for an unavailable API): it reports a close frame carrying 1014 as 1002,
+/// so neither [`WsClient`] nor a tokio-tungstenite stream can see it. Hence
+/// a hand-made client: the upgrade request, then unmasked server frames.
+pub async fn close_code_on_the_wire(url: &str, timeout: Duration) -> u16 {
+    let (authority, path) = url.strip_prefix("ws://").and_then(|rest| rest.split_once('/')).expect("a ws:// URL");
+    let exchange = async {
+        let mut tcp = TcpStream::connect(authority).await.expect("connect");
+        let request = format!(
+            "GET /{path} HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        tcp.write_all(request.as_bytes()).await.expect("send the upgrade");
+        let mut received = Vec::new();
+        let mut upgraded = false;
+        loop {
+            let mut chunk = [0; 4096];
+            let n = tcp.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "the connection ended without a close frame");
+            received.extend_from_slice(&chunk[..n]);
+            if !upgraded {
+                let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+                let head = String::from_utf8_lossy(&received[..end]).into_owned();
+                assert!(head.starts_with("HTTP/1.1 101"), "upgrade refused: {head}");
+                received.drain(..end + 4);
+                upgraded = true;
+            }
+            while let Some((opcode, payload, used)) = server_frame(&received) {
+                if opcode == 0x8 {
+                    return match payload {
+                        [high, low, ..] => u16::from_be_bytes([*high, *low]),
+                        _ => NO_STATUS,
+                    };
+                }
+                received.drain(..used);
+            }
+        }
+    };
+    tokio::time::timeout(timeout, exchange).await.unwrap_or_else(|_| panic!("no close frame within {timeout:?}"))
+}
+
+/// One whole unmasked frame at the start of `bytes`: (opcode, payload, its length).
+fn server_frame(bytes: &[u8]) -> Option<(u8, &[u8], usize)> {
+    let (&first, &second) = (bytes.first()?, bytes.get(1)?);
+    let (len, at) = match second & 0x7f {
+        126 => (usize::from(u16::from_be_bytes(bytes.get(2..4)?.try_into().ok()?)), 4),
+        127 => (usize::try_from(u64::from_be_bytes(bytes.get(2..10)?.try_into().ok()?)).ok()?, 10),
+        len => (usize::from(len), 2),
+    };
+    Some((first & 0x0f, bytes.get(at..at + len)?, at + len))
 }
 
 #[cfg(test)]
@@ -177,10 +221,7 @@ mod tests {
 
     /// A one-connection server: refuses without `Authorization`, otherwise pings, sends one
     /// JSON frame, echoes one frame back as JSON and closes with 4404.
-    #[expect(
-        clippy::result_large_err,
-        reason = "tungstenite's handshake callback signature"
-    )]
+    #[expect(clippy::result_large_err, reason = "tungstenite's handshake callback signature")]
     async fn server() -> String {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("ws://{}/ws", listener.local_addr().unwrap());
@@ -199,24 +240,15 @@ mod tests {
                 return;
             };
             ws.send(Message::Ping(Default::default())).await.unwrap();
-            ws.send(Message::text(
-                json!({"event": "section.snapshot"}).to_string(),
-            ))
-            .await
-            .unwrap();
+            ws.send(Message::text(json!({"event": "section.snapshot"}).to_string())).await.unwrap();
             // The client's automatic pong arrives first.
             while let Some(Ok(frame)) = ws.next().await {
                 if let Message::Text(text) = frame {
-                    ws.send(Message::text(json!({"echo": text.as_str()}).to_string()))
-                        .await
-                        .unwrap();
+                    ws.send(Message::text(json!({"echo": text.as_str()}).to_string())).await.unwrap();
                     break;
                 }
             }
-            let close = CloseFrame {
-                code: CloseCode::from(4404),
-                reason: "gone".into(),
-            };
+            let close = CloseFrame { code: CloseCode::from(4404), reason: "gone".into() };
             ws.close(Some(close)).await.unwrap();
             while ws.next().await.is_some() {}
         });
@@ -234,32 +266,19 @@ mod tests {
     async fn reads_json_skipping_pings_then_the_close() {
         let url = server().await;
         let mut request = WsClient::request(&url);
-        request
-            .headers_mut()
-            .insert("authorization", "Bearer t".parse().unwrap());
+        request.headers_mut().insert("authorization", "Bearer t".parse().unwrap());
         let mut client = WsClient::connect_with(request).await.expect("upgrade");
-        assert_eq!(
-            client.next_json(Duration::from_secs(5)).await,
-            json!({"event": "section.snapshot"})
-        );
+        assert_eq!(client.next_json(Duration::from_secs(5)).await, json!({"event": "section.snapshot"}));
         client.send_text("hi").await;
-        assert_eq!(
-            client.next_json(Duration::from_secs(5)).await,
-            json!({"echo": "hi"})
-        );
-        assert_eq!(
-            client.expect_close(Duration::from_secs(5)).await,
-            (4404, "gone".to_owned())
-        );
+        assert_eq!(client.next_json(Duration::from_secs(5)).await, json!({"echo": "hi"}));
+        assert_eq!(client.expect_close(Duration::from_secs(5)).await, (4404, "gone".to_owned()));
     }
 
     #[tokio::test]
     async fn frames_before_the_close_are_returned() {
         let url = server().await;
         let mut request = WsClient::request(&url);
-        request
-            .headers_mut()
-            .insert("authorization", "Bearer t".parse().unwrap());
+        request.headers_mut().insert("authorization", "Bearer t".parse().unwrap());
         let mut client = WsClient::connect_with(request).await.expect("upgrade");
         client.send_text("x").await;
         let (frames, code, _) = client.frames_until_close(Duration::from_secs(5)).await;
@@ -271,9 +290,7 @@ mod tests {
     async fn try_next_is_none_on_silence() {
         let url = server().await;
         let mut request = WsClient::request(&url);
-        request
-            .headers_mut()
-            .insert("authorization", "Bearer t".parse().unwrap());
+        request.headers_mut().insert("authorization", "Bearer t".parse().unwrap());
         let mut client = WsClient::connect_with(request).await.expect("upgrade");
         client.next_json(Duration::from_secs(5)).await;
         // The server now waits for a frame from us: nothing comes.

@@ -59,7 +59,11 @@ async fn main() {
             _ = terminate.recv() => break,
         }
         let table = TABLES[(step % 2) as usize];
-        let mut data = fixtures::table_json(table, SECTION, &chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        let mut data = fixtures::table_json(
+            table,
+            SECTION,
+            &chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        );
         data["posX"] = serde_json::json!(10 + (step % 20) * 5);
         producer.send_json("mesa-ya.tables.events", &fixtures::v2("updated", table, data)).await;
     }
