@@ -7,7 +7,9 @@
 //! going to B. Each payload carries its send time, so every client measures
 //! produce → receive latency. It runs twice on one gateway: a baseline, then
 //! with a client on A that reads its snapshot and then stops reading. It
-//! prints latency percentiles per run and the gateway's peak RSS.
+//! prints latency percentiles per run and the gateway's peak RSS. Events
+//! cycle over `LOAD_TABLES` (500) tables: with few, conflation keeps the
+//! stalled client's queue small; with one per event, it is closed with 4408.
 //!
 //! `cargo bench --bench fanout_load` (needs tansu; `scripts/ensure-tansu.sh`).
 
@@ -38,6 +40,9 @@ struct Load {
     event_bytes: usize,
     rate: usize,
     readers: usize,
+    /// Distinct tables the events cycle over: few let conflation keep a
+    /// stalled client's queue small; as many as events force a 4408.
+    tables: usize,
 }
 
 /// Two section ids that hash to the same shard of `shards`.
@@ -153,7 +158,7 @@ async fn run(
     for i in 0..load.events {
         let on_b = i % 10 == 9;
         let section = if on_b { section_b } else { section_a };
-        let table = format!("00000000-0000-4000-8000-{:012}", i % 500);
+        let table = format!("00000000-0000-4000-8000-{:012}", i % load.tables);
         let mut data = fixtures::table_json(&table, section, "2026-01-10T16:00:00.000Z");
         data["notes"] = json!(padding);
         data["sentMicros"] = json!(epoch.elapsed().as_micros() as u64);
@@ -221,47 +226,53 @@ fn main() {
         event_bytes: setting("LOAD_EVENT_BYTES", 1024),
         rate: setting("LOAD_RATE", 2_000),
         readers: setting("LOAD_READERS", 10),
+        tables: setting("LOAD_TABLES", 500).max(1),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {
-        let broker = Broker::start_memory().await;
-        let api = StandInApi::start();
-        let sections = sections_on_one_shard(2);
-        for section in [&sections.0, &sections.1] {
-            api.set_section(section, fixtures::nest_snapshot(section, vec![]));
-        }
-        let mut env = gateway::wiring(&broker, &api, SECRET);
-        env.extend([("SHARDS", "2".to_string()), ("LOG_LEVEL", "warn".to_string())]);
-        let mut gateway = Gateway::start(std::path::Path::new(env!("CARGO_BIN_EXE_mesaya-realtime")), &env);
-        gateway.wait_ready(Duration::from_secs(30)).await;
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", broker.bootstrap())
-            .set("linger.ms", "1")
-            .create()
-            .expect("producer");
-
         println!(
-            "fanout_load: {} events of ~{} B at {}/s, {} readers on A and {} on B (same shard), SHARDS=2",
-            load.events, load.event_bytes, load.rate, load.readers, load.readers
+            "fanout_load: {} events of ~{} B over {} tables at {}/s, {} readers on A and {} on B (same shard), SHARDS=2",
+            load.events, load.event_bytes, load.tables, load.rate, load.readers, load.readers
         );
-        println!("gateway RSS at start: {} KiB", rss_kib(gateway.pid()).unwrap_or(0));
+        // Each run gets a fresh broker and gateway, so neither inherits the
+        // other's topic size or process state.
         for stalled in [false, true] {
+            let broker = Broker::start_memory().await;
+            let api = StandInApi::start();
+            let sections = sections_on_one_shard(2);
+            for section in [&sections.0, &sections.1] {
+                api.set_section(section, fixtures::nest_snapshot(section, vec![]));
+            }
+            let mut env = gateway::wiring(&broker, &api, SECRET);
+            env.extend([("SHARDS", "2".to_string()), ("LOG_LEVEL", "warn".to_string())]);
+            let mut gateway = Gateway::start(std::path::Path::new(env!("CARGO_BIN_EXE_mesaya-realtime")), &env);
+            gateway.wait_ready(Duration::from_secs(30)).await;
+            let producer: FutureProducer = ClientConfig::new()
+                .set("bootstrap.servers", broker.bootstrap())
+                .set("linger.ms", "1")
+                .create()
+                .expect("producer");
+            let start_rss = rss_kib(gateway.pid()).unwrap_or(0);
+
             let mut report = run(&load, &gateway, &producer, (&sections.0, &sections.1), stalled).await;
-            let label = if stalled { "with a stalled client on A" } else { "baseline" };
+            let label = if stalled { "with a client on A that stopped reading" } else { "baseline" };
             println!("== {label}");
             println!("  {}", summary("section A readers", &mut report.a, report.expected_a));
             println!("  {}", summary("section B readers", &mut report.b, report.expected_b));
-            println!("  gateway peak RSS: {} KiB", report.peak_rss_kib);
+            println!(
+                "  gateway RSS: {start_rss} KiB at start, {} KiB peak, {} KiB at end",
+                report.peak_rss_kib,
+                rss_kib(gateway.pid()).unwrap_or(0)
+            );
             if let Some(outcome) = report.stalled_close {
                 println!("  stalled client: {outcome}");
             }
+            let (_, metrics) = gateway.get("/metrics").await;
+            for line in metrics.lines().filter(|l| {
+                l.starts_with("mesaya_slow_consumer_closes_total") || l.starts_with("mesaya_frames_conflated_total")
+            }) {
+                println!("  {line}");
+            }
         }
-        let (_, metrics) = gateway.get("/metrics").await;
-        for line in metrics.lines().filter(|l| {
-            l.starts_with("mesaya_slow_consumer_closes_total") || l.starts_with("mesaya_frames_conflated_total")
-        }) {
-            println!("  {line}");
-        }
-        println!("gateway RSS at end: {} KiB", rss_kib(gateway.pid()).unwrap_or(0));
     });
 }

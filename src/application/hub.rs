@@ -81,9 +81,11 @@ mod tests {
 
     const S1: &str = "11111111-1111-4111-8111-111111111111";
 
+    /// An outbox past its handoff, its snapshot frame already written.
     fn live_outbox(max_frames: usize) -> Rc<Outbox> {
         let outbox = Rc::new(Outbox::new(QueueLimits { max_frames, max_bytes: 1 << 20 }));
         outbox.go_live(&Snapshot::parse(br#"{"id":"s"}"#).unwrap());
+        outbox.pop_front();
         outbox
     }
 

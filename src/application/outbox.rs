@@ -124,8 +124,10 @@ impl Outbox {
     }
 
     /// Ends the holding phase: drops held created/updated events whose
-    /// entity the snapshot already has at the same or a newer `updatedAt`.
-    /// Held deletes always stay. Returns how many events were dropped.
+    /// entity the snapshot already has at the same or a newer `updatedAt`
+    /// (held deletes always stay), and puts the snapshot frame first, so the
+    /// writer sends it like any frame, under the same timers and limits.
+    /// Returns how many held events were dropped.
     pub fn go_live(&self, snapshot: &Snapshot) -> usize {
         let mut state = self.state.borrow_mut();
         let before = state.queue.len();
@@ -133,9 +135,10 @@ impl Outbox {
             Queued::Event(delivery) => !covered_by(delivery, snapshot),
             Queued::Control(_) => true,
         });
+        let dropped = before - state.queue.len();
+        state.queue.push_front(Queued::Control(snapshot.frame.clone()));
         state.bytes = state.queue.iter().map(|item| item.frame().len()).sum();
         state.live = true;
-        let dropped = before - state.queue.len();
         drop(state);
         self.wake.notify_one();
         dropped
@@ -249,6 +252,14 @@ mod tests {
         QueueLimits { max_frames, max_bytes: 1 << 20 }
     }
 
+    /// An outbox past its handoff, its snapshot frame already written.
+    fn live_outbox(max_frames: usize) -> Outbox {
+        let outbox = Outbox::new(limits(max_frames));
+        outbox.go_live(&Snapshot::parse(br#"{"id":"s"}"#).unwrap());
+        outbox.pop_front();
+        outbox
+    }
+
     fn snapshot_with_table(id: &str, updated_at: &str) -> Snapshot {
         Snapshot::parse(
             format!(r#"{{"data":{{"id":"s","tables":[{{"id":"{id}","updatedAt":"{updated_at}"}}]}}}}"#).as_bytes(),
@@ -270,8 +281,12 @@ mod tests {
         }
         assert_eq!(outbox.front(), None, "nothing is written while holding");
 
-        assert_eq!(outbox.go_live(&snapshot_with_table("t1", "2026-01-10T16:00:00.000Z")), 2);
-        assert_eq!(drain(&outbox), vec![other.frame.clone(), newer.frame.clone(), deleted.frame.clone()]);
+        let snapshot = snapshot_with_table("t1", "2026-01-10T16:00:00.000Z");
+        assert_eq!(outbox.go_live(&snapshot), 2);
+        assert_eq!(
+            drain(&outbox),
+            vec![snapshot.frame.clone(), other.frame.clone(), newer.frame.clone(), deleted.frame.clone()]
+        );
 
         // After the snapshot, events pass unfiltered.
         outbox.push_event(Arc::clone(&older));
@@ -280,8 +295,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_keeps_the_newest_frame_of_each_entity() {
-        let outbox = Outbox::new(limits(4));
-        outbox.go_live(&Snapshot::parse(br#"{"id":"s"}"#).unwrap());
+        let outbox = live_outbox(4);
         outbox.push_event(delivery("a", Action::Updated, Some(1)));
         outbox.push_event(delivery("b", Action::Updated, Some(1)));
         outbox.push_event(delivery("a", Action::Updated, Some(2)));
@@ -315,8 +329,7 @@ mod tests {
 
     #[test]
     fn immediate_close_hides_the_queue_but_drain_close_does_not() {
-        let outbox = Outbox::new(limits(10));
-        outbox.go_live(&Snapshot::parse(br#"{"id":"s"}"#).unwrap());
+        let outbox = live_outbox(10);
         outbox.push_event(delivery("a", Action::Updated, None));
         outbox.request_close(CloseCode::NORMAL, true);
         assert!(outbox.front().is_some());

@@ -102,15 +102,12 @@ async fn serve<S: SnapshotSource>(
         }
         None => return close(&mut sink, stream, CloseCode::GOING_AWAY).await,
     };
-    // Teach the router which tables live here, for reservation routing.
+    // Teach the router which tables live here, for reservation routing,
+    // before any client can have seen them.
     let _ = state.ctx.learned_tables.send(LearnedTables { section, table_ids: snapshot.table_ids.clone() });
-    if sink.send(text(&snapshot.frame)).await.is_err() {
-        return;
-    }
-    METRICS.frames_sent.inc();
     METRICS.handoff_skipped.inc_by(outbox.go_live(&snapshot) as u64);
     drop(snapshot);
-    tracing::debug!("snapshot sent; live");
+    tracing::debug!("snapshot queued first; live");
 
     let heard = Rc::new(Cell::new(Instant::now()));
     let reader = tokio::task::spawn_local(read_client(
