@@ -14,7 +14,7 @@
 //! `cargo bench --bench fanout_load` (needs tansu; `scripts/ensure-tansu.sh`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -71,8 +71,17 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 }
 
 /// Reads until `expected` events arrived (or `deadline`); returns latencies in µs.
-async fn read_latencies(url: String, epoch: Instant, expected: usize, deadline: Instant) -> Vec<u64> {
+/// Counts itself in `live` once its snapshot has arrived.
+async fn read_latencies(
+    url: String,
+    epoch: Instant,
+    expected: usize,
+    deadline: Instant,
+    live: Arc<AtomicUsize>,
+) -> Vec<u64> {
     let (mut socket, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
+    socket.next().await.expect("a snapshot").expect("a snapshot");
+    live.fetch_add(1, Ordering::Relaxed);
     let mut latencies = Vec::with_capacity(expected);
     while latencies.len() < expected {
         let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline.into(), socket.next()).await else { break };
@@ -95,6 +104,27 @@ struct RunReport {
     stalled_close: Option<String>,
 }
 
+/// p50/p99/p99.9 of `mesaya_delivery_seconds`, as the upper bound of the
+/// histogram bucket each falls in.
+fn delivery_quantiles(metrics: &str) -> String {
+    let buckets: Vec<(f64, f64)> = metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("mesaya_delivery_seconds_bucket{le=\""))
+        .filter_map(|rest| {
+            let (bound, count) = rest.split_once("\"} ")?;
+            Some((bound.parse().ok()?, count.trim().parse().ok()?))
+        })
+        .collect();
+    let total = buckets.last().map_or(0.0, |(_, count)| *count);
+    let at = |q: f64| {
+        buckets
+            .iter()
+            .find(|(_, count)| *count >= q * total)
+            .map_or("?".to_string(), |(bound, _)| format!("≤ {} ms", bound * 1000.0))
+    };
+    format!("p50 {} p99 {} p99.9 {} ({total} frames)", at(0.5), at(0.99), at(0.999))
+}
+
 fn summary(name: &str, latencies: &mut [u64], expected: usize) -> String {
     latencies.sort_unstable();
     format!(
@@ -107,7 +137,6 @@ fn summary(name: &str, latencies: &mut [u64], expected: usize) -> String {
     )
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn run(
     load: &Load,
     gateway: &Gateway,
@@ -122,10 +151,11 @@ async fn run(
     let expected_a = load.events - expected_b;
     let deadline = Instant::now() + Duration::from_secs((load.events / load.rate) as u64 + 60);
 
+    let live = Arc::new(AtomicUsize::new(0));
     let mut readers = Vec::new();
     for _ in 0..load.readers {
-        readers.push(tokio::spawn(read_latencies(url(section_a), epoch, expected_a, deadline)));
-        readers.push(tokio::spawn(read_latencies(url(section_b), epoch, expected_b, deadline)));
+        readers.push(tokio::spawn(read_latencies(url(section_a), epoch, expected_a, deadline, Arc::clone(&live))));
+        readers.push(tokio::spawn(read_latencies(url(section_b), epoch, expected_b, deadline, Arc::clone(&live))));
     }
     let stalled = if with_stalled_client {
         let (mut socket, _) = tokio_tungstenite::connect_async(url(section_a)).await.expect("connect");
@@ -134,8 +164,17 @@ async fn run(
     } else {
         None
     };
-    // Let every reader finish its handshake and snapshot before timing starts.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every reader must be live (snapshot received) before the first event.
+    let all_live = Instant::now() + Duration::from_secs(120);
+    while live.load(Ordering::Relaxed) < 2 * load.readers {
+        assert!(
+            Instant::now() < all_live,
+            "only {} of {} readers got a snapshot",
+            live.load(Ordering::Relaxed),
+            2 * load.readers
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let sampling = Arc::new(AtomicBool::new(true));
     let sampler = {
@@ -268,6 +307,7 @@ fn main() {
                 println!("  stalled client: {outcome}");
             }
             let (_, metrics) = gateway.get("/metrics").await;
+            println!("  gateway's own latency, route → client socket: {}", delivery_quantiles(&metrics));
             for line in metrics.lines().filter(|l| {
                 l.starts_with("mesaya_slow_consumer_closes_total") || l.starts_with("mesaya_frames_conflated_total")
             }) {

@@ -5,7 +5,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 pub struct Metrics {
@@ -19,6 +20,7 @@ pub struct Metrics {
     pub frames_conflated: IntCounter,
     pub slow_consumer_closes: IntCounter,
     pub snapshot_seconds: HistogramVec,
+    pub delivery_seconds: Histogram,
     pub snapshot_outcomes: IntCounterVec,
     pub handoff_skipped: IntCounter,
     pub consumer_lag: IntGaugeVec,
@@ -59,6 +61,15 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(snapshot_seconds.clone())).expect("unique metric");
+        let delivery_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "mesaya_delivery_seconds",
+                "From routing a Kafka record to writing its frame to a client socket (the gateway's own latency)",
+            )
+            .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+        )
+        .expect("valid metric");
+        r.register(Box::new(delivery_seconds.clone())).expect("unique metric");
         let kafka_ready =
             IntGauge::new("mesaya_kafka_ready", "1 when the consumer is connected and assigned").expect("valid metric");
         r.register(Box::new(kafka_ready.clone())).expect("unique metric");
@@ -81,6 +92,7 @@ impl Metrics {
             ),
             slow_consumer_closes: counter(&r, "mesaya_slow_consumer_closes_total", "Clients closed with 4408"),
             snapshot_seconds,
+            delivery_seconds,
             snapshot_outcomes: counter_vec(
                 &r,
                 "mesaya_snapshot_outcomes_total",

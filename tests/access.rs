@@ -477,6 +477,7 @@ async fn health_readiness_and_metrics() {
         "# TYPE mesaya_slow_consumer_closes_total counter",
         "# TYPE mesaya_snapshot_duration_seconds histogram",
         "# TYPE mesaya_snapshot_outcomes_total counter",
+        "# TYPE mesaya_delivery_seconds histogram",
     ] {
         assert!(body.contains(family), "/metrics lacks {family:?}:\n{body}");
     }
@@ -489,6 +490,8 @@ async fn health_readiness_and_metrics() {
     assert_eq!(metric_value(&body, "mesaya_snapshot_outcomes_total", "outcome=\"ok\""), 1.0, "{body}");
     assert_eq!(metric_value(&body, "mesaya_snapshot_duration_seconds_count", "outcome=\"ok\""), 1.0, "{body}");
     assert!(body.contains("mesaya_snapshot_duration_seconds_bucket{outcome=\"ok\",le=\"+Inf\"} 1"), "{body}");
+    // The one live event this client got was timed (the snapshot is not an event).
+    assert_eq!(metric_value(&body, "mesaya_delivery_seconds_count", ""), 1.0, "{body}");
     for line in body.lines().filter(|line| !line.starts_with('#') && !line.is_empty()) {
         let value = line.rsplit(' ').next().unwrap();
         assert!(value.parse::<f64>().is_ok(), "not a Prometheus sample line: {line:?}");

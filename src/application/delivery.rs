@@ -1,6 +1,8 @@
 //! A routed event, ready to be written: the unit that travels from the ingest
 //! thread to a shard and sits in client queues.
 
+use std::time::Instant;
+
 use crate::domain::entity::{Action, EntityKey};
 use crate::domain::frame::Frame;
 
@@ -13,4 +15,7 @@ pub struct Delivery {
     pub updated_at: Option<i64>,
     /// The section was deleted: its clients are closed (1000) after this.
     pub ends_section: bool,
+    /// When the ingest thread routed it: the start of the gateway's own
+    /// share of the latency (`mesaya_delivery_seconds`).
+    pub routed_at: Instant,
 }

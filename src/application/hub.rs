@@ -96,6 +96,7 @@ mod tests {
             action: Action::Updated,
             updated_at: None,
             ends_section,
+            routed_at: std::time::Instant::now(),
         })
     }
 

@@ -13,6 +13,7 @@
 use std::cell::RefCell;
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::Notify;
 
@@ -156,10 +157,15 @@ impl Outbox {
         state.queue.front().map(|item| item.frame().clone())
     }
 
-    pub fn pop_front(&self) {
+    /// Drops the frame [`Outbox::front`] returned, once written; returns
+    /// when it was routed, if it was an event.
+    pub fn pop_front(&self) -> Option<Instant> {
         let mut state = self.state.borrow_mut();
-        if let Some(item) = state.queue.pop_front() {
-            state.bytes -= item.frame().len();
+        let item = state.queue.pop_front()?;
+        state.bytes -= item.frame().len();
+        match item {
+            Queued::Event(delivery) => Some(delivery.routed_at),
+            Queued::Control(_) => None,
         }
     }
 
@@ -236,6 +242,7 @@ mod tests {
             action,
             updated_at,
             ends_section: false,
+            routed_at: Instant::now(),
         })
     }
 

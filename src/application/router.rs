@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::domain::entity::{Action, EntityKind};
 use crate::domain::envelope::EntityEvent;
@@ -55,6 +56,7 @@ impl EventRouter {
             key: event.key,
             action: event.action,
             updated_at: event.updated_at,
+            routed_at: Instant::now(),
         });
         for &section in &targets.sections {
             deliver(section, Arc::clone(&delivery));
@@ -68,6 +70,7 @@ impl EventRouter {
                     action: Action::Deleted,
                     updated_at: delivery.updated_at,
                     ends_section: false,
+                    routed_at: delivery.routed_at,
                 }),
             );
         }

@@ -30,6 +30,13 @@ type Sink = SplitSink<WebSocketStream<TcpStream>, Message>;
 
 /// How long a close handshake may take before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// tungstenite allocates its read buffer eagerly, 128 KiB by default: 250 MiB
+/// per thousand clients with the write buffer. Clients here only send pings,
+/// and the buffer still grows for a larger message (up to the frame cap).
+const READ_BUFFER_BYTES: usize = 4 << 10;
+/// Frames are written out once this much is buffered, and at every flush
+/// (the writer flushes whenever its queue runs empty).
+const WRITE_BUFFER_BYTES: usize = 16 << 10;
 const PONG: Frame = Frame::from_static(protocol::PONG_FRAME);
 
 fn text(frame: &Frame) -> Message {
@@ -55,6 +62,8 @@ pub async fn run<S: SnapshotSource + 'static>(
         stream.set_nodelay(true)?;
         let settings = &state.ctx.session;
         let config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER_BYTES)
+            .write_buffer_size(WRITE_BUFFER_BYTES)
             .max_message_size(Some(settings.max_frame_bytes))
             .max_frame_size(Some(settings.max_frame_bytes));
         let socket = WebSocketStream::from_partially_read(stream, read_buf.to_vec(), Role::Server, Some(config)).await;
@@ -195,7 +204,9 @@ async fn write_live<S>(
             }
             step = io_step => match step {
                 Ok(true) => {
-                    outbox.pop_front();
+                    if let Some(routed_at) = outbox.pop_front() {
+                        METRICS.delivery_seconds.observe(routed_at.elapsed().as_secs_f64());
+                    }
                     METRICS.frames_sent.inc();
                     unflushed = true;
                 }
