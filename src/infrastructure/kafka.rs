@@ -45,6 +45,28 @@ const RETRY_DELAY: Duration = Duration::from_secs(2);
 
 type PartitionKey = (String, i32);
 
+/// Next offset to read, per topic and partition. Nested by topic so that a
+/// consumed record updates its partition without allocating a key.
+#[derive(Clone, Default)]
+struct ResumePoints(HashMap<String, HashMap<i32, i64>>);
+
+impl ResumePoints {
+    fn get(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.0.get(topic)?.get(&partition).copied()
+    }
+
+    fn set(&mut self, topic: &str, partition: i32, next: i64) {
+        match self.0.get_mut(topic) {
+            Some(partitions) => {
+                partitions.insert(partition, next);
+            }
+            None => {
+                self.0.insert(topic.to_string(), HashMap::from([(partition, next)]));
+            }
+        }
+    }
+}
+
 /// `KAFKA_TOPICS`: exact names and `^regex` patterns.
 struct TopicSelection(Vec<Result<String, Regex>>);
 
@@ -148,7 +170,6 @@ impl<S: DeliverySink> KafkaIngest<S> {
             }
         };
         while !self.stopped() {
-            self.learn_tables();
             match consumer.poll(POLL_INTERVAL) {
                 None => {}
                 Some(Ok(message)) => {
@@ -183,11 +204,11 @@ impl<S: DeliverySink> KafkaIngest<S> {
 
     fn handle_record(&mut self, topic: &str, partition: i32, offset: i64, payload: &[u8]) {
         METRICS.events_consumed.inc();
-        // Again per record, not only between polls: `poll` may block for a
-        // whole interval and then return a reservation published right after
-        // a client got a snapshot naming its table. A shard reports the
-        // tables before it writes the snapshot frame, so draining here routes
-        // every record consumed after that frame was seen.
+        // Per record, not between polls: `poll` may block for a whole
+        // interval and then return a reservation published right after a
+        // client got a snapshot naming its table. A shard reports the tables
+        // before it writes the snapshot frame, so draining here routes every
+        // record consumed after that frame was seen.
         self.learn_tables();
         let skipped = |reason| RecordSkipped { topic, partition, offset, reason }.emit();
         let event = match envelope::parse(topic, payload, self.settings.max_record_bytes) {
@@ -217,12 +238,12 @@ impl<S: DeliverySink> KafkaIngest<S> {
 
     /// Phase 1 of the offset lifecycle. Returns each section-objects
     /// partition's high watermark: where the live consumer takes over.
-    fn rebuild_links(&mut self) -> KafkaResult<HashMap<PartitionKey, i64>> {
+    fn rebuild_links(&mut self) -> KafkaResult<ResumePoints> {
         let consumer: BaseConsumer =
             self.client_config(&format!("{}-rebuild", self.group_id)).set("enable.partition.eof", "true").create()?;
         let selection = TopicSelection::new(&self.settings.topics);
         let metadata = consumer.fetch_metadata(None, METADATA_TIMEOUT)?;
-        let mut ends = HashMap::new();
+        let mut ends = ResumePoints::default();
         let mut remaining = HashMap::new();
         let mut assignment = TopicPartitionList::new();
         for topic in metadata.topics() {
@@ -232,7 +253,7 @@ impl<S: DeliverySink> KafkaIngest<S> {
             }
             for partition in topic.partitions() {
                 let (low, high) = consumer.fetch_watermarks(name, partition.id(), METADATA_TIMEOUT)?;
-                ends.insert((name.to_string(), partition.id()), high);
+                ends.set(name, partition.id(), high);
                 if high > low {
                     assignment.add_partition_offset(name, partition.id(), Offset::Beginning)?;
                     remaining.insert((name.to_string(), partition.id()), high);
@@ -277,7 +298,7 @@ impl<S: DeliverySink> KafkaIngest<S> {
     }
 
     /// Phase 2: the group consumer that feeds the router.
-    fn live_consumer(&self, start_offsets: HashMap<PartitionKey, i64>) -> KafkaResult<BaseConsumer<IngestContext>> {
+    fn live_consumer(&self, start_offsets: ResumePoints) -> KafkaResult<BaseConsumer<IngestContext>> {
         let context =
             IngestContext { readiness: Arc::clone(&self.readiness), resume_points: Mutex::new(start_offsets) };
         let consumer: BaseConsumer<IngestContext> = self
@@ -299,36 +320,26 @@ struct IngestContext {
     /// by every consumed record. Only the ingest thread touches it (record
     /// handling and rebalance callbacks both run inside `poll`), so the lock
     /// is never contended; rdkafka requires the context to be `Sync`.
-    resume_points: Mutex<HashMap<PartitionKey, i64>>,
+    resume_points: Mutex<ResumePoints>,
 }
 
 impl IngestContext {
+    fn resume_points(&self) -> std::sync::MutexGuard<'_, ResumePoints> {
+        self.resume_points.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn resume_after(&self, topic: &str, partition: i32, offset: i64) {
-        let mut points = self.resume_points.lock().unwrap_or_else(PoisonError::into_inner);
-        match points.get_mut(&(topic.to_string(), partition)) {
-            Some(point) => *point = offset + 1,
-            None => {
-                points.insert((topic.to_string(), partition), offset + 1);
-            }
-        }
+        self.resume_points().set(topic, partition, offset + 1);
     }
 
     fn start_offset(&self, consumer: &BaseConsumer<Self>, topic: &str, partition: i32) -> Offset {
-        let known = self
-            .resume_points
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&(topic.to_string(), partition))
-            .copied();
-        if let Some(offset) = known {
+        let mut points = self.resume_points();
+        if let Some(offset) = points.get(topic, partition) {
             return Offset::Offset(offset);
         }
         match consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT) {
             Ok((_, high)) => {
-                self.resume_points
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert((topic.to_string(), partition), high);
+                points.set(topic, partition, high);
                 Offset::Offset(high)
             }
             Err(error) => {

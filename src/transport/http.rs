@@ -72,10 +72,10 @@ fn respond(request: Request<Incoming>, ctx: &Arc<ServerContext>, shard: usize) -
         (&Method::GET, "/healthz") => plain(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
             let ready = ctx.readiness.is_ready() && !ctx.draining.load(Ordering::Acquire);
-            METRICS.kafka_ready.set(i64::from(ctx.readiness.is_ready()));
             if ready { plain(StatusCode::OK, "ready\n") } else { plain(StatusCode::SERVICE_UNAVAILABLE, "not ready\n") }
         }
         (&Method::GET, "/metrics") => {
+            // A gauge read only here, so it is set only here.
             METRICS.kafka_ready.set(i64::from(ctx.readiness.is_ready()));
             let mut response = Response::new(Full::new(Bytes::from(METRICS.render())));
             response

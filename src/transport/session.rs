@@ -103,20 +103,22 @@ async fn serve<S: SnapshotSource>(
     };
     METRICS.snapshot_outcomes.with_label_values(&[outcome]).inc();
     METRICS.snapshot_seconds.with_label_values(&[outcome]).observe(started.elapsed().as_secs_f64());
-    let snapshot = match fetched {
-        Some(Ok(snapshot)) => snapshot,
+    match fetched {
+        Some(Ok(snapshot)) => {
+            // Teach the router which tables live here, for reservation
+            // routing, before any client can have seen them.
+            let _ = state.ctx.learned_tables.send(LearnedTables { section, table_ids: snapshot.table_ids.clone() });
+            METRICS.handoff_skipped.inc_by(outbox.go_live(&snapshot) as u64);
+            tracing::debug!("snapshot queued first; live");
+        }
+        // Never live: the writer below sends only the close frame, through
+        // the same close handshake as every other close.
         Some(Err(error)) => {
             tracing::info!(%error, close = error.close_code().code, "snapshot failed");
-            return close(&mut sink, stream, error.close_code()).await;
+            outbox.request_close(error.close_code(), false);
         }
-        None => return close(&mut sink, stream, CloseCode::GOING_AWAY).await,
-    };
-    // Teach the router which tables live here, for reservation routing,
-    // before any client can have seen them.
-    let _ = state.ctx.learned_tables.send(LearnedTables { section, table_ids: snapshot.table_ids.clone() });
-    METRICS.handoff_skipped.inc_by(outbox.go_live(&snapshot) as u64);
-    drop(snapshot);
-    tracing::debug!("snapshot queued first; live");
+        None => outbox.request_close(CloseCode::GOING_AWAY, false),
+    }
 
     let heard = Rc::new(Cell::new(Instant::now()));
     let reader = tokio::task::spawn_local(read_client(
@@ -230,16 +232,6 @@ fn expiry_instant(expires_at: Option<u64>, leeway: Duration) -> Instant {
 async fn send_close(sink: &mut Sink, code: CloseCode) {
     let frame = CloseFrame { code: code.code.into(), reason: code.reason.into() };
     let _ = sink.send(Message::Close(Some(frame))).await;
-}
-
-/// Closes before the session went live (snapshot failed, shutdown).
-async fn close(sink: &mut Sink, mut stream: SplitStream<WebSocketStream<TcpStream>>, code: CloseCode) {
-    let _ = tokio::time::timeout(CLOSE_GRACE, async {
-        send_close(sink, code).await;
-        // Read until the peer's close so the socket closes cleanly.
-        while let Some(Ok(_)) = stream.next().await {}
-    })
-    .await;
 }
 
 async fn read_client(

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
+use prometheus::IntCounter;
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::application::authorize::Authorizer;
@@ -66,9 +67,10 @@ pub enum ShardMessage {
 
 #[derive(Clone)]
 pub struct Mailbox {
-    shard: usize,
     tx: Sender<ShardMessage>,
     wake: Arc<Notify>,
+    /// Resolved once: `send` is on the per-event path.
+    pushed: IntCounter,
 }
 
 pub struct Inbox {
@@ -79,14 +81,15 @@ pub struct Inbox {
 pub fn mailbox(shard: usize) -> (Mailbox, Inbox) {
     let (tx, rx) = crossbeam_channel::unbounded();
     let wake = Arc::new(Notify::new());
-    (Mailbox { shard, tx, wake: Arc::clone(&wake) }, Inbox { rx, wake })
+    let pushed = METRICS.shard_mailbox_pushed.with_label_values(&[&shard.to_string()]);
+    (Mailbox { tx, wake: Arc::clone(&wake), pushed }, Inbox { rx, wake })
 }
 
 impl Mailbox {
     pub fn send(&self, message: ShardMessage) {
         // Fails only once the shard has stopped, during shutdown.
         if self.tx.send(message).is_ok() {
-            METRICS.shard_mailbox_pushed.with_label_values(&[&self.shard.to_string()]).inc();
+            self.pushed.inc();
             self.wake.notify_one();
         }
     }
