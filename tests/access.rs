@@ -66,10 +66,6 @@ async fn refused(request: Request) -> u16 {
     WsClient::expect_rejected(request).await.0
 }
 
-fn serve_empty_section(api: &StandInApi, section: &str) {
-    api.set_section(section, fixtures::nest_snapshot(section, vec![]));
-}
-
 /// The `Authorization` headers of the snapshot calls made for `section` on `path_prefix`.
 fn snapshot_auths(api: &StandInApi, path_prefix: &str, section: &str) -> Vec<Option<String>> {
     let path = format!("{path_prefix}{section}");
@@ -159,7 +155,7 @@ async fn token_sources_precedence_and_pre_upgrade_refusals() {
     // Each source alone.
     let accepted = async |sources: Sources<'_>, expected: &str| {
         let section = new_id();
-        serve_empty_section(api, &section);
+        serve_section(api, &section, vec![]);
         expect_snapshot(api, &section, upgrade_request(gateway, &section, sources), expected).await
     };
     let only_path = accepted(Sources { path: Some(&a), ..Sources::default() }, &a).await;
@@ -182,7 +178,7 @@ async fn token_sources_precedence_and_pre_upgrade_refusals() {
     accepted(Sources { path: None, header: None, protocol: Some(&c), ..lower_bad }, &c).await;
 
     let refused_section = new_id();
-    serve_empty_section(api, &refused_section);
+    serve_section(api, &refused_section, vec![]);
     let refuse = async |sources: Sources<'_>| refused(upgrade_request(gateway, &refused_section, sources)).await;
     assert_eq!(
         refuse(Sources { path: Some(&bad), ..all_valid }).await,
@@ -235,7 +231,7 @@ async fn token_sources_precedence_and_pre_upgrade_refusals() {
     ] {
         let token = minted.keep(builder_token);
         let section = new_id();
-        serve_empty_section(api, &section);
+        serve_section(api, &section, vec![]);
         let _client = WsClient::connect_with(path_request(gateway, &section, &token))
             .await
             .unwrap_or_else(|(status, body)| panic!("{name} refused: {status} {body}"));
@@ -282,7 +278,7 @@ async fn public_keys_issuer_roles_and_permission() {
     let owner = || TokenBuilder::new().roles(&["OWNER"]).permissions(&["section:read"]);
     let accepted = async |token: String| {
         let section = new_id();
-        serve_empty_section(&api, &section);
+        serve_section(&api, &section, vec![]);
         expect_snapshot(&api, &section, path_request(&rsa, &section, &token), &token).await
     };
     accepted(owner().rs256()).await;
@@ -290,7 +286,7 @@ async fn public_keys_issuer_roles_and_permission() {
     accepted(owner().expires_in(-2).rs256()).await;
 
     let section = new_id();
-    serve_empty_section(&api, &section);
+    serve_section(&api, &section, vec![]);
     let status = async |token: String| refused(path_request(&rsa, &section, &token)).await;
     assert_eq!(status(TokenBuilder::new().permissions(&["section:read"]).rs256()).await, 403, "USER is not allowed");
     assert_eq!(status(TokenBuilder::new().roles(&["OWNER"]).rs256()).await, 403, "no permissions");
@@ -391,7 +387,7 @@ async fn one_snapshot_call_then_kafka_only_and_api_failures_close_with_spec_code
 
     // The same shard still serves new connections and live events.
     let other_section = new_id();
-    serve_empty_section(&api, &other_section);
+    serve_section(&api, &other_section, vec![]);
     let other_token = token();
     expect_snapshot(&api, &other_section, path_request(&gateway, &other_section, &other_token), &other_token).await;
     let tables: Vec<String> = (0..50).map(|_| new_id()).collect();
@@ -408,7 +404,7 @@ async fn one_snapshot_call_then_kafka_only_and_api_failures_close_with_spec_code
 
     // The API goes away: new connections get 1014, live ones keep streaming.
     let orphan_section = new_id();
-    serve_empty_section(&api, &orphan_section);
+    serve_section(&api, &orphan_section, vec![]);
     api.shutdown();
     assert_eq!(close_code_on_the_wire(&gateway, &orphan_section, &token()).await, 1014, "API unreachable");
     let last_table = new_id();
@@ -455,7 +451,7 @@ async fn health_readiness_and_metrics() {
 
     let producer = EventProducer::new(&broker.bootstrap());
     let section = new_id();
-    serve_empty_section(&api, &section);
+    serve_section(&api, &section, vec![]);
     let token = token();
     let mut client = expect_snapshot(&api, &section, path_request(&gateway, &section, &token), &token).await;
     let table = new_id();
@@ -635,7 +631,7 @@ async fn two_instances_on_one_broker_both_deliver_the_same_event() {
     second.wait_ready(WAIT).await;
 
     let section = new_id();
-    serve_empty_section(&api, &section);
+    serve_section(&api, &section, vec![]);
     let mut clients = Vec::new();
     for gateway in [&first, &second] {
         let mut client =

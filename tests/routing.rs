@@ -63,16 +63,6 @@ async fn expect_event(client: &mut WsClient, who: &str, event: &str, payload: &V
     assert_eq!(frame, json!({"event": event, "payload": payload}), "{who}: expected {event} with the entity as sent");
 }
 
-/// Connects to `gateway` (not necessarily the stack's) and reads the snapshot.
-async fn watch_on(gateway: &Gateway, section: &str) -> WsClient {
-    let url = gateway.ws_url(&format!("/ws/restaurant/{section}/{}", token()));
-    let mut client =
-        WsClient::connect(&url).await.unwrap_or_else(|(status, body)| panic!("upgrade refused: {status} {body}"));
-    let snapshot = client.next_json(WAIT).await;
-    assert_eq!(snapshot["event"], "section.snapshot", "{snapshot}");
-    client
-}
-
 /// `mesaya_events_dropped_total{reason="<reason>"}`.
 async fn dropped(stack: &Stack, reason: &str) -> f64 {
     stack.metric("mesaya_events_dropped_total", &format!("reason=\"{reason}\"")).await
@@ -255,10 +245,10 @@ async fn section_object_links_made_before_start_are_rebuilt() {
 
     let mut late = Gateway::start(binary(), &gateway_env(&stack.broker, &stack.api, &[]));
     late.wait_ready(WAIT).await;
-    let mut c1 = watch_on(&late, &s1).await;
-    let mut c2 = watch_on(&late, &s2).await;
-    let mut c3 = watch_on(&late, &s3).await;
-    let mut c1_early = watch_on(&stack.gateway, &s1).await;
+    let (mut c1, _) = watch_on(&late, &s1).await;
+    let (mut c2, _) = watch_on(&late, &s2).await;
+    let (mut c3, _) = watch_on(&late, &s3).await;
+    let (mut c1_early, _) = watch_on(&stack.gateway, &s1).await;
 
     let mut object_json = fixtures::object_json(&object);
     object_json["width"] = json!(12);

@@ -69,7 +69,7 @@ impl Stack {
 
     /// Serves a section with the given tables from the stand-in API.
     pub fn serve_section(&self, section: &str, tables: Vec<Value>) {
-        self.api.set_section(section, fixtures::nest_snapshot(section, tables));
+        serve_section(&self.api, section, tables);
     }
 
     pub fn ws_url(&self, section: &str, token: &str) -> String {
@@ -78,12 +78,7 @@ impl Stack {
 
     /// Connects with a fresh valid token and reads the snapshot frame.
     pub async fn watch(&self, section: &str) -> (WsClient, Value) {
-        let mut client = WsClient::connect(&self.ws_url(section, &token()))
-            .await
-            .unwrap_or_else(|(status, body)| panic!("upgrade refused: {status} {body}"));
-        let snapshot = client.next_json(WAIT).await;
-        assert_eq!(snapshot["event"], "section.snapshot", "first frame must be the snapshot: {snapshot}");
-        (client, snapshot)
+        watch_on(&self.gateway, section).await
     }
 
     pub async fn publish(&self, topic: &str, value: &Value) {
@@ -97,6 +92,22 @@ impl Stack {
         assert_eq!(status, 200);
         metric_value(&body, name, labels)
     }
+}
+
+/// Serves a section with the given tables from `api`.
+pub fn serve_section(api: &StandInApi, section: &str, tables: Vec<Value>) {
+    api.set_section(section, fixtures::nest_snapshot(section, tables));
+}
+
+/// Connects to `gateway` (the stack's or another) with a fresh valid token
+/// and reads the snapshot frame.
+pub async fn watch_on(gateway: &Gateway, section: &str) -> (WsClient, Value) {
+    let url = gateway.ws_url(&format!("/ws/restaurant/{section}/{}", token()));
+    let mut client =
+        WsClient::connect(&url).await.unwrap_or_else(|(status, body)| panic!("upgrade refused: {status} {body}"));
+    let snapshot = client.next_json(WAIT).await;
+    assert_eq!(snapshot["event"], "section.snapshot", "first frame must be the snapshot: {snapshot}");
+    (client, snapshot)
 }
 
 pub fn metric_value(body: &str, name: &str, labels: &str) -> f64 {

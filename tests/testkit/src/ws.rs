@@ -140,10 +140,6 @@ impl WsClient {
         self.send_text(value.to_string()).await;
     }
 
-    pub async fn send_binary(&mut self, bytes: impl Into<Vec<u8>>) {
-        self.send(Message::binary(bytes.into())).await;
-    }
-
     /// Starts a normal client-side close (1000).
     pub async fn close(&mut self) {
         self.stream.close(None).await.unwrap_or_else(|e| panic!("WebSocket close failed: {e}"));
