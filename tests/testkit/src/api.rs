@@ -1,25 +1,20 @@
 //! A real HTTP/1 server standing in for the MesaYa Nest API's section endpoint (CONTRACT.md §2.2).
 //!
-//! It runs on its own thread and runtime, so it keeps answering whatever the test's runtime is
-//! doing. Every request is recorded when it arrives, before any hold or delay.
+//! It runs on its own thread and runtime ([`crate::server`]), so it keeps answering whatever the
+//! test's runtime is doing. Every request is recorded when it arrives, before any hold or delay.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+use crate::server::Server;
 
 /// Value for the gateway's `SECTION_SNAPSHOT_PATH`: the route this server answers.
 pub const SNAPSHOT_PATH: &str = "/api/v1/sections/{id}";
@@ -75,40 +70,25 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The running stand-in server. Dropping it shuts it down.
 pub struct StandInApi {
-    addr: SocketAddr,
     state: Arc<State>,
-    shutdown: watch::Sender<bool>,
-    thread: Option<JoinHandle<()>>,
+    server: Server,
 }
 
 impl StandInApi {
     /// Binds a free port on 127.0.0.1 and starts serving at once.
     pub fn start() -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("cannot bind stand-in API");
-        listener.set_nonblocking(true).expect("cannot make the listener non-blocking");
-        let addr = listener.local_addr().expect("listener has no address");
         let state = Arc::new(State::default());
-        let (shutdown, stop) = watch::channel(false);
-        let thread = std::thread::Builder::new()
-            .name("stand-in-api".into())
-            .spawn({
-                let state = state.clone();
-                move || {
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .expect("cannot build the stand-in API runtime")
-                        // Returning drops the runtime, which closes every open connection.
-                        .block_on(serve(listener, state, stop))
-                }
-            })
-            .expect("cannot spawn the stand-in API thread");
-        Self { addr, state, shutdown, thread: Some(thread) }
+        let server = Server::start("stand-in API", 0, {
+            let state = state.clone();
+            move |request| answer(state.clone(), request)
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        Self { state, server }
     }
 
     /// `http://127.0.0.1:PORT`, for the gateway's `REST_BASE_URL`.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.base_url()
     }
 
     /// Serves `section` for `GET /api/v1/sections/{id}` as Nest does: 200 `{"data": section}`.
@@ -143,16 +123,7 @@ impl StandInApi {
     /// Stops accepting and closes every open connection (as if the API went down); later
     /// connection attempts are refused. Idempotent.
     pub fn shutdown(&mut self) {
-        let _ = self.shutdown.send(true);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for StandInApi {
-    fn drop(&mut self) {
-        self.shutdown();
+        self.server.shutdown();
     }
 }
 
@@ -173,27 +144,7 @@ impl Drop for HeldReplies {
     }
 }
 
-async fn serve(listener: std::net::TcpListener, state: Arc<State>, mut stop: watch::Receiver<bool>) {
-    let listener = TcpListener::from_std(listener).expect("cannot register the listener");
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request| answer(state.clone(), request));
-                    // Errors here are clients hanging up: nothing to report.
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-            _ = stop.wait_for(|stop| *stop) => return,
-        }
-    }
-}
-
-async fn answer(state: Arc<State>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(state: Arc<State>, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let uri = request.uri();
     let path = uri.path().to_owned();
     lock(&state.calls).push(RecordedCall {
@@ -209,7 +160,7 @@ async fn answer(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
     let section_id = path.strip_prefix(SECTION_PREFIX).filter(|id| !id.is_empty() && !id.contains('/'));
     let (Some(id), &Method::GET) = (section_id, request.method()) else {
         let message = format!("Cannot {} {path}", request.method());
-        return Ok(respond(&Reply::new(404, nest_error(404, &message, "Not Found", &path))));
+        return respond(&Reply::new(404, nest_error(404, &message, "Not Found", &path)));
     };
 
     let held = lock(&state.holds).get(id).cloned();
@@ -219,7 +170,7 @@ async fn answer(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
     }
     let reply = lock(&state.replies).get(id).cloned().unwrap_or_else(|| default_reply(id, &path));
     tokio::time::sleep(reply.delay).await;
-    Ok(respond(&reply))
+    respond(&reply)
 }
 
 /// What Nest answers for a section nobody configured: 400 for a non-UUID id (`UUIDPipe`),
@@ -330,7 +281,7 @@ mod tests {
     #[tokio::test]
     async fn shutdown_refuses_new_connections() {
         let mut api = StandInApi::start();
-        let addr = api.addr;
+        let addr = api.server.addr();
         api.shutdown();
         assert!(tokio::net::TcpStream::connect(addr).await.is_err());
     }

@@ -185,31 +185,13 @@ impl Broker {
     }
 
     async fn create_topics(&self, names: &[&str], partitions: i32) {
-        let topics: Vec<NewTopic> =
-            names.iter().map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1))).collect();
-        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        let results = self
-            .admin()
-            .create_topics(&topics, &options)
+        create_topics(&self.bootstrap(), names, partitions)
             .await
-            .unwrap_or_else(|e| panic!("CreateTopics failed: {e}; {}", self.describe()));
-        for result in results {
-            match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => {
-                    panic!("cannot create topic {topic}: {code}; {}", self.describe())
-                }
-            }
-        }
+            .unwrap_or_else(|e| panic!("{e}; {}", self.describe()));
     }
 
     fn admin(&self) -> AdminClient<DefaultClientContext> {
-        ClientConfig::new()
-            .set("bootstrap.servers", self.bootstrap())
-            // Quiet: connection-refused noise while tansu starts is expected.
-            .set("log_level", "3")
-            .create()
-            .expect("cannot create Kafka admin client")
+        admin(&self.bootstrap())
     }
 
     fn describe(&self) -> String {
@@ -221,6 +203,32 @@ impl Drop for Broker {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Creates the topics `names` that do not exist yet on the Kafka at `bootstrap`, with the admin
+/// API (CreateTopics).
+pub async fn create_topics(bootstrap: &str, names: &[&str], partitions: i32) -> Result<(), String> {
+    let topics: Vec<NewTopic> =
+        names.iter().map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1))).collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results =
+        admin(bootstrap).create_topics(&topics, &options).await.map_err(|e| format!("CreateTopics failed: {e}"))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(format!("cannot create topic {topic}: {code}")),
+        }
+    }
+    Ok(())
+}
+
+fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        // Quiet: connection-refused noise while a broker starts is expected.
+        .set("log_level", "3")
+        .create()
+        .expect("cannot create Kafka admin client")
 }
 
 /// `TANSU_BIN`, else `$CARGO_HOME/bin/tansu` (default `~/.cargo/bin/tansu`), else `tansu` on PATH.

@@ -23,11 +23,17 @@ use crate::wait::POLL_INTERVAL;
 const LOG_TAIL: usize = 40;
 
 /// The variables that point a gateway at `broker` and `api`, with the HMAC
-/// key `secret`. Fetch waits are short because tansu does not answer idle
-/// fetches early: librdkafka's default would add up to 500 ms per event.
+/// key `secret`.
 pub fn wiring(broker: &Broker, api: &StandInApi, secret: &str) -> Vec<(&'static str, String)> {
+    wiring_to(&broker.bootstrap(), api, secret)
+}
+
+/// [`wiring`] for any Kafka at `bootstrap`. Fetch waits are short because
+/// neither tansu nor librdkafka's mock cluster answers an idle fetch early:
+/// librdkafka's default would add up to 500 ms per event.
+pub fn wiring_to(bootstrap: &str, api: &StandInApi, secret: &str) -> Vec<(&'static str, String)> {
     vec![
-        ("KAFKA_BROKERS", broker.bootstrap()),
+        ("KAFKA_BROKERS", bootstrap.to_string()),
         ("REST_BASE_URL", api.base_url()),
         ("SECTION_SNAPSHOT_PATH", SNAPSHOT_PATH.to_string()),
         ("JWT_SECRET", secret.to_string()),

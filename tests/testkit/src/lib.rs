@@ -1,21 +1,30 @@
 //! Test toolkit for `mesaya-realtime`.
 //!
 //! Everything here is real: a Kafka-protocol broker process ([`broker`], tansu), an HTTP server
-//! standing in for the MesaYa Nest API ([`api`]), the gateway binary itself ([`gateway`]) and
-//! WebSocket clients ([`ws`]). Waiting is always bounded polling on a condition ([`wait`]), and
-//! everything binds or connects to 127.0.0.1 only.
+//! standing in for the MesaYa Nest API ([`api`]), the gateway binary itself ([`gateway`]),
+//! WebSocket clients ([`ws`]), the floor-plan page ([`page`]) and a headless Chromium to look at
+//! it ([`browser`]). [`sample`] holds a sample restaurant and a simulator of its upstream
+//! traffic. Waiting is always bounded polling on a condition ([`wait`]), and everything binds or
+//! connects to 127.0.0.1 only.
 //!
-//! Processes (tansu, the gateway) log to files under `$TMPDIR/mesaya-testkit/`; a file is removed
-//! when its owner is dropped normally and kept (its path printed) when the test is panicking.
+//! The `mesaya-dev` binary (`scripts/dev.sh`) puts these pieces together for a person to try.
+//!
+//! Processes (tansu, the gateway, Chromium) log to files under `$TMPDIR/mesaya-testkit/`; a file
+//! is removed when its owner is dropped normally and kept (its path printed) when the test is
+//! panicking.
 
 pub mod api;
 pub mod broker;
+pub mod browser;
 pub mod client;
 pub mod fixtures;
 pub mod gateway;
+pub mod page;
 pub mod producer;
+pub mod sample;
 pub mod tokens;
 pub mod wait;
 pub mod ws;
 
 mod process;
+mod server;
