@@ -63,7 +63,7 @@ fn fan_out(c: &mut Criterion) {
                     }
                     hub
                 },
-                |hub| hub.deliver(section, black_box(&Arc::clone(&delivery))),
+                |hub| hub.fan_out(section, black_box(&Arc::clone(&delivery))),
                 BatchSize::LargeInput,
             )
         });

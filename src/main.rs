@@ -4,17 +4,19 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use mesaya_realtime::application::authorize::Authorizer;
 use mesaya_realtime::application::readiness::Readiness;
+use mesaya_realtime::config::{Config, LogFormat};
 use mesaya_realtime::domain::access::AccessPolicy;
-use mesaya_realtime::infrastructure::config::{Config, LogFormat};
 use mesaya_realtime::infrastructure::jwt::JwtVerifier;
 use mesaya_realtime::infrastructure::kafka::KafkaIngest;
 use mesaya_realtime::infrastructure::snapshot_http::HttpSnapshotSource;
-use mesaya_realtime::transport::shard::{self, ServerContext, Shards};
+use mesaya_realtime::shutdown::{Finished, Shutdown};
+use mesaya_realtime::transport::context::ServerContext;
+use mesaya_realtime::transport::mailbox::{self, Shards};
+use mesaya_realtime::transport::shard;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -69,9 +71,10 @@ fn init_logging(config: &Config) {
 
 fn run(config: Config, verifier: JwtVerifier, listener: std::net::TcpListener) -> std::io::Result<()> {
     let readiness = Arc::new(Readiness::default());
-    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let (learned_tx, learned_rx) = crossbeam_channel::unbounded();
-    let (mailboxes, inboxes): (Vec<_>, Vec<_>) = (0..config.shards).map(shard::mailbox).unzip();
+    let shutdown = Shutdown::default();
+    let (finished, all_finished) = Finished::tracker();
+    let (table_reports, learned_tables) = crossbeam_channel::unbounded();
+    let (mailboxes, inboxes): (Vec<_>, Vec<_>) = (0..config.shards).map(mailbox::mailbox).unzip();
     let shards = Shards::new(mailboxes);
 
     let ctx = Arc::new(ServerContext {
@@ -80,28 +83,28 @@ fn run(config: Config, verifier: JwtVerifier, listener: std::net::TcpListener) -
             AccessPolicy::new(config.allowed_roles.clone(), config.required_permission.clone()),
         ),
         readiness: Arc::clone(&readiness),
-        draining: AtomicBool::new(false),
+        shutdown: shutdown.clone(),
         shards: shards.clone(),
         session: config.session.clone(),
         drain_timeout: config.drain_timeout,
-        token_leeway: config.jwt.leeway,
-        learned_tables: learned_tx,
-        shutdown: shutdown_rx,
+        table_reports,
     });
 
-    let mut shard_threads = Vec::new();
     for (index, inbox) in inboxes.into_iter().enumerate() {
         let (base_url, path, timeout) =
             (config.rest_base_url.clone(), config.snapshot_path.clone(), config.rest_timeout);
-        shard_threads.push(shard::spawn(index, inbox, listener.try_clone()?, Arc::clone(&ctx), move || {
-            HttpSnapshotSource::new(&base_url, &path, timeout)
-        })?);
+        let make_snapshot_source = move || HttpSnapshotSource::new(&base_url, &path, timeout);
+        let listener = listener.try_clone()?;
+        shard::spawn(index, inbox, listener, Arc::clone(&ctx), make_snapshot_source, finished.clone())?;
     }
     drop(listener);
 
-    let stop_ingest = Arc::new(AtomicBool::new(false));
-    let ingest = KafkaIngest::new(config.kafka.clone(), shards, learned_rx, readiness, Arc::clone(&stop_ingest));
-    std::thread::Builder::new().name("kafka-ingest".into()).spawn(move || ingest.run())?;
+    let ingest = KafkaIngest::new(config.kafka.clone(), shards, learned_tables, readiness, shutdown.clone());
+    let ingest_finished = finished;
+    std::thread::Builder::new().name("kafka-ingest".into()).spawn(move || {
+        let _finished = ingest_finished;
+        ingest.run()
+    })?;
 
     tracing::info!(
         address = %SocketAddr::new(config.host, config.port),
@@ -112,19 +115,16 @@ fn run(config: Config, verifier: JwtVerifier, listener: std::net::TcpListener) -
 
     let signal = wait_for_signal()?;
     tracing::info!(signal, drain_timeout = ?config.drain_timeout, "shutting down: refusing new upgrades, closing clients with 1001");
-    ctx.draining.store(true, Ordering::Release);
-    let _ = shutdown_tx.send(true);
-    stop_ingest.store(true, Ordering::Release);
+    shutdown.trigger();
 
     // Shards stop by themselves once their clients are gone or the drain
     // timeout passes; allow a little more for the close handshakes.
     let deadline = Instant::now() + config.drain_timeout + Duration::from_secs(2);
-    for thread in shard_threads {
-        while !thread.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    if all_finished.wait_until(deadline) {
+        tracing::info!("stopped");
+    } else {
+        tracing::warn!("threads still running at the drain deadline; exiting anyway");
     }
-    tracing::info!("stopped");
     Ok(())
 }
 

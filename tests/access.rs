@@ -1,4 +1,4 @@
-//! End to end, issue #2 items 1, 2, 3, 6, 7 and 8: who may connect (token
+//! End to end: who may connect (token
 //! sources, pre-upgrade statuses, JWT verification), the one snapshot call and
 //! its failure close codes, the operations endpoints, configuration errors and
 //! scale-out over one broker. Real gateway binary, real tansu broker, real
@@ -28,7 +28,7 @@ type Env = Vec<(&'static str, String)>;
 
 // ---------------------------------------------------------------- helpers
 
-/// Where an upgrade request carries tokens (SPEC §1.1). Unset sources are
+/// Where an upgrade request carries tokens. Unset sources are
 /// left out of the request.
 #[derive(Default, Clone, Copy)]
 struct Sources<'a> {
@@ -140,7 +140,7 @@ fn table_event(table: &str, section: &str, capacity: u64) -> Value {
 
 /// The four token sources work, the first present one in the order path,
 /// `Authorization`, `Sec-WebSocket-Protocol`, query wins (whatever the others
-/// hold), every pre-upgrade status of SPEC §1.1 is answered as plain HTTP,
+/// hold), every pre-upgrade status is answered as plain HTTP,
 /// refused upgrades make no API call, and no token reaches the logs — with
 /// everything logged at debug.
 #[tokio::test]
@@ -314,7 +314,7 @@ async fn public_keys_issuer_roles_and_permission() {
 // ---------------------------------------------------------------- item 3
 
 /// One snapshot call per connection with the client's token; the API's
-/// answers close with SPEC §1.3's codes (timeouts and a dead API included)
+/// answers close with the protocol's codes (timeouts and a dead API included)
 /// while another section's client on the same single shard keeps its live
 /// events — 50 of them, in order, with no further REST call.
 #[tokio::test]
@@ -418,7 +418,7 @@ async fn one_snapshot_call_then_kafka_only_and_api_failures_close_with_spec_code
 
 /// `/healthz` answers while Kafka is unreachable and `/readyz` stays 503 until
 /// the broker appears, then 200; `/metrics` is Prometheus text with every
-/// series SPEC §1.4 names that does not depend on consumer lag (see
+/// series the README names that does not depend on consumer lag (see
 /// `metrics_report_kafka_consumer_lag`).
 #[tokio::test]
 async fn health_readiness_and_metrics() {
@@ -494,7 +494,7 @@ async fn health_readiness_and_metrics() {
     }
 }
 
-/// `mesaya_kafka_consumer_lag` (SPEC §1.4) shows up, per topic and partition,
+/// `mesaya_kafka_consumer_lag` shows up, per topic and partition,
 /// once the consumer has read from a partition.
 #[tokio::test]
 async fn metrics_report_kafka_consumer_lag() {

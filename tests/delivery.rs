@@ -1,4 +1,4 @@
-//! End to end: the delivery guarantees of issue #3 (SPEC §1.3, §2.4, §2.5)
+//! End to end: the delivery guarantees of the README
 //! against the gateway binary, a real tansu broker and the stand-in API —
 //! the snapshot/stream handoff, moved tables and deleted sections, slow
 //! consumers and conflation, liveness, shutdown, faults and hostile input.
@@ -136,7 +136,7 @@ async fn raw_send(ws: &mut Raw, message: Message) -> bool {
     ws.send(message).await.is_ok()
 }
 
-// --- 1. Snapshot/stream handoff (SPEC §2.4) ---------------------------------
+// --- 1. Snapshot/stream handoff ---------------------------------------------
 
 /// Events that reach the gateway while the snapshot call is in flight are held
 /// and sent after the snapshot, in order — minus created/updated events the
@@ -327,7 +327,7 @@ async fn a_deleted_section_is_announced_then_its_clients_are_closed_with_1000() 
     assert_eq!(bystander.next_json(WAIT).await, json!({"event": "table.created", "payload": update}));
 }
 
-// --- 3. Slow consumers (SPEC §2.5) ------------------------------------------
+// --- 3. Slow consumers -----------------------------------------------------
 
 const SMALL_QUEUE: &str = "64";
 const PADDING: usize = 48 << 10;

@@ -1,12 +1,12 @@
 //! Property tests of the ingest's pure core (no broker): the envelope parser
-//! and the router, on generated input (issue #2 item 4).
+//! and the router, on generated input.
 //!
 //! - `parse` never panics, whatever the topic and bytes;
-//! - a valid v2 or v1 envelope (CONTRACT.md §1.4, §1.5) parses to the kind,
+//! - a valid v2 or v1 envelope parses to the kind,
 //!   action, id and section it was generated with, and its payload is the
 //!   entity as sent (same JSON value);
 //! - `EventRouter::route` never panics on any sequence of events, and
-//!   delivers exactly where a reference model of SPEC §2.3 says: every
+//!   dispatches exactly where a reference model of the routing rules says: every
 //!   target is a section the event itself or an earlier link names.
 
 use std::collections::{BTreeSet, HashMap};
@@ -270,7 +270,8 @@ proptest! {
 
 // ---------------------------------------------------------------- routing
 
-/// The routing rules of SPEC §2.3, written as plainly as possible.
+/// The routing rules (README, "Routing"),
+/// written as plainly as possible.
 #[derive(Default)]
 struct Model {
     table_sections: HashMap<String, SectionId>,

@@ -11,9 +11,9 @@ use crate::domain::protocol::CloseCode;
 use super::delivery::Delivery;
 use super::outbox::{Outbox, PushOutcome};
 
-/// What one delivery did, for metrics.
+/// What one fan-out did, for metrics.
 #[derive(Default, Debug, PartialEq, Eq)]
-pub struct DeliveryReport {
+pub struct FanOutReport {
     pub queued: usize,
     pub conflated: usize,
     pub slow_closed: usize,
@@ -40,8 +40,8 @@ impl SectionHub {
         }
     }
 
-    pub fn deliver(&mut self, section: SectionId, delivery: &Arc<Delivery>) -> DeliveryReport {
-        let mut report = DeliveryReport::default();
+    pub fn fan_out(&mut self, section: SectionId, delivery: &Arc<Delivery>) -> FanOutReport {
+        let mut report = FanOutReport::default();
         let Some(outboxes) = self.sections.get_mut(&section) else {
             return report;
         };
@@ -109,13 +109,13 @@ mod tests {
         hub.subscribe(section, Rc::clone(&fast));
         let mut slow_closed = 0;
         for id in ["a", "b", "c"] {
-            slow_closed += hub.deliver(section, &delivery(id, false)).slow_closed;
+            slow_closed += hub.fan_out(section, &delivery(id, false)).slow_closed;
             fast.pop_front();
         }
         assert_eq!(slow_closed, 1);
         assert_eq!(slow.close_request().unwrap().code, CloseCode::SLOW_CONSUMER);
         assert!(fast.close_request().is_none());
-        assert_eq!(hub.deliver(section, &delivery("d", false)).queued, 1);
+        assert_eq!(hub.fan_out(section, &delivery("d", false)).queued, 1);
     }
 
     #[test]
@@ -124,13 +124,13 @@ mod tests {
         let mut hub = SectionHub::default();
         let client = live_outbox(10);
         hub.subscribe(section, Rc::clone(&client));
-        hub.deliver(section, &delivery("s", true));
+        hub.fan_out(section, &delivery("s", true));
         assert!(client.front().is_some(), "the delete itself is still written");
         assert_eq!(client.close_request().unwrap().code, CloseCode::NORMAL);
-        assert_eq!(hub.deliver(section, &delivery("x", false)), DeliveryReport::default());
+        assert_eq!(hub.fan_out(section, &delivery("x", false)), FanOutReport::default());
     }
 
-    /// SPEC §3: a shard writes the same bytes to every subscriber. Routed
+    /// A shard writes the same bytes to every subscriber. Routed
     /// end to end: one object event, linked to two sections with three
     /// clients between them, queues one buffer for all three.
     #[test]
@@ -162,7 +162,7 @@ mod tests {
         let mut queued = 0;
         router
             .route(parse("mesa-ya.objects.events", object), |section, delivery| {
-                queued += hub.deliver(section, &delivery).queued
+                queued += hub.fan_out(section, &delivery).queued
             })
             .unwrap();
         assert_eq!(queued, 3);

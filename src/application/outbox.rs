@@ -1,5 +1,5 @@
 //! One client's outbound queue: bounded, conflating, and the holder of the
-//! snapshot/stream handoff (SPEC §2.4, §2.5).
+//! snapshot/stream handoff (README, "Delivery guarantees").
 //!
 //! Lives on its shard's thread only (`Rc`, `RefCell`): the shard pushes, the
 //! client's writer task pops. Pushing never waits, so a slow client can only

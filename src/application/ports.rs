@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::domain::access::Claims;
-use crate::domain::ids::SectionId;
+use crate::domain::ids::{EntityId, SectionId};
 use crate::domain::protocol::CloseCode;
 use crate::domain::snapshot::Snapshot;
 
@@ -26,7 +26,8 @@ pub trait SnapshotSource {
     fn fetch(&self, section: SectionId, token: &str) -> impl Future<Output = Result<Snapshot, SnapshotError>>;
 }
 
-/// Every way the snapshot call can fail, each with its close code (SPEC §1.3).
+/// Every way the snapshot call can fail, each with the close code the client
+/// gets for it.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SnapshotError {
     #[error("API answered 429")]
@@ -77,7 +78,14 @@ impl SnapshotError {
     }
 }
 
-/// Where routed events go: the shard that owns each section.
-pub trait DeliverySink {
-    fn deliver(&self, section: SectionId, delivery: Arc<Delivery>);
+/// Where routed events go: the shard that owns each section. Called on the
+/// ingest thread, once per (event, section).
+pub trait Dispatch {
+    fn dispatch(&self, section: SectionId, delivery: Arc<Delivery>);
+}
+
+/// Where a fetched snapshot reports the tables it showed, so that the ingest
+/// use case can route reservations for them. Called on a shard thread.
+pub trait TableReporter {
+    fn report(&self, section: SectionId, table_ids: Vec<EntityId>);
 }

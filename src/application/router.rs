@@ -1,4 +1,4 @@
-//! Routing: which sections an entity event concerns (SPEC §2.3). Runs on the
+//! Routing: which sections an entity event concerns. Runs on the
 //! single ingest thread, which owns the link maps outright.
 //!
 //! - section: its `id`; a delete ends the section.
@@ -169,7 +169,7 @@ impl EventRouter {
     }
 
     /// Upstream cascades a section delete to its tables and section-objects
-    /// without emitting events for them (CONTRACT.md §1.1), so drop them here.
+    /// in the database without emitting events for them, so drop them here.
     fn forget_section(&mut self, section: SectionId, tables: &[EntityId]) {
         for table in tables {
             self.table_sections.remove(table);
@@ -184,10 +184,25 @@ impl EventRouter {
         }
     }
 
-    /// How many links the router holds (tables, section-objects): a gauge.
-    pub fn link_counts(&self) -> (usize, usize) {
-        (self.table_sections.len(), self.section_objects.len())
+    /// How many links the router holds, per kind: exported as gauges.
+    pub fn link_counts(&self) -> LinkCounts {
+        LinkCounts {
+            tables: self.table_sections.len(),
+            section_objects: self.section_objects.len(),
+            objects: self.object_sections.len(),
+        }
     }
+}
+
+/// Sizes of the router's maps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkCounts {
+    /// table → section
+    pub tables: usize,
+    /// section-object → (section, object)
+    pub section_objects: usize,
+    /// object → sections
+    pub objects: usize,
 }
 
 struct Targets {
@@ -290,7 +305,7 @@ mod tests {
             })
             .unwrap();
         assert!(ended);
-        assert_eq!(router.link_counts(), (0, 0));
+        assert_eq!(router.link_counts(), LinkCounts::default());
         assert_eq!(route(&mut router, v2("objects", "updated", serde_json::json!({"id": "o"}))), Err(Unroutable));
     }
 
@@ -300,7 +315,7 @@ mod tests {
         assert_eq!(route(&mut router, v2("tables", "updated", serde_json::json!({"id": "t"}))), Err(Unroutable));
     }
 
-    /// SPEC §3: the frame is built once per event, not once per section.
+    /// The frame is built once per event, not once per section.
     #[test]
     fn one_delivery_is_shared_by_every_section_an_object_reaches() {
         let mut router = EventRouter::default();

@@ -1,6 +1,6 @@
 //! Parsing one Kafka record into an [`EntityEvent`].
 //!
-//! Both upstream envelope versions are accepted (CONTRACT.md §1.4, §1.5):
+//! Both upstream envelope versions are accepted:
 //! v2 `{event_type, entity_id, data}` on `mesa-ya.<domain>.events`, and v1
 //! `{action, entity, entityId?}` on `mesa-ya.<domain>.<verb>`. The entity kind
 //! always comes from the topic's domain segment; the action from `event_type`,
@@ -42,7 +42,7 @@ pub enum Rejection {
     UnknownTopic,
     UnknownAction,
     /// v1 `tables.selecting` / `tables.released`: unverified, client-supplied
-    /// hints, not entity changes (CONTRACT.md §1.5).
+    /// hints that the upstream never verified, not entity changes.
     SelectionHint,
     NoEntity,
     NoId,

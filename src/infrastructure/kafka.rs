@@ -1,4 +1,5 @@
-//! The Kafka ingest: one thread, one rdkafka consumer, the router.
+//! The Kafka adapter: one thread, one rdkafka consumer, feeding every record
+//! to the ingest use case (`application::ingest`).
 //!
 //! Offsets are an explicit lifecycle here:
 //! 1. *Rebuild*: read every section-objects partition from its earliest
@@ -15,7 +16,6 @@
 //! Nothing is committed: a restarted instance starts from latest again.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -30,14 +30,18 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 use regex::Regex;
 
-use crate::application::ports::DeliverySink;
+use prometheus::IntGauge;
+
+use crate::application::ingest::Ingest;
+use crate::application::ports::Dispatch;
 use crate::application::readiness::Readiness;
-use crate::application::router::{EventRouter, LearnedTables};
+use crate::application::router::{LearnedTables, LinkCounts};
+use crate::config::KafkaSettings;
 use crate::domain::entity::EntityKind;
 use crate::domain::envelope;
+use crate::shutdown::Shutdown;
 use crate::telemetry::METRICS;
-
-use super::config::KafkaSettings;
+use crate::telemetry::events::RecordSkipped;
 
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -92,55 +96,54 @@ impl TopicSelection {
     }
 }
 
-/// A record that was consumed but not delivered: logged and counted in one
-/// place.
-struct RecordSkipped<'a> {
-    topic: &'a str,
-    partition: i32,
-    offset: i64,
-    reason: &'static str,
+/// The `mesaya_router_links` gauges, resolved once: set after every record.
+struct LinkGauges {
+    tables: IntGauge,
+    section_objects: IntGauge,
+    objects: IntGauge,
 }
 
-impl RecordSkipped<'_> {
-    fn emit(self) {
-        METRICS.events_dropped.with_label_values(&[self.reason]).inc();
-        tracing::debug!(
-            topic = self.topic,
-            partition = self.partition,
-            offset = self.offset,
-            reason = self.reason,
-            "record skipped"
-        );
+impl LinkGauges {
+    fn new() -> Self {
+        let gauge = |kind| METRICS.router_links.with_label_values(&[kind]);
+        Self { tables: gauge("table"), section_objects: gauge("section_object"), objects: gauge("object") }
+    }
+
+    fn set(&self, counts: LinkCounts) {
+        self.tables.set(counts.tables as i64);
+        self.section_objects.set(counts.section_objects as i64);
+        self.objects.set(counts.objects as i64);
     }
 }
 
-pub struct KafkaIngest<S> {
+pub struct KafkaIngest<D> {
     settings: KafkaSettings,
     group_id: String,
-    router: EventRouter,
-    sink: S,
+    ingest: Ingest<D>,
     learned_tables: Receiver<LearnedTables>,
     readiness: Arc<Readiness>,
-    stop: Arc<AtomicBool>,
+    shutdown: Shutdown,
+    link_gauges: LinkGauges,
 }
 
-impl<S: DeliverySink> KafkaIngest<S> {
+impl<D: Dispatch> KafkaIngest<D> {
     pub fn new(
         settings: KafkaSettings,
-        sink: S,
+        dispatch: D,
         learned_tables: Receiver<LearnedTables>,
         readiness: Arc<Readiness>,
-        stop: Arc<AtomicBool>,
+        shutdown: Shutdown,
     ) -> Self {
         let group_id = format!("{}-{}", settings.group_id_prefix, uuid::Uuid::new_v4().simple());
-        Self { settings, group_id, router: EventRouter::default(), sink, learned_tables, readiness, stop }
+        let ingest = Ingest::new(dispatch, settings.max_record_bytes);
+        Self { settings, group_id, ingest, learned_tables, readiness, shutdown, link_gauges: LinkGauges::new() }
     }
 
     fn stopped(&self) -> bool {
-        self.stop.load(Ordering::Acquire)
+        self.shutdown.is_triggered()
     }
 
-    /// Runs until `stop` is set. Broker trouble is retried, never fatal.
+    /// Runs until shutdown. Broker trouble is retried, never fatal.
     pub fn run(mut self) {
         tracing::info!(group_id = %self.group_id, brokers = %self.settings.brokers, "kafka ingest starting");
         let start_offsets = loop {
@@ -155,8 +158,9 @@ impl<S: DeliverySink> KafkaIngest<S> {
             }
         };
         self.readiness.set_links_rebuilt();
-        let (tables, links) = self.router.link_counts();
-        tracing::info!(section_object_links = links, table_links = tables, "section-object links rebuilt");
+        let counts = self.ingest.link_counts();
+        self.link_gauges.set(counts);
+        tracing::info!(section_object_links = counts.section_objects, "section-object links rebuilt");
 
         let consumer = loop {
             match self.live_consumer(start_offsets.clone()) {
@@ -198,7 +202,7 @@ impl<S: DeliverySink> KafkaIngest<S> {
     /// Tables that snapshots showed, reported by the shards.
     fn learn_tables(&mut self) {
         for learned in self.learned_tables.try_iter() {
-            self.router.learn_tables(learned);
+            self.ingest.learn_tables(learned);
         }
     }
 
@@ -210,16 +214,11 @@ impl<S: DeliverySink> KafkaIngest<S> {
         // before it writes the snapshot frame, so draining here routes every
         // record consumed after that frame was seen.
         self.learn_tables();
-        let skipped = |reason| RecordSkipped { topic, partition, offset, reason }.emit();
-        let event = match envelope::parse(topic, payload, self.settings.max_record_bytes) {
-            Ok(event) => event,
-            Err(rejection) => return skipped(rejection.label()),
-        };
-        let sink = &self.sink;
-        match self.router.route(event, |section, delivery| sink.deliver(section, delivery)) {
+        match self.ingest.handle(topic, payload) {
             Ok(sections) => METRICS.events_routed.inc_by(sections as u64),
-            Err(_) => skipped("no_section"),
+            Err(skip) => RecordSkipped { topic, partition, offset, reason: skip.label() }.emit(),
         }
+        self.link_gauges.set(self.ingest.link_counts());
     }
 
     fn client_config(&self, group_id: &str) -> ClientConfig {
@@ -268,11 +267,7 @@ impl<S: DeliverySink> KafkaIngest<S> {
             match consumer.poll(POLL_INTERVAL) {
                 None => {}
                 Some(Ok(message)) => {
-                    if let Some(payload) = message.payload()
-                        && let Ok(event) = envelope::parse(message.topic(), payload, self.settings.max_record_bytes)
-                    {
-                        self.router.learn_links(&event);
-                    }
+                    self.ingest.replay(message.topic(), message.payload().unwrap_or_default());
                     let key = (message.topic().to_string(), message.partition());
                     if remaining.get(&key).is_some_and(|&high| message.offset() + 1 >= high) {
                         remaining.remove(&key);

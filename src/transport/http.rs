@@ -1,14 +1,13 @@
-//! The HTTP front: ops endpoints and the upgrade checks of SPEC §1.1,
-//! answered as plain HTTP before any WebSocket exists.
+//! The HTTP front: ops endpoints and the upgrade checks, answered as plain
+//! HTTP before any WebSocket exists.
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_TYPE, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_PROTOCOL, UPGRADE};
-use http::{Method, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -19,9 +18,13 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::application::authorize::Refusal;
 use crate::domain::ids::SectionId;
+use crate::domain::protocol::CloseCode;
 use crate::telemetry::METRICS;
+use crate::telemetry::events::UpgradeRefused;
 
-use super::shard::{HandedOff, ServerContext, ShardMessage};
+use super::context::ServerContext;
+use super::mailbox::{HandedOff, ShardGone, ShardMessage};
+use super::session;
 use super::upgrade::{self, TokenSource};
 
 type Body = Full<Bytes>;
@@ -62,7 +65,7 @@ async fn serve_http(stream: TcpStream, ctx: Arc<ServerContext>, shard: usize) {
 fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
     *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, "text/plain; charset=utf-8".parse().expect("static header"));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response
 }
 
@@ -71,16 +74,14 @@ fn respond(request: Request<Incoming>, ctx: &Arc<ServerContext>, shard: usize) -
     match (request.method(), path) {
         (&Method::GET, "/healthz") => plain(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
-            let ready = ctx.readiness.is_ready() && !ctx.draining.load(Ordering::Acquire);
+            let ready = ctx.readiness.is_ready() && !ctx.shutdown.is_triggered();
             if ready { plain(StatusCode::OK, "ready\n") } else { plain(StatusCode::SERVICE_UNAVAILABLE, "not ready\n") }
         }
         (&Method::GET, "/metrics") => {
             // A gauge read only here, so it is set only here.
             METRICS.kafka_ready.set(i64::from(ctx.readiness.is_ready()));
             let mut response = Response::new(Full::new(Bytes::from(METRICS.render())));
-            response
-                .headers_mut()
-                .insert(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8".parse().expect("static header"));
+            response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
             response
         }
         _ if path.starts_with("/ws/") => upgrade(request, ctx, shard),
@@ -88,9 +89,8 @@ fn respond(request: Request<Incoming>, ctx: &Arc<ServerContext>, shard: usize) -
     }
 }
 
-fn refuse(status: StatusCode, why: &str, path: &str) -> Response<Body> {
-    METRICS.upgrades_refused.with_label_values(&[status.as_str()]).inc();
-    tracing::info!(status = status.as_u16(), why, path, "upgrade refused");
+fn refuse(status: StatusCode, why: &str, route: &'static str) -> Response<Body> {
+    UpgradeRefused { status: status.as_u16(), why, route }.emit();
     let text = match status {
         StatusCode::BAD_REQUEST => "sectionId must be a UUID\n",
         StatusCode::UNAUTHORIZED => "missing or invalid token\n",
@@ -101,33 +101,33 @@ fn refuse(status: StatusCode, why: &str, path: &str) -> Response<Body> {
     };
     let mut response = plain(status, text);
     if status == StatusCode::UPGRADE_REQUIRED {
-        response.headers_mut().insert(UPGRADE, "websocket".parse().expect("static header"));
+        response.headers_mut().insert(UPGRADE, HeaderValue::from_static("websocket"));
     }
     response
 }
 
 fn upgrade(mut request: Request<Incoming>, ctx: &Arc<ServerContext>, shard: usize) -> Response<Body> {
-    let path = upgrade::redacted_path(request.uri());
+    let route = upgrade::route_kind(request.uri());
     let Some(target) = upgrade::parse_target(request.uri(), request.headers()) else {
-        return refuse(StatusCode::NOT_FOUND, "unknown path", &path);
+        return refuse(StatusCode::NOT_FOUND, "unknown path", route);
     };
-    if ctx.draining.load(Ordering::Acquire) {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "draining", &path);
+    if ctx.shutdown.is_triggered() {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "draining", route);
     }
     let Some(key) = upgrade::websocket_key(request.method(), request.headers()) else {
-        return refuse(StatusCode::UPGRADE_REQUIRED, "not a websocket upgrade", &path);
+        return refuse(StatusCode::UPGRADE_REQUIRED, "not a websocket upgrade", route);
     };
     let accept_key = derive_accept_key(key);
     let Some(section) = SectionId::parse(target.section) else {
-        return refuse(StatusCode::BAD_REQUEST, "sectionId is not a UUID", &path);
+        return refuse(StatusCode::BAD_REQUEST, "sectionId is not a UUID", route);
     };
     let token_source = target.token.as_ref().map(|(_, source)| *source);
     let offers_bearer = target.offers_bearer;
     let token = target.token.map(|(token, _)| token);
     let claims = match ctx.authorizer.authorize(token.as_deref()) {
         Ok(claims) => claims,
-        Err(Refusal::Unauthenticated(why)) => return refuse(StatusCode::UNAUTHORIZED, &why, &path),
-        Err(Refusal::Forbidden(denial)) => return refuse(StatusCode::FORBIDDEN, &format!("{denial:?}"), &path),
+        Err(Refusal::Unauthenticated(why)) => return refuse(StatusCode::UNAUTHORIZED, &why, route),
+        Err(Refusal::Forbidden(denial)) => return refuse(StatusCode::FORBIDDEN, &format!("{denial:?}"), route),
     };
     let token = token.expect("authorized requests carry a token");
     tracing::info!(%section, sub = %claims.subject, token_source = token_source.map(TokenSource::label), shard, "upgrade accepted");
@@ -145,26 +145,27 @@ fn upgrade(mut request: Request<Incoming>, ctx: &Arc<ServerContext>, shard: usiz
             Ok(parts) => parts,
             Err(_) => return tracing::error!("upgraded connection is not a TCP stream"),
         };
-        match parts.io.into_inner().into_std() {
-            Ok(stream) => ctx.shards.owner(section).send(ShardMessage::Adopt(Box::new(HandedOff {
-                stream,
-                read_buf: parts.read_buf,
-                section,
-                token,
-                claims,
-            }))),
-            Err(error) => tracing::warn!(%error, "could not detach the upgraded socket"),
+        let stream = match parts.io.into_inner().into_std() {
+            Ok(stream) => stream,
+            Err(error) => return tracing::warn!(%error, "could not detach the upgraded socket"),
+        };
+        let handed_off = HandedOff { stream, read_buf: parts.read_buf, section, token, claims };
+        if let Err(ShardGone(ShardMessage::Adopt(handed_off))) =
+            ctx.shards.owner(section).send(ShardMessage::Adopt(Box::new(handed_off)))
+        {
+            tracing::error!(%section, "the shard that owns this section has stopped");
+            session::close_unadopted(handed_off.stream, CloseCode::INTERNAL_ERROR).await;
         }
     });
 
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
-    headers.insert(UPGRADE, "websocket".parse().expect("static header"));
-    headers.insert(CONNECTION, "Upgrade".parse().expect("static header"));
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(SEC_WEBSOCKET_ACCEPT, accept_key.parse().expect("base64 is a valid header value"));
     if offers_bearer {
-        headers.insert(SEC_WEBSOCKET_PROTOCOL, "bearer".parse().expect("static header"));
+        headers.insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("bearer"));
     }
     response
 }

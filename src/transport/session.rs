@@ -1,5 +1,6 @@
-//! One client connection, from adoption to close: the snapshot call, the
-//! handoff, then a writer (this task) and a reader (a child task).
+//! One client connection's I/O, from adoption to close: the WebSocket over
+//! the adopted socket, the connect use case, then a writer (this task) and a
+//! reader (a child task).
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -16,15 +17,18 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 use tracing::Instrument;
 
+use crate::application::connect;
 use crate::application::outbox::Outbox;
 use crate::application::ports::SnapshotSource;
-use crate::application::router::LearnedTables;
 use crate::domain::frame::Frame;
+use crate::domain::ids::SectionId;
 use crate::domain::protocol::{self, CloseCode};
 use crate::telemetry::METRICS;
+use crate::telemetry::events::SessionClosed;
 
+use super::context::ShardState;
+use super::mailbox::HandedOff;
 use super::rate::TokenBucket;
-use super::shard::{HandedOff, ShardState};
 
 type Sink = SplitSink<WebSocketStream<TcpStream>, Message>;
 
@@ -83,42 +87,14 @@ async fn serve<S: SnapshotSource>(
     state: &ShardState<S>,
     socket: WebSocketStream<TcpStream>,
     outbox: &Rc<Outbox>,
-    section: crate::domain::ids::SectionId,
+    section: SectionId,
     token: &str,
     expires_at: Option<u64>,
 ) {
     let (mut sink, stream) = socket.split();
-    let mut shutdown = state.ctx.shutdown.clone();
-
-    // The one REST call of this connection. Events keep being held meanwhile.
-    let started = Instant::now();
-    let fetched = tokio::select! {
-        fetched = state.snapshots.fetch(section, token) => Some(fetched),
-        _ = shutdown.wait_for(|stopping| *stopping) => None,
-    };
-    let outcome = match &fetched {
-        Some(Ok(_)) => "ok",
-        Some(Err(error)) => error.label(),
-        None => "cancelled",
-    };
-    METRICS.snapshot_outcomes.with_label_values(&[outcome]).inc();
-    METRICS.snapshot_seconds.with_label_values(&[outcome]).observe(started.elapsed().as_secs_f64());
-    match fetched {
-        Some(Ok(snapshot)) => {
-            // Teach the router which tables live here, for reservation
-            // routing, before any client can have seen them.
-            let _ = state.ctx.learned_tables.send(LearnedTables { section, table_ids: snapshot.table_ids.clone() });
-            METRICS.handoff_skipped.inc_by(outbox.go_live(&snapshot) as u64);
-            tracing::debug!("snapshot queued first; live");
-        }
-        // Never live: the writer below sends only the close frame, through
-        // the same close handshake as every other close.
-        Some(Err(error)) => {
-            tracing::info!(%error, close = error.close_code().code, "snapshot failed");
-            outbox.request_close(error.close_code(), false);
-        }
-        None => outbox.request_close(CloseCode::GOING_AWAY, false),
-    }
+    let shutdown = &state.ctx.shutdown;
+    connect::fetch_snapshot(&state.snapshots, &state.ctx.table_reports, outbox, section, token, shutdown.triggered())
+        .await;
 
     let heard = Rc::new(Cell::new(Instant::now()));
     let reader = tokio::task::spawn_local(read_client(
@@ -132,7 +108,7 @@ async fn serve<S: SnapshotSource>(
     // open, and the outbox alive, until that peer sent something — for a
     // dead peer, never. The session is over once the writer is: end it too.
     let reader_abort = reader.abort_handle();
-    write_live(state, &mut sink, outbox, &heard, expires_at, shutdown, reader).await;
+    write_live(state, &mut sink, outbox, &heard, expires_at, reader).await;
     reader_abort.abort();
 }
 
@@ -145,29 +121,29 @@ async fn write_live<S>(
     outbox: &Outbox,
     heard: &Cell<Instant>,
     expires_at: Option<u64>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
     mut reader: tokio::task::JoinHandle<()>,
 ) {
     let settings = &state.ctx.session;
+    let shutdown = &state.ctx.shutdown;
+    let shutdown_triggered = shutdown.triggered();
+    tokio::pin!(shutdown_triggered);
     let mut ping = tokio::time::interval_at(Instant::now() + settings.ping_interval, settings.ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let expiry = sleep_until(expiry_instant(expires_at, state.ctx.token_leeway));
+    let expiry = sleep_until(expiry_instant(expires_at, settings.token_leeway));
     tokio::pin!(expiry);
     let mut reader_done = false;
     let mut shutting_down = false;
     let mut unflushed = false;
 
     loop {
-        if !shutting_down && *shutdown.borrow_and_update() {
+        if !shutting_down && shutdown.is_triggered() {
             shutting_down = true;
             outbox.request_close(CloseCode::GOING_AWAY, true);
         }
         if let Some(close) = outbox.close_request()
             && (!close.after_drain || outbox.front().is_none())
         {
-            if close.code == CloseCode::SLOW_CONSUMER {
-                tracing::info!("slow consumer closed");
-            }
+            SessionClosed { code: close.code }.emit();
             let _ = tokio::time::timeout(CLOSE_GRACE, send_close(sink, close.code)).await;
             if !reader_done {
                 let _ = tokio::time::timeout(CLOSE_GRACE, &mut reader).await;
@@ -192,7 +168,7 @@ async fn write_live<S>(
         tokio::select! {
             biased;
             _ = &mut reader, if !reader_done => reader_done = true,
-            _ = shutdown.changed(), if !shutting_down => {}
+            () = &mut shutdown_triggered, if !shutting_down => {}
             _ = &mut expiry => outbox.request_close(CloseCode::TOKEN_EXPIRED, false),
             _ = ping.tick() => {
                 if heard.get().elapsed() > settings.ping_interval + settings.pong_timeout {
@@ -227,6 +203,14 @@ fn expiry_instant(expires_at: Option<u64>, leeway: Duration) -> Instant {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
     let remaining = (exp + leeway.as_secs()).saturating_sub(now);
     Instant::now() + Duration::from_secs(remaining)
+}
+
+/// Closes a socket that no shard will serve, on the thread that holds it.
+pub async fn close_unadopted(stream: std::net::TcpStream, code: CloseCode) {
+    let Ok(stream) = TcpStream::from_std(stream) else { return };
+    let socket = WebSocketStream::from_raw_socket(stream, Role::Server, None).await;
+    let (mut sink, _) = socket.split();
+    let _ = tokio::time::timeout(CLOSE_GRACE, send_close(&mut sink, code)).await;
 }
 
 async fn send_close(sink: &mut Sink, code: CloseCode) {

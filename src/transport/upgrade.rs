@@ -1,5 +1,6 @@
-//! Reading an upgrade request: the section, the token and its source
-//! (SPEC §1.1). The token is never logged; only its source is.
+//! Reading an upgrade request: the section, the token and its source. The
+//! token is never logged; only its source is, and the kind of route the
+//! request came on instead of its path.
 
 use http::header::{
     AUTHORIZATION, CONNECTION, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, UPGRADE,
@@ -97,11 +98,17 @@ pub fn websocket_key<'h>(method: &Method, headers: &'h HeaderMap) -> Option<&'h 
     ok.then(|| headers.get(SEC_WEBSOCKET_KEY).map(|k| k.as_bytes())).flatten()
 }
 
-/// The path as it may be logged: the token segment replaced.
-pub fn redacted_path(uri: &Uri) -> String {
-    match uri.path().strip_prefix(PREFIX).and_then(|rest| rest.split_once('/')) {
-        Some((section, _)) => format!("{PREFIX}{section}/<redacted>"),
-        None => uri.path().to_string(),
+/// What may be logged of a WebSocket path: its kind. Any segment may be a
+/// token, on our route and on the earlier service's (`/ws/tables/…`), so
+/// the path itself never is.
+pub fn route_kind(uri: &Uri) -> &'static str {
+    let path = uri.path();
+    if path.starts_with(PREFIX) {
+        "restaurant"
+    } else if path.starts_with("/ws/tables/") {
+        "legacy_tables"
+    } else {
+        "other"
     }
 }
 
@@ -149,9 +156,12 @@ mod tests {
     }
 
     #[test]
-    fn redacts_path_tokens() {
-        assert_eq!(redacted_path(&"/ws/restaurant/s1/secret.jwt".parse().unwrap()), "/ws/restaurant/s1/<redacted>");
-        assert_eq!(redacted_path(&"/ws/restaurant/s1".parse().unwrap()), "/ws/restaurant/s1");
+    fn routes_are_logged_by_kind_only() {
+        let kind = |path: &str| route_kind(&path.parse().unwrap());
+        assert_eq!(kind("/ws/restaurant/s1/secret.jwt"), "restaurant");
+        assert_eq!(kind("/ws/restaurant/secret.jwt/s1"), "restaurant");
+        assert_eq!(kind("/ws/tables/s1/secret.jwt"), "legacy_tables");
+        assert_eq!(kind("/ws/secret.jwt"), "other");
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Configuration from the environment (SPEC §1.5; names kept compatible with
-//! the earlier Go service). Any problem is one [`ConfigError`] that names the
+//! Configuration from the environment (names kept compatible with the
+//! earlier Go service). Any problem is one [`ConfigError`] that names the
 //! variable, and the process stops at start.
 
 use std::net::IpAddr;
@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use crate::application::outbox::QueueLimits;
 
-/// The default `KAFKA_TOPICS`: the v1 and v2 topics of every section-related
-/// domain (CONTRACT.md §1.3, §1.5), including the v1 `tables.selecting` /
-/// `tables.released` hints, so that they are counted as skipped (SPEC §2.3).
+/// The default `KAFKA_TOPICS`: the v1 (`mesa-ya.<domain>.<verb>`) and v2
+/// (`mesa-ya.<domain>.events`) topics of every section-related domain,
+/// including the v1 `tables.selecting` / `tables.released` hints, so that
+/// they are counted as skipped rather than silently unseen.
 pub const DEFAULT_TOPICS: &str = r"^mesa-ya\.(sections|tables|objects|section-objects|reservations)\.(events|created|updated|deleted|selecting|released)$";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,6 +60,9 @@ pub struct SessionSettings {
     pub max_frame_bytes: usize,
     /// Client messages allowed per second (sustained); bursts up to twice.
     pub client_messages_per_second: u32,
+    /// Clock leeway for `exp`: a session ends at `exp` + leeway (4401), as
+    /// the upgrade accepted tokens up to `exp` + leeway.
+    pub token_leeway: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -144,6 +148,7 @@ impl Config {
             issuer: env.get("JWT_ISSUER"),
             leeway: env.duration("JWT_LEEWAY", Duration::from_secs(5))?,
         };
+        let token_leeway = jwt.leeway;
         if jwt.secret.is_none() && jwt.public_key_pem.is_none() {
             return Err(ConfigError::new(
                 "JWT_SECRET",
@@ -226,6 +231,7 @@ impl Config {
                 pong_timeout: env.duration("WS_PONG_TIMEOUT", Duration::from_secs(10))?,
                 max_frame_bytes: env.positive("WS_MAX_FRAME_BYTES", 64 << 10)?,
                 client_messages_per_second: env.positive("WS_CLIENT_RATE", 10)? as u32,
+                token_leeway,
             },
             drain_timeout: env.duration("DRAIN_TIMEOUT", Duration::from_secs(10))?,
             log_level,

@@ -1,6 +1,9 @@
 //! Metrics, exposed as Prometheus text on `/metrics`. Cross-cutting, like
 //! logging: any layer may count into it. Label values are fixed sets
-//! (reasons, outcomes, shard numbers), never ids.
+//! (reasons, outcomes, shard numbers), never ids. What is both logged and
+//! counted is an internal event in [`events`].
+
+pub mod events;
 
 use std::sync::LazyLock;
 

@@ -1,0 +1,87 @@
+//! Internal events: one struct per thing worth both logging and counting, so
+//! the log line and the metric can never drift apart, and every metric is
+//! bumped from this one file.
+
+use std::time::Duration;
+
+use crate::application::ports::SnapshotError;
+use crate::domain::protocol::CloseCode;
+use crate::domain::snapshot::Snapshot;
+
+use super::METRICS;
+
+/// A Kafka record that was consumed but reached no client.
+pub struct RecordSkipped<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub reason: &'static str,
+}
+
+impl RecordSkipped<'_> {
+    pub fn emit(self) {
+        METRICS.events_dropped.with_label_values(&[self.reason]).inc();
+        tracing::debug!(
+            topic = self.topic,
+            partition = self.partition,
+            offset = self.offset,
+            reason = self.reason,
+            "record skipped"
+        );
+    }
+}
+
+/// An upgrade answered with an HTTP error instead of a WebSocket.
+pub struct UpgradeRefused<'a> {
+    pub status: u16,
+    pub why: &'a str,
+    /// Which kind of path it came on; never the path itself, which may hold
+    /// a token.
+    pub route: &'static str,
+}
+
+impl UpgradeRefused<'_> {
+    pub fn emit(self) {
+        METRICS.upgrades_refused.with_label_values(&[&self.status.to_string()]).inc();
+        tracing::info!(status = self.status, why = self.why, route = self.route, "upgrade refused");
+    }
+}
+
+/// The snapshot call of a connection ended: `None` when it was abandoned.
+pub struct SnapshotFetched<'a> {
+    pub outcome: &'a Option<Result<Snapshot, SnapshotError>>,
+    pub elapsed: Duration,
+}
+
+impl SnapshotFetched<'_> {
+    pub fn emit(self) {
+        let label = match self.outcome {
+            Some(Ok(_)) => "ok",
+            Some(Err(error)) => error.label(),
+            None => "cancelled",
+        };
+        METRICS.snapshot_outcomes.with_label_values(&[label]).inc();
+        METRICS.snapshot_seconds.with_label_values(&[label]).observe(self.elapsed.as_secs_f64());
+        match self.outcome {
+            Some(Ok(_)) => tracing::debug!(elapsed = ?self.elapsed, "snapshot queued first; live"),
+            Some(Err(error)) => {
+                tracing::info!(%error, close = error.close_code().code, elapsed = ?self.elapsed, "snapshot failed")
+            }
+            None => tracing::info!(elapsed = ?self.elapsed, "snapshot call abandoned"),
+        }
+    }
+}
+
+/// The server closed a client with a close frame.
+pub struct SessionClosed {
+    pub code: CloseCode,
+}
+
+impl SessionClosed {
+    pub fn emit(self) {
+        if self.code == CloseCode::SLOW_CONSUMER {
+            METRICS.slow_consumer_closes.inc();
+        }
+        tracing::info!(close = self.code.code, reason = self.code.reason, "session closed");
+    }
+}
