@@ -6,13 +6,13 @@
 //! stops polling. Async code awaits [`Shutdown::triggered`]; the ingest
 //! thread, which is not async, asks [`Shutdown::is_triggered`] between polls.
 //!
-//! The other half of the pattern is [`Finished`]: every thread holds one, and
-//! when all are dropped every thread has ended.
+//! The other half of the pattern is [`Threads`]: every long-lived thread
+//! holds a [`Running`], so `main` learns when each ends: all of them after
+//! the trigger, or one of them too early (the watchdog).
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 #[derive(Clone, Debug)]
 pub struct Shutdown(Arc<watch::Sender<bool>>);
@@ -42,36 +42,60 @@ impl Shutdown {
     }
 }
 
-/// Held by a thread for its whole life; dropped when it ends, however it
-/// ends (a panic unwinds and drops it too).
-#[derive(Clone)]
-pub struct Finished {
-    _alive: crossbeam_channel::Sender<()>,
+/// Held by a long-lived thread for its whole life. Dropping it, when the
+/// thread ends however it ends (a panic unwinds and drops it too), tells
+/// [`Threads`] which one ended.
+pub struct Running {
+    name: String,
+    ended: mpsc::UnboundedSender<String>,
 }
 
-/// Waits for every [`Finished`] handed out by [`Finished::tracker`] to drop.
-pub struct AllFinished(crossbeam_channel::Receiver<()>);
-
-impl Finished {
-    pub fn tracker() -> (Finished, AllFinished) {
-        let (sender, receiver) = crossbeam_channel::bounded(0);
-        (Finished { _alive: sender }, AllFinished(receiver))
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.ended.send(std::mem::take(&mut self.name));
     }
 }
 
-impl AllFinished {
-    /// True when every holder is gone by `deadline`.
-    pub fn wait_until(&self, deadline: Instant) -> bool {
-        // Nobody ever sends: the only way out before the deadline is every
-        // sender being dropped.
-        matches!(self.0.recv_deadline(deadline), Err(crossbeam_channel::RecvTimeoutError::Disconnected))
+/// Watches the threads it handed a [`Running`] to: the watchdog that keeps
+/// the process from staying up half-dead, and the join at shutdown.
+pub struct Threads {
+    ended_tx: mpsc::UnboundedSender<String>,
+    ended_rx: mpsc::UnboundedReceiver<String>,
+    running: usize,
+}
+
+impl Default for Threads {
+    fn default() -> Self {
+        let (ended_tx, ended_rx) = mpsc::unbounded_channel();
+        Self { ended_tx, ended_rx, running: 0 }
+    }
+}
+
+impl Threads {
+    pub fn register(&mut self, name: impl Into<String>) -> Running {
+        self.running += 1;
+        Running { name: name.into(), ended: self.ended_tx.clone() }
+    }
+
+    /// The name of the next thread to end.
+    pub async fn next_ended(&mut self) -> String {
+        // `self` holds a sender, so the channel never closes.
+        let name = self.ended_rx.recv().await.unwrap_or_default();
+        self.running -= 1;
+        name
+    }
+
+    /// Resolves once every registered thread has ended.
+    pub async fn all_ended(&mut self) {
+        while self.running > 0 {
+            self.next_ended().await;
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[tokio::test]
     async fn every_clone_sees_the_trigger_even_one_made_after_it() {
@@ -86,14 +110,21 @@ mod tests {
         late.triggered().await;
     }
 
-    #[test]
-    fn all_finished_waits_for_every_holder_and_no_longer() {
-        let (finished, all) = Finished::tracker();
-        let worker = finished.clone();
-        drop(finished);
-        assert!(!all.wait_until(Instant::now() + Duration::from_millis(20)), "one holder still alive");
-        let thread = std::thread::spawn(move || drop(worker));
-        assert!(all.wait_until(Instant::now() + Duration::from_secs(10)));
-        thread.join().unwrap();
+    #[tokio::test]
+    async fn threads_report_when_they_end_even_by_panicking() {
+        let mut threads = Threads::default();
+        let calm = threads.register("calm");
+        let doomed = threads.register("doomed");
+        let thread = std::thread::spawn(move || {
+            let _running = doomed;
+            panic!("a bug on a shard thread");
+        });
+        assert_eq!(threads.next_ended().await, "doomed");
+        assert!(thread.join().is_err());
+        let all = tokio::spawn(async move { threads.all_ended().await });
+        tokio::task::yield_now().await; // it runs until it waits for "calm"
+        assert!(!all.is_finished(), "one thread still runs");
+        drop(calm);
+        all.await.unwrap();
     }
 }

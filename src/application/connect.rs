@@ -12,6 +12,7 @@
 //!
 //! The writer (transport) then sends whatever the outbox holds.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::rc::Rc;
 
@@ -23,13 +24,48 @@ use crate::telemetry::events::SnapshotFetched;
 
 use super::hub::SectionHub;
 use super::outbox::{Outbox, QueueLimits};
-use super::ports::{SnapshotError, SnapshotSource, TableReporter};
+use super::ports::{SnapshotError, SnapshotRequest, SnapshotSource, TableReporter};
 
-/// Subscribes a new client to its section and returns its outbox, holding.
-pub fn register(hub: &mut SectionHub, section: SectionId, limits: QueueLimits) -> Rc<Outbox> {
+/// A client's place among its section's subscribers. Dropping it leaves,
+/// however the session ends (a panicking session included), so the hub
+/// never keeps a dead client.
+pub struct Registration {
+    hub: Rc<RefCell<SectionHub>>,
+    section: SectionId,
+    outbox: Rc<Outbox>,
+}
+
+impl Registration {
+    pub fn outbox(&self) -> &Rc<Outbox> {
+        &self.outbox
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        // A panic while the hub was borrowed leaves it borrowed: panicking
+        // again here would abort the whole shard.
+        if let Ok(mut hub) = self.hub.try_borrow_mut() {
+            hub.unsubscribe(self.section, &self.outbox);
+        }
+    }
+}
+
+/// Subscribes a new client to its section, holding.
+pub fn register(hub: &Rc<RefCell<SectionHub>>, section: SectionId, limits: QueueLimits) -> Registration {
     let outbox = Rc::new(Outbox::new(limits));
-    hub.subscribe(section, Rc::clone(&outbox));
-    outbox
+    hub.borrow_mut().subscribe(section, Rc::clone(&outbox));
+    Registration { hub: Rc::clone(hub), section, outbox }
+}
+
+/// Why a snapshot call was abandoned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interruption {
+    /// The server is shutting down: the client is told (1001).
+    Shutdown,
+    /// The client went away: nobody to tell, and its place among the calls
+    /// in flight is freed at once.
+    ClientGone,
 }
 
 /// How a connection's snapshot phase ended.
@@ -40,8 +76,8 @@ pub enum Connected {
     Live { skipped: usize },
     /// The API refused or failed; the client is closed with its code.
     Refused(SnapshotError),
-    /// `interrupted` resolved first (shutdown); the client is closed with 1001.
-    Interrupted,
+    /// `interrupted` resolved first.
+    Interrupted(Interruption),
 }
 
 /// Runs the snapshot call for a registered client and leaves its outbox
@@ -50,39 +86,40 @@ pub async fn fetch_snapshot<S: SnapshotSource, R: TableReporter>(
     snapshots: &S,
     tables: &R,
     outbox: &Outbox,
-    section: SectionId,
-    token: &str,
-    interrupted: impl Future<Output = ()>,
+    request: SnapshotRequest<'_>,
+    interrupted: impl Future<Output = Interruption>,
 ) -> Connected {
     let started = Instant::now();
     let fetched = tokio::select! {
-        fetched = snapshots.fetch(section, token) => Some(fetched),
-        () = interrupted => None,
+        fetched = snapshots.fetch(request) => Ok(fetched),
+        interruption = interrupted => Err(interruption),
     };
-    SnapshotFetched { outcome: &fetched, elapsed: started.elapsed() }.emit();
-    match fetched {
-        Some(Ok(snapshot)) => {
+    let connected = match fetched {
+        Ok(Ok(snapshot)) => {
             // Before the snapshot frame can reach the client: a reservation
             // for one of these tables, consumed after the client saw the
             // table, must find its section.
-            tables.report(section, snapshot.table_ids.clone());
+            tables.report(request.section, snapshot.table_ids.clone());
             Connected::Live { skipped: outbox.go_live(&snapshot) }
         }
-        Some(Err(error)) => {
+        Ok(Err(error)) => {
             outbox.request_close(error.close_code(), false);
             Connected::Refused(error)
         }
-        None => {
-            outbox.request_close(CloseCode::GOING_AWAY, false);
-            Connected::Interrupted
+        Err(interruption) => {
+            if interruption == Interruption::Shutdown {
+                outbox.request_close(CloseCode::GOING_AWAY, false);
+            }
+            Connected::Interrupted(interruption)
         }
-    }
+    };
+    SnapshotFetched { connected: &connected, elapsed: started.elapsed() }.emit();
+    connected
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cell::RefCell;
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -112,8 +149,9 @@ mod tests {
     }
 
     impl SnapshotSource for FakeApi {
-        async fn fetch(&self, section: SectionId, token: &str) -> Result<Snapshot, SnapshotError> {
-            self.calls.borrow_mut().push(format!("{section} {token}"));
+        async fn fetch(&self, request: SnapshotRequest<'_>) -> Result<Snapshot, SnapshotError> {
+            let SnapshotRequest { section, token, client_addr, request_id } = request;
+            self.calls.borrow_mut().push(format!("{section} {token} {client_addr} {request_id}"));
             tokio::time::sleep(self.delay).await;
             (self.answer)()
         }
@@ -143,16 +181,39 @@ mod tests {
         })
     }
 
-    /// Registers a client on a fresh hub and runs its snapshot phase.
-    async fn connect(api: &FakeApi, tables: &RecordedTables, held: &[Arc<Delivery>]) -> (Rc<Outbox>, Connected) {
-        let mut hub = SectionHub::default();
-        let outbox = register(&mut hub, section(), QueueLimits { max_frames: 16, max_bytes: 1 << 20 });
-        for delivery in held {
-            hub.fan_out(section(), delivery);
+    fn request() -> SnapshotRequest<'static> {
+        SnapshotRequest {
+            section: section(),
+            token: "the-token",
+            client_addr: "203.0.113.9".parse().unwrap(),
+            request_id: "req-1",
         }
-        let interrupted = tokio::time::sleep(Duration::from_secs(30));
-        let connected = fetch_snapshot(api, tables, &outbox, section(), "the-token", interrupted).await;
-        (outbox, connected)
+    }
+
+    /// Registers a client on a fresh hub and runs its snapshot phase, which
+    /// `interruption` ends after 30 s.
+    async fn connect_until(
+        api: &FakeApi,
+        tables: &RecordedTables,
+        held: &[Arc<Delivery>],
+        interruption: Interruption,
+    ) -> (Rc<Outbox>, Connected) {
+        let hub = Rc::new(RefCell::new(SectionHub::default()));
+        let registration = register(&hub, section(), QueueLimits { max_frames: 16, max_bytes: 1 << 20 });
+        for delivery in held {
+            hub.borrow_mut().fan_out(section(), delivery);
+        }
+        let interrupted = async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            interruption
+        };
+        let outbox = registration.outbox();
+        let connected = fetch_snapshot(api, tables, outbox, request(), interrupted).await;
+        (Rc::clone(outbox), connected)
+    }
+
+    async fn connect(api: &FakeApi, tables: &RecordedTables, held: &[Arc<Delivery>]) -> (Rc<Outbox>, Connected) {
+        connect_until(api, tables, held, Interruption::Shutdown).await
     }
 
     #[tokio::test(start_paused = true)]
@@ -164,12 +225,16 @@ mod tests {
         let (outbox, connected) = connect(&api, &tables, &[stale, Arc::clone(&fresh)]).await;
 
         assert_eq!(connected, Connected::Live { skipped: 1 });
-        assert_eq!(*api.calls.borrow(), vec![format!("{S1} the-token")], "one call, with the client's token");
+        assert_eq!(
+            *api.calls.borrow(),
+            vec![format!("{S1} the-token 203.0.113.9 req-1")],
+            "one call, with the client's token, address and request id"
+        );
         assert_eq!(*tables.0.borrow(), vec![(section(), vec![EntityId::from("t1"), EntityId::from("t2")])]);
         let first = outbox.front().unwrap();
-        assert!(first.utf8_bytes().starts_with(br#"{"event":"section.snapshot""#));
-        outbox.pop_front();
-        assert_eq!(outbox.front(), Some(fresh.frame.clone()));
+        assert!(first.frame.utf8_bytes().starts_with(br#"{"event":"section.snapshot""#));
+        outbox.pop_written(first.seq);
+        assert_eq!(outbox.front().map(|next| next.frame), Some(fresh.frame.clone()));
         assert!(outbox.close_request().is_none());
     }
 
@@ -193,11 +258,32 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_slow_api_is_abandoned_at_shutdown_with_1001() {
+    async fn a_slow_api_is_abandoned_at_shutdown_with_1001_and_silently_when_the_client_leaves() {
         let api = FakeApi { delay: Duration::from_secs(3600), ..FakeApi::answering(|| Err(SnapshotError::TimedOut)) };
         let tables = RecordedTables::default();
         let (outbox, connected) = connect(&api, &tables, &[]).await;
-        assert_eq!(connected, Connected::Interrupted);
+        assert_eq!(connected, Connected::Interrupted(Interruption::Shutdown));
         assert_eq!(outbox.close_request().unwrap().code, CloseCode::GOING_AWAY);
+
+        let (outbox, connected) = connect_until(&api, &tables, &[], Interruption::ClientGone).await;
+        assert_eq!(connected, Connected::Interrupted(Interruption::ClientGone));
+        assert_eq!(outbox.close_request(), None, "nobody left to send a close frame to");
+        assert_eq!(outbox.front(), None);
+    }
+
+    #[tokio::test]
+    async fn a_session_that_panics_leaves_its_section() {
+        let hub = Rc::new(RefCell::new(SectionHub::default()));
+        let local = tokio::task::LocalSet::new();
+        let session = local.spawn_local({
+            let hub = Rc::clone(&hub);
+            async move {
+                let _registration = register(&hub, section(), QueueLimits { max_frames: 4, max_bytes: 1 << 20 });
+                panic!("a bug in a session");
+            }
+        });
+        local.await;
+        assert!(session.await.unwrap_err().is_panic());
+        assert_eq!(hub.borrow().subscribers(section()), 0);
     }
 }

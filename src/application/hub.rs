@@ -40,6 +40,11 @@ impl SectionHub {
         }
     }
 
+    /// How many clients watch `section` on this shard.
+    pub fn subscribers(&self, section: SectionId) -> usize {
+        self.sections.get(&section).map_or(0, Vec::len)
+    }
+
     pub fn fan_out(&mut self, section: SectionId, delivery: &Arc<Delivery>) -> FanOutReport {
         let mut report = FanOutReport::default();
         let Some(outboxes) = self.sections.get_mut(&section) else {
@@ -85,8 +90,13 @@ mod tests {
     fn live_outbox(max_frames: usize) -> Rc<Outbox> {
         let outbox = Rc::new(Outbox::new(QueueLimits { max_frames, max_bytes: 1 << 20 }));
         outbox.go_live(&Snapshot::parse(br#"{"id":"s"}"#).unwrap());
-        outbox.pop_front();
+        write_front(&outbox);
         outbox
+    }
+
+    fn write_front(outbox: &Outbox) {
+        let next = outbox.front().expect("something to write");
+        outbox.pop_written(next.seq);
     }
 
     fn delivery(id: &str, ends_section: bool) -> Arc<Delivery> {
@@ -110,7 +120,7 @@ mod tests {
         let mut slow_closed = 0;
         for id in ["a", "b", "c"] {
             slow_closed += hub.fan_out(section, &delivery(id, false)).slow_closed;
-            fast.pop_front();
+            write_front(&fast);
         }
         assert_eq!(slow_closed, 1);
         assert_eq!(slow.close_request().unwrap().code, CloseCode::SLOW_CONSUMER);
@@ -167,7 +177,7 @@ mod tests {
             .unwrap();
         assert_eq!(queued, 3);
 
-        let frames: Vec<Frame> = clients.iter().map(|(_, outbox)| outbox.front().expect("queued")).collect();
+        let frames: Vec<Frame> = clients.iter().map(|(_, outbox)| outbox.front().expect("queued").frame).collect();
         let text: serde_json::Value = serde_json::from_slice(frames[0].utf8_bytes()).unwrap();
         assert_eq!(text["event"], "object.updated");
         for frame in &frames[1..] {

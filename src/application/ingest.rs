@@ -5,13 +5,10 @@
 
 use std::sync::Arc;
 
-use crossbeam_channel::Sender;
-
 use crate::domain::envelope::{self, Rejection};
-use crate::domain::ids::{EntityId, SectionId};
 
 use super::delivery::Delivery;
-use super::ports::{Dispatch, TableReporter};
+use super::ports::Dispatch;
 use super::router::{EventRouter, LearnedTables, LinkCounts};
 
 /// Why a record reached no client. Each reason is a metric label.
@@ -72,17 +69,10 @@ impl<D: Dispatch> Ingest<D> {
     }
 }
 
-/// Shards report learned tables over a channel that the ingest thread drains.
-impl TableReporter for Sender<LearnedTables> {
-    fn report(&self, section: SectionId, table_ids: Vec<EntityId>) {
-        // Fails only once the ingest thread is gone, during shutdown.
-        let _ = self.send(LearnedTables { section, table_ids });
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::ids::SectionId;
     use std::cell::RefCell;
 
     const S1: &str = "11111111-1111-4111-8111-111111111111";
@@ -126,7 +116,8 @@ mod tests {
     fn malformed_and_unroutable_records_are_skipped_with_their_reason() {
         let recorder = Recorder::default();
         let mut ingest = Ingest::new(&recorder, 64);
-        let skipped = |ingest: &mut Ingest<&Recorder>, topic, payload: &[u8]| ingest.handle(topic, payload).unwrap_err();
+        let skipped =
+            |ingest: &mut Ingest<&Recorder>, topic, payload: &[u8]| ingest.handle(topic, payload).unwrap_err();
         assert_eq!(skipped(&mut ingest, "mesa-ya.tables.events", b"{nope").label(), "not_json");
         assert_eq!(skipped(&mut ingest, "mesa-ya.tables.events", &[b' '; 65]).label(), "too_large");
         assert_eq!(skipped(&mut ingest, "other.topic", b"{}").label(), "unknown_topic");
@@ -136,15 +127,11 @@ mod tests {
     }
 
     #[test]
-    fn reported_tables_route_reservations_and_replayed_links_route_objects() {
+    fn learned_tables_route_reservations_and_replayed_links_route_objects() {
         let recorder = Recorder::default();
         let mut ingest = Ingest::new(&recorder, 1 << 20);
 
-        let (reports, learned) = crossbeam_channel::unbounded();
-        reports.report(section(S1), vec!["t1".into()]);
-        for tables in learned.try_iter() {
-            ingest.learn_tables(tables);
-        }
+        ingest.learn_tables(LearnedTables { section: section(S1), table_ids: vec!["t1".into()] });
         let reservation = v2("created", serde_json::json!({"id": "r1", "tableId": "t1"}));
         assert_eq!(ingest.handle("mesa-ya.reservations.events", &reservation), Ok(1));
 

@@ -2,6 +2,7 @@
 //! HTTP or sockets: adapters implement [`ports`], and transport and the
 //! Kafka adapter call the two use cases, [`connect`] and [`ingest`].
 
+pub mod admission;
 pub mod authorize;
 pub mod connect;
 pub mod delivery;

@@ -1,6 +1,7 @@
 //! What the use cases need from the outside world.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::domain::access::Claims;
@@ -21,9 +22,23 @@ pub trait TokenVerifier: Send + Sync {
 pub struct InvalidToken(pub String);
 
 /// Fetches a section's full state with the client's own token. Called once
-/// per connection, on the shard that owns the section.
+/// per connection, on the shard that owns the section; dropping the future
+/// abandons the call.
 pub trait SnapshotSource {
-    fn fetch(&self, section: SectionId, token: &str) -> impl Future<Output = Result<Snapshot, SnapshotError>>;
+    fn fetch(&self, request: SnapshotRequest<'_>) -> impl Future<Output = Result<Snapshot, SnapshotError>>;
+}
+
+/// One connection's snapshot call.
+#[derive(Clone, Copy, Debug)]
+pub struct SnapshotRequest<'a> {
+    pub section: SectionId,
+    /// The client's own token: the API has the last word on the section.
+    pub token: &'a str,
+    /// The client's address, so that the API's per-client rate limits see
+    /// the client and not this gateway.
+    pub client_addr: IpAddr,
+    /// Unique per session; the session's log lines carry it too.
+    pub request_id: &'a str,
 }
 
 /// Every way the snapshot call can fail, each with the close code the client

@@ -38,6 +38,9 @@ pub struct EntityEvent {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rejection {
     TooLarge,
+    /// Nested deeper than any entity is: a record like this would exhaust
+    /// the stack of a recursive parser or encoder.
+    TooDeep,
     NotJson,
     UnknownTopic,
     UnknownAction,
@@ -52,6 +55,7 @@ impl Rejection {
     pub fn label(self) -> &'static str {
         match self {
             Self::TooLarge => "too_large",
+            Self::TooDeep => "too_deep",
             Self::NotJson => "not_json",
             Self::UnknownTopic => "unknown_topic",
             Self::UnknownAction => "unknown_action",
@@ -79,11 +83,47 @@ fn verb_of(action: &str) -> &str {
     action.rsplit('.').next().unwrap_or(action)
 }
 
+/// Arrays and objects inside one another: an envelope holds an entity that
+/// holds a few levels (a section's tables); 64 is far beyond any of them.
+const MAX_NESTING: usize = 64;
+
+/// Whether `json` opens more than `max` arrays or objects inside one
+/// another. Brackets inside strings do not count. One pass, no recursion.
+fn nests_deeper_than(json: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &byte in json {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 pub fn parse(topic: &str, record: &[u8], max_bytes: usize) -> Result<EntityEvent, Rejection> {
     if record.len() > max_bytes {
         return Err(Rejection::TooLarge);
     }
     let (kind, topic_verb) = split_topic(topic).ok_or(Rejection::UnknownTopic)?;
+    if nests_deeper_than(record, MAX_NESTING) {
+        return Err(Rejection::TooDeep);
+    }
     // simd-json parses in place; Kafka hands us a borrowed slice.
     let mut buffer = record.to_vec();
     let envelope = simd_json::to_borrowed_value(&mut buffer).map_err(|_| Rejection::NotJson)?;
@@ -240,5 +280,20 @@ mod tests {
             assert_eq!(parse(topic, record.as_bytes(), 1 << 20), Err(*expected), "{topic} {record}");
         }
         assert_eq!(parse("mesa-ya.tables.events", b"{}", 1), Err(Rejection::TooLarge));
+    }
+
+    #[test]
+    fn a_depth_bomb_is_rejected_without_recursing() {
+        let bomb = format!(r#"{{"event_type":"updated","data":{{"id":"t","x":{}}}}}"#, "[".repeat(100_000));
+        assert_eq!(parse("mesa-ya.tables.events", bomb.as_bytes(), 1 << 20), Err(Rejection::TooDeep));
+        let closed = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(parse("mesa-ya.tables.events", closed.as_bytes(), 1 << 20), Err(Rejection::TooDeep));
+        // Brackets in strings are text, not nesting.
+        let brackets = format!(
+            r#"{{"event_type":"updated","data":{{"id":"t","note":"{}\"{}"}}}}"#,
+            "[".repeat(500),
+            "{".repeat(500)
+        );
+        assert!(parse("mesa-ya.tables.events", brackets.as_bytes(), 1 << 20).is_ok());
     }
 }

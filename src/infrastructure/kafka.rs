@@ -174,6 +174,9 @@ impl<D: Dispatch> KafkaIngest<D> {
             }
         };
         while !self.stopped() {
+            // Every turn, not only when records come: on quiet topics or
+            // during a broker outage the shards' reports would pile up.
+            self.learn_tables();
             match consumer.poll(POLL_INTERVAL) {
                 None => {}
                 Some(Ok(message)) => {
@@ -264,6 +267,7 @@ impl<D: Dispatch> KafkaIngest<D> {
         }
         consumer.assign(&assignment)?;
         while !remaining.is_empty() && !self.stopped() {
+            self.learn_tables();
             match consumer.poll(POLL_INTERVAL) {
                 None => {}
                 Some(Ok(message)) => {

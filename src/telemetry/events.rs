@@ -4,9 +4,8 @@
 
 use std::time::Duration;
 
-use crate::application::ports::SnapshotError;
+use crate::application::connect::{Connected, Interruption};
 use crate::domain::protocol::CloseCode;
-use crate::domain::snapshot::Snapshot;
 
 use super::METRICS;
 
@@ -47,27 +46,31 @@ impl UpgradeRefused<'_> {
     }
 }
 
-/// The snapshot call of a connection ended: `None` when it was abandoned.
+/// The snapshot phase of a connection ended.
 pub struct SnapshotFetched<'a> {
-    pub outcome: &'a Option<Result<Snapshot, SnapshotError>>,
+    pub connected: &'a Connected,
     pub elapsed: Duration,
 }
 
 impl SnapshotFetched<'_> {
     pub fn emit(self) {
-        let label = match self.outcome {
-            Some(Ok(_)) => "ok",
-            Some(Err(error)) => error.label(),
-            None => "cancelled",
+        let label = match self.connected {
+            Connected::Live { .. } => "ok",
+            Connected::Refused(error) => error.label(),
+            Connected::Interrupted(Interruption::Shutdown) => "cancelled",
+            Connected::Interrupted(Interruption::ClientGone) => "client_gone",
         };
         METRICS.snapshot_outcomes.with_label_values(&[label]).inc();
         METRICS.snapshot_seconds.with_label_values(&[label]).observe(self.elapsed.as_secs_f64());
-        match self.outcome {
-            Some(Ok(_)) => tracing::debug!(elapsed = ?self.elapsed, "snapshot queued first; live"),
-            Some(Err(error)) => {
+        match self.connected {
+            Connected::Live { skipped } => {
+                METRICS.handoff_skipped.inc_by(*skipped as u64);
+                tracing::info!(elapsed = ?self.elapsed, skipped, "session live");
+            }
+            Connected::Refused(error) => {
                 tracing::info!(%error, close = error.close_code().code, elapsed = ?self.elapsed, "snapshot failed")
             }
-            None => tracing::info!(elapsed = ?self.elapsed, "snapshot call abandoned"),
+            Connected::Interrupted(why) => tracing::info!(elapsed = ?self.elapsed, ?why, "snapshot call abandoned"),
         }
     }
 }

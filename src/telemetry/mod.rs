@@ -25,6 +25,7 @@ pub struct Metrics {
     pub snapshot_seconds: HistogramVec,
     pub delivery_seconds: Histogram,
     pub snapshot_outcomes: IntCounterVec,
+    pub snapshot_calls_in_flight: IntGauge,
     pub handoff_skipped: IntCounter,
     pub consumer_lag: IntGaugeVec,
     pub shard_mailbox_pushed: IntCounterVec,
@@ -73,6 +74,12 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(delivery_seconds.clone())).expect("unique metric");
+        let snapshot_calls_in_flight = IntGauge::new(
+            "mesaya_snapshot_calls_in_flight",
+            "Snapshot calls waiting for the API now (at most SNAPSHOT_CONCURRENCY)",
+        )
+        .expect("valid metric");
+        r.register(Box::new(snapshot_calls_in_flight.clone())).expect("unique metric");
         let kafka_ready =
             IntGauge::new("mesaya_kafka_ready", "1 when the consumer is connected and assigned").expect("valid metric");
         r.register(Box::new(kafka_ready.clone())).expect("unique metric");
@@ -102,6 +109,7 @@ impl Metrics {
                 "Snapshot calls by outcome",
                 &["outcome"],
             ),
+            snapshot_calls_in_flight,
             handoff_skipped: counter(
                 &r,
                 "mesaya_handoff_skipped_total",

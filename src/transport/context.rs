@@ -2,22 +2,27 @@
 //! thread (read-only or atomic), [`ShardState`] among the tasks of one shard.
 
 use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
+use ipnet::IpNet;
 
+use crate::application::admission::Admission;
 use crate::application::authorize::Authorizer;
 use crate::application::hub::SectionHub;
 use crate::application::readiness::Readiness;
-use crate::application::router::LearnedTables;
 use crate::config::SessionSettings;
 use crate::shutdown::Shutdown;
 
 use super::mailbox::Shards;
+use super::table_reports::ShardTableReports;
 
 pub struct ServerContext {
     pub authorizer: Authorizer,
+    pub admission: Arc<Admission>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
     pub readiness: Arc<Readiness>,
     pub shutdown: Shutdown,
     pub shards: Shards,
@@ -25,14 +30,13 @@ pub struct ServerContext {
     /// How long sessions get, once shutdown is triggered, to write what is
     /// queued and their 1001.
     pub drain_timeout: Duration,
-    /// Where snapshots report their tables (the ingest thread reads them).
-    pub table_reports: Sender<LearnedTables>,
 }
 
 /// A shard's own state, shared by its tasks on its one thread.
 pub struct ShardState<S> {
     pub index: usize,
-    pub hub: RefCell<SectionHub>,
+    pub hub: Rc<RefCell<SectionHub>>,
     pub snapshots: S,
+    pub table_reports: ShardTableReports,
     pub ctx: Arc<ServerContext>,
 }

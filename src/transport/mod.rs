@@ -14,4 +14,5 @@ pub mod mailbox;
 pub mod rate;
 pub mod session;
 pub mod shard;
+pub mod table_reports;
 pub mod upgrade;

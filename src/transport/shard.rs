@@ -6,42 +6,60 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
+use crossbeam_channel::Sender;
 use tokio::sync::mpsc;
 
 use crate::application::connect;
 use crate::application::ports::SnapshotSource;
-use crate::shutdown::Finished;
+use crate::application::router::LearnedTables;
+use crate::domain::protocol::CloseCode;
+use crate::shutdown::Running;
 use crate::telemetry::METRICS;
 
 use super::context::{ServerContext, ShardState};
-use super::mailbox::{HandedOff, Inbox, ShardMessage};
+use super::mailbox::{HandedOff, Inbox};
+use super::table_reports::ShardTableReports;
 use super::{http, session};
 
-/// At most this many mailbox messages per turn, so sessions get to write.
+/// At most this many events per turn, so sessions get to write.
 const MAILBOX_BATCH: usize = 1024;
+/// How soon a shard retries table reports the ingest thread had no room for.
+const REPORT_RETRY: Duration = Duration::from_millis(50);
 
-pub fn spawn<S, F>(
-    index: usize,
-    inbox: Inbox,
-    listener: std::net::TcpListener,
-    ctx: Arc<ServerContext>,
-    make_snapshot_source: F,
-    finished: Finished,
-) -> std::io::Result<()>
+/// What a shard thread is made of.
+pub struct ShardParts<F> {
+    pub index: usize,
+    pub inbox: Inbox,
+    pub listener: std::net::TcpListener,
+    pub ctx: Arc<ServerContext>,
+    pub make_snapshot_source: F,
+    pub table_reports: Sender<LearnedTables>,
+    pub running: Running,
+}
+
+pub fn spawn<S, F>(parts: ShardParts<F>) -> std::io::Result<()>
 where
     S: SnapshotSource + 'static,
     F: FnOnce() -> S + Send + 'static,
 {
+    let ShardParts { index, inbox, listener, ctx, make_snapshot_source, table_reports, running } = parts;
     std::thread::Builder::new().name(format!("shard-{index}")).spawn(move || {
-        let _finished = finished;
+        let _running = running;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("building a current-thread runtime only fails on OS resource exhaustion");
         let local = tokio::task::LocalSet::new();
         local.block_on(&runtime, async move {
-            let state = Rc::new(ShardState { index, hub: RefCell::default(), snapshots: make_snapshot_source(), ctx });
+            let state = Rc::new(ShardState {
+                index,
+                hub: Rc::new(RefCell::default()),
+                snapshots: make_snapshot_source(),
+                table_reports: ShardTableReports::new(table_reports),
+                ctx,
+            });
             run(state, inbox, listener).await
         });
     })?;
@@ -62,9 +80,18 @@ async fn run<S: SnapshotSource + 'static>(state: Rc<ShardState<S>>, inbox: Inbox
     // session has ended (the mini-redis shutdown pattern).
     let (sessions, mut sessions_done) = mpsc::channel::<()>(1);
     tokio::select! {
-        () = handle_mailbox(&state, &inbox, sessions) => {}
+        () = handle_mailbox(&state, &inbox, sessions.clone()) => {}
         () = state.ctx.shutdown.triggered() => {}
     }
+    // Sockets handed over but not adopted yet still hear why they go.
+    for handed_off in inbox.sockets.try_iter() {
+        let session_guard = sessions.clone();
+        tokio::task::spawn_local(async move {
+            session::close_unadopted(handed_off.stream, CloseCode::GOING_AWAY).await;
+            drop(session_guard);
+        });
+    }
+    drop(sessions);
 
     // Sessions see the same signal, flush and close with 1001.
     if tokio::time::timeout(state.ctx.drain_timeout, sessions_done.recv()).await.is_err() {
@@ -82,19 +109,23 @@ async fn handle_mailbox<S: SnapshotSource + 'static>(
     let popped = METRICS.shard_mailbox_popped.with_label_values(&[&state.index.to_string()]);
     loop {
         let mut handled = 0;
-        for message in inbox.ready().take(MAILBOX_BATCH) {
+        for handed_off in inbox.sockets.try_iter() {
             handled += 1;
-            match message {
-                ShardMessage::Event(section, delivery) => {
-                    let report = state.hub.borrow_mut().fan_out(section, &delivery);
-                    METRICS.frames_conflated.inc_by(report.conflated as u64);
-                }
-                ShardMessage::Adopt(handed_off) => adopt(state, *handed_off, sessions.clone()),
-            }
+            adopt(state, *handed_off, sessions.clone());
         }
+        let mut events = 0;
+        for (section, delivery) in inbox.events.try_iter().take(MAILBOX_BATCH) {
+            events += 1;
+            let report = state.hub.borrow_mut().fan_out(section, &delivery);
+            METRICS.frames_conflated.inc_by(report.conflated as u64);
+        }
+        handled += events;
         popped.inc_by(handled as u64);
-        if handled == MAILBOX_BATCH {
+        let reports_waiting = state.table_reports.flush();
+        if events == MAILBOX_BATCH {
             tokio::task::yield_now().await;
+        } else if reports_waiting {
+            let _ = tokio::time::timeout(REPORT_RETRY, inbox.woken()).await;
         } else {
             inbox.woken().await;
         }
@@ -104,6 +135,6 @@ async fn handle_mailbox<S: SnapshotSource + 'static>(
 /// Registers the client on its section *before* the snapshot call starts,
 /// so that every event arriving from now on is held for it.
 fn adopt<S: SnapshotSource + 'static>(state: &Rc<ShardState<S>>, handed_off: HandedOff, sessions: mpsc::Sender<()>) {
-    let outbox = connect::register(&mut state.hub.borrow_mut(), handed_off.section, state.ctx.session.queue);
-    tokio::task::spawn_local(session::run(Rc::clone(state), handed_off, outbox, sessions));
+    let registration = connect::register(&state.hub, handed_off.section, state.ctx.session.queue);
+    tokio::task::spawn_local(session::run(Rc::clone(state), handed_off, registration, sessions));
 }
