@@ -13,7 +13,7 @@ use crate::application::outbox::QueueLimits;
 /// (`mesa-ya.<domain>.events`) topics of every section-related domain,
 /// including the v1 `tables.selecting` / `tables.released` hints, so that
 /// they are counted as skipped rather than silently unseen.
-pub const DEFAULT_TOPICS: &str = r"^mesa-ya\.(sections|tables|objects|section-objects|reservations)\.(events|created|updated|deleted|selecting|released)$";
+pub const DEFAULT_TOPICS: &str = r"^mesa-ya\.(sections|tables|objects|section-objects|reservations|restaurants)\.(events|created|updated|deleted|selecting|released)$";
 
 /// The longest any duration setting may be.
 const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);

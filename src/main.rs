@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use mesaya_realtime::application::admission::Admission;
 use mesaya_realtime::application::authorize::Authorizer;
+use mesaya_realtime::application::floor::SharedFloor;
 use mesaya_realtime::application::readiness::Readiness;
 use mesaya_realtime::config::{Config, LogFormat};
 use mesaya_realtime::domain::access::AccessPolicy;
@@ -17,8 +18,8 @@ use mesaya_realtime::infrastructure::snapshot_http::HttpSnapshotSource;
 use mesaya_realtime::shutdown::{Shutdown, Threads};
 use mesaya_realtime::transport::context::ServerContext;
 use mesaya_realtime::transport::mailbox::{self, Shards};
+use mesaya_realtime::transport::section_reports;
 use mesaya_realtime::transport::shard::{self, ShardParts};
-use mesaya_realtime::transport::table_reports;
 use tokio::sync::Semaphore;
 
 #[global_allocator]
@@ -107,8 +108,9 @@ enum Ending {
 fn run(config: Config, verifier: JwtVerifier, listener: std::net::TcpListener) -> std::io::Result<ExitCode> {
     let readiness = Arc::new(Readiness::default());
     let shutdown = Shutdown::default();
+    let floor = SharedFloor::default();
     let mut threads = Threads::default();
-    let (table_reports, learned_tables) = crossbeam_channel::bounded(table_reports::CAPACITY);
+    let (reports, learned_sections) = crossbeam_channel::bounded(section_reports::CAPACITY);
     let (mailboxes, inboxes): (Vec<_>, Vec<_>) =
         (0..config.shards).map(|index| mailbox::mailbox(index, mailbox::EVENT_CAPACITY)).unzip();
     let shards = Shards::new(mailboxes, shutdown.clone());
@@ -125,6 +127,7 @@ fn run(config: Config, verifier: JwtVerifier, listener: std::net::TcpListener) -
         shards: shards.clone(),
         session: config.session.clone(),
         drain_timeout: config.drain_timeout,
+        floor: floor.clone(),
     });
 
     let snapshot_calls = Arc::new(Semaphore::new(config.snapshot_concurrency));
@@ -138,14 +141,20 @@ fn run(config: Config, verifier: JwtVerifier, listener: std::net::TcpListener) -
             listener: listener.try_clone()?,
             ctx: Arc::clone(&ctx),
             make_snapshot_source: move || HttpSnapshotSource::new(&base_url, &path, timeout, snapshot_calls),
-            table_reports: table_reports.clone(),
+            section_reports: reports.clone(),
             running: threads.register(format!("shard-{index}")),
         })?;
     }
-    drop((listener, table_reports));
+    drop((listener, reports));
 
-    let ingest =
-        KafkaIngest::new(config.kafka.clone(), shards, learned_tables, Arc::clone(&readiness), shutdown.clone());
+    let ingest = KafkaIngest::new(
+        config.kafka.clone(),
+        shards,
+        floor,
+        learned_sections,
+        Arc::clone(&readiness),
+        shutdown.clone(),
+    );
     let ingest_running = threads.register("kafka-ingest");
     std::thread::Builder::new().name("kafka-ingest".into()).spawn(move || {
         let _running = ingest_running;

@@ -107,6 +107,9 @@ async fn connection_limits_refuse_before_the_upgrade_and_free_places_when_sessio
     assert_eq!(refusal(WsClient::request(&url(&alice))).await, (429, Some("5".into())), "alice's third");
     let _bob = WsClient::connect(&url(&bob)).await.expect("bob's first");
     assert_eq!(refusal(WsClient::request(&url(&carol))).await, (503, Some("5".into())), "a fourth session");
+    // The admitted sessions' calls come in on their own time; refused
+    // upgrades never make one.
+    wait::until(WAIT, "the three admitted sessions' snapshot calls", || stack.api.call_count(&section) >= 3).await;
     assert_eq!(stack.api.call_count(&section), 3, "refused upgrades make no snapshot call");
     assert_eq!(stack.gateway.get("/healthz").await.0, 200);
     assert_eq!(stack.gateway.get("/readyz").await.0, 200);

@@ -139,10 +139,13 @@ async fn routing_scenario(stack: &Stack, version: Version) {
     publish_change(stack, version, "object", "updated", &object_json).await;
     expect_event(&mut a, &v, "object.updated", &object_json).await;
 
-    // A second link: one object change reaches both sections.
+    // A second link, to an object now known: its frame carries the object.
+    // One object change reaches both sections.
     let link2 = fixtures::section_object_json(&so2, &s_c, &object);
     publish_change(stack, version, "section-object", "created", &link2).await;
-    expect_event(&mut c, &v, "section-object.created", &link2).await;
+    let mut link2_with_object = link2.clone();
+    link2_with_object["object"] = object_json.clone();
+    expect_event(&mut c, &v, "section-object.created", &link2_with_object).await;
     object_json["posX"] = json!(42);
     publish_change(stack, version, "object", "updated", &object_json).await;
     expect_event(&mut a, &v, "object.updated", &object_json).await;
@@ -248,7 +251,6 @@ async fn section_object_links_made_before_start_are_rebuilt() {
     let (_, metrics) = late.get("/metrics").await;
     let links = |kind: &str| metric_value(&metrics, "mesaya_router_links", &format!(r#"kind="{kind}""#));
     assert_eq!(links("section_object"), 2.0, "two links rebuilt, the deleted one not: {metrics}");
-    assert_eq!(links("object"), 1.0, "one object linked to two sections");
     let (mut c1, _) = watch_on(&late, &s1).await;
     let (mut c2, _) = watch_on(&late, &s2).await;
     let (mut c3, _) = watch_on(&late, &s3).await;
@@ -287,9 +289,9 @@ async fn malformed_records_are_counted_and_skipped() {
     no_id.as_object_mut().unwrap().remove("id");
     let mut no_section = table_event(0);
     no_section.as_object_mut().unwrap().remove("sectionId");
-    let (unlinked, orphan) = (new_id(), new_id());
-    let unlinked_object = fixtures::object_json(&unlinked);
-    let orphan_reservation = fixtures::reservation_json(&orphan, &new_id());
+    let sectionless_link = json!({"id": new_id(), "objectId": object});
+    let mut bad_table_id = table_event(0);
+    bad_table_id["id"] = json!("table-7");
 
     let cases: Vec<(&str, &str, Vec<u8>)> = vec![
         ("not_json", "mesa-ya.tables.events", br#"{"event_type":"updated","data":{"id""#.to_vec()),
@@ -313,14 +315,10 @@ async fn malformed_records_are_counted_and_skipped() {
         ("no_section", "mesa-ya.tables.events", fixtures::v2("updated", &table, no_section).to_string().into_bytes()),
         (
             "no_section",
-            "mesa-ya.objects.events",
-            fixtures::v2("updated", &unlinked, unlinked_object).to_string().into_bytes(),
+            "mesa-ya.section-objects.events",
+            fixtures::v2("created", "", sectionless_link).to_string().into_bytes(),
         ),
-        (
-            "no_section",
-            "mesa-ya.reservations.events",
-            fixtures::v2("created", &orphan, orphan_reservation).to_string().into_bytes(),
-        ),
+        ("bad_id", "mesa-ya.tables.events", fixtures::v2("updated", "table-7", bad_table_id).to_string().into_bytes()),
         (
             "selection_hint",
             "mesa-ya.tables.selecting",

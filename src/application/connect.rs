@@ -4,11 +4,13 @@
 //!    *before* the snapshot call starts, so every event routed from then on
 //!    is held for it.
 //! 2. [`fetch_snapshot`]: the connection's one REST call, with the client's
-//!    own token, through the [`SnapshotSource`] port. A snapshot reports its
-//!    tables (reservations for them become routable), then ends the holding
-//!    phase: the snapshot frame goes first, followed by the held events it
-//!    does not already cover. A failed call asks for the close code that
-//!    tells the client why.
+//!    own token, through the [`SnapshotSource`] port. A body without
+//!    `objects` gets the section's objects as Kafka told them
+//!    ([`FloorPlan`]). A snapshot reports its tables and restaurant
+//!    (reservations and restaurant events for them become routable), then
+//!    ends the holding phase: the snapshot frame goes first, followed by the
+//!    held events it does not already cover. A failed call asks for the
+//!    close code that tells the client why.
 //!
 //! The writer (transport) then sends whatever the outbox holds.
 
@@ -24,7 +26,7 @@ use crate::telemetry::events::SnapshotFetched;
 
 use super::hub::SectionHub;
 use super::outbox::{Outbox, QueueLimits};
-use super::ports::{SnapshotError, SnapshotRequest, SnapshotSource, TableReporter};
+use super::ports::{FloorPlan, LearnedSection, SectionReporter, SnapshotError, SnapshotRequest, SnapshotSource};
 
 /// A client's place among its section's subscribers. Dropping it leaves,
 /// however the session ends (a panicking session included), so the hub
@@ -82,9 +84,10 @@ pub enum Connected {
 
 /// Runs the snapshot call for a registered client and leaves its outbox
 /// either live or closing. `interrupted` abandons the call when it resolves.
-pub async fn fetch_snapshot<S: SnapshotSource, R: TableReporter>(
+pub async fn fetch_snapshot<S: SnapshotSource, R: SectionReporter, F: FloorPlan>(
     snapshots: &S,
-    tables: &R,
+    reports: &R,
+    floor: &F,
     outbox: &Outbox,
     request: SnapshotRequest<'_>,
     interrupted: impl Future<Output = Interruption>,
@@ -95,11 +98,18 @@ pub async fn fetch_snapshot<S: SnapshotSource, R: TableReporter>(
         interruption = interrupted => Err(interruption),
     };
     let connected = match fetched {
-        Ok(Ok(snapshot)) => {
+        Ok(Ok(mut snapshot)) => {
+            if snapshot.lacks_objects() {
+                snapshot.add_objects(floor.section_objects(request.section));
+            }
             // Before the snapshot frame can reach the client: a reservation
             // for one of these tables, consumed after the client saw the
-            // table, must find its section.
-            tables.report(request.section, snapshot.table_ids.clone());
+            // table, must find its section (and one held for them goes out).
+            reports.report(LearnedSection {
+                section: request.section,
+                restaurant: snapshot.restaurant_id.clone(),
+                table_ids: snapshot.table_ids.clone(),
+            });
             Connected::Live { skipped: outbox.go_live(&snapshot) }
         }
         Ok(Err(error)) => {
@@ -127,10 +137,10 @@ mod tests {
     use crate::domain::entity::{Action, EntityKey, EntityKind};
     use crate::domain::frame::Frame;
     use crate::domain::ids::EntityId;
-    use crate::domain::snapshot::Snapshot;
+    use crate::domain::snapshot::{SectionObjects, Snapshot};
 
     const S1: &str = "11111111-1111-4111-8111-111111111111";
-    const BODY: &str = r#"{"data":{"id":"11111111-1111-4111-8111-111111111111","tables":[
+    const BODY: &str = r#"{"data":{"id":"11111111-1111-4111-8111-111111111111","restaurantId":"r1","tables":[
         {"id":"t1","updatedAt":"2026-01-10T16:00:00.000Z"},{"id":"t2","updatedAt":"2026-01-10T16:00:00.000Z"}]}}"#;
 
     type Answer = fn() -> Result<Snapshot, SnapshotError>;
@@ -158,11 +168,20 @@ mod tests {
     }
 
     #[derive(Default)]
-    struct RecordedTables(RefCell<Vec<(SectionId, Vec<EntityId>)>>);
+    struct RecordedTables(RefCell<Vec<LearnedSection>>);
 
-    impl TableReporter for RecordedTables {
-        fn report(&self, section: SectionId, table_ids: Vec<EntityId>) {
-            self.0.borrow_mut().push((section, table_ids));
+    impl SectionReporter for RecordedTables {
+        fn report(&self, learned: LearnedSection) {
+            self.0.borrow_mut().push(learned);
+        }
+    }
+
+    /// One link, known from Kafka, in every section.
+    struct OneLink;
+
+    impl FloorPlan for OneLink {
+        fn section_objects(&self, _section: SectionId) -> SectionObjects {
+            SectionObjects { json: r#"[{"id":"so1","object":{"id":"o1"}}]"#.into(), versions: vec![] }
         }
     }
 
@@ -208,7 +227,7 @@ mod tests {
             interruption
         };
         let outbox = registration.outbox();
-        let connected = fetch_snapshot(api, tables, outbox, request(), interrupted).await;
+        let connected = fetch_snapshot(api, tables, &OneLink, outbox, request(), interrupted).await;
         (Rc::clone(outbox), connected)
     }
 
@@ -230,9 +249,20 @@ mod tests {
             vec![format!("{S1} the-token 203.0.113.9 req-1")],
             "one call, with the client's token, address and request id"
         );
-        assert_eq!(*tables.0.borrow(), vec![(section(), vec![EntityId::from("t1"), EntityId::from("t2")])]);
+        let learned = LearnedSection {
+            section: section(),
+            restaurant: Some("r1".into()),
+            table_ids: vec![EntityId::from("t1"), EntityId::from("t2")],
+        };
+        assert_eq!(*tables.0.borrow(), vec![learned]);
         let first = outbox.front().unwrap();
-        assert!(first.frame.utf8_bytes().starts_with(br#"{"event":"section.snapshot""#));
+        let frame: serde_json::Value = serde_json::from_slice(first.frame.utf8_bytes()).unwrap();
+        assert_eq!(frame["event"], "section.snapshot");
+        assert_eq!(
+            frame["payload"]["objects"],
+            serde_json::json!([{"id": "so1", "object": {"id": "o1"}}]),
+            "added from Kafka"
+        );
         outbox.pop_written(first.seq);
         assert_eq!(outbox.front().map(|next| next.frame), Some(fresh.frame.clone()));
         assert!(outbox.close_request().is_none());

@@ -152,15 +152,15 @@ mod tests {
         let parse = |topic: &str, json: serde_json::Value| {
             envelope::parse(topic, json.to_string().as_bytes(), 1 << 20).unwrap()
         };
+        const OBJECT: &str = "b1111111-1111-4111-8111-111111111111";
+        let links = ["c1111111-1111-4111-8111-111111111111", "c2222222-2222-4222-8222-222222222222"];
+        let now = std::time::Instant::now();
         let mut router = EventRouter::default();
-        for (link, sec) in [("so1", S1), ("so2", S2)] {
-            let data = serde_json::json!({"id": link, "sectionId": sec, "objectId": "o1"});
-            router
-                .route(
-                    parse("mesa-ya.section-objects.events", serde_json::json!({"event_type": "created", "data": data})),
-                    |_, _| {},
-                )
-                .unwrap();
+        for (link, sec) in links.into_iter().zip([S1, S2]) {
+            let data = serde_json::json!({"id": link, "sectionId": sec, "objectId": OBJECT});
+            let event =
+                parse("mesa-ya.section-objects.events", serde_json::json!({"event_type": "created", "data": data}));
+            router.route(event, now, |_, _| {}).unwrap();
         }
 
         let mut hub = SectionHub::default();
@@ -168,10 +168,10 @@ mod tests {
         for (sec, outbox) in &clients {
             hub.subscribe(SectionId::parse(sec).unwrap(), Rc::clone(outbox));
         }
-        let object = serde_json::json!({"event_type": "updated", "data": {"id": "o1", "posX": 3}});
+        let object = serde_json::json!({"event_type": "updated", "data": {"id": OBJECT, "posX": 3}});
         let mut queued = 0;
         router
-            .route(parse("mesa-ya.objects.events", object), |section, delivery| {
+            .route(parse("mesa-ya.objects.events", object), now, |section, delivery| {
                 queued += hub.fan_out(section, &delivery).queued
             })
             .unwrap();

@@ -4,12 +4,14 @@
 //! calls [`Ingest::handle`].
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::domain::envelope::{self, Rejection};
 
 use super::delivery::Delivery;
-use super::ports::Dispatch;
-use super::router::{EventRouter, LearnedTables, LinkCounts};
+use super::floor::SharedFloor;
+use super::ports::{Dispatch, LearnedSection};
+use super::router::{EventRouter, LinkCounts};
 
 /// Why a record reached no client. Each reason is a metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,32 +38,43 @@ pub struct Ingest<D> {
 }
 
 impl<D: Dispatch> Ingest<D> {
-    pub fn new(dispatch: D, max_record_bytes: usize) -> Self {
-        Self { router: EventRouter::default(), dispatch, max_record_bytes }
+    /// `floor` is written here and read by the shards' snapshots.
+    pub fn new(dispatch: D, max_record_bytes: usize, floor: SharedFloor) -> Self {
+        Self { router: EventRouter::new(floor), dispatch, max_record_bytes }
     }
 
     /// Parses, routes and dispatches one record. Returns how many sections
-    /// it reached.
+    /// it reached: none for an object nothing links yet (it is kept for
+    /// later links and snapshots) or a reservation held until its table is
+    /// known.
     pub fn handle(&mut self, topic: &str, payload: &[u8]) -> Result<usize, Skip> {
         let event = envelope::parse(topic, payload, self.max_record_bytes).map_err(Skip::Rejected)?;
         let dispatch = &self.dispatch;
         self.router
-            .route(event, |section, delivery: Arc<Delivery>| dispatch.dispatch(section, delivery))
+            .route(event, Instant::now(), |section, delivery: Arc<Delivery>| dispatch.dispatch(section, delivery))
             .map_err(|_| Skip::NoSection)
     }
 
-    /// Learns the links a record implies without dispatching it: the start-up
-    /// rebuild replays retained records through this, so that a restart
-    /// forgets no link made before it.
+    /// Takes in what a record says about the maps without dispatching it:
+    /// the start-up rebuild replays retained records through this, so that a
+    /// restart forgets no table, link or object made before it.
     pub fn replay(&mut self, topic: &str, payload: &[u8]) {
         if let Ok(event) = envelope::parse(topic, payload, self.max_record_bytes) {
-            self.router.learn_links(&event);
+            self.router.learn(&event);
         }
     }
 
-    /// Tables a snapshot showed, reported by the shard that fetched it.
-    pub fn learn_tables(&mut self, learned: LearnedTables) {
-        self.router.learn_tables(learned);
+    /// What a snapshot showed, reported by the shard that fetched it; held
+    /// reservations for its tables are dispatched now. Returns how many.
+    pub fn learn_section(&mut self, learned: LearnedSection) -> usize {
+        let dispatch = &self.dispatch;
+        self.router.learn_section(learned, Instant::now(), |section, delivery| dispatch.dispatch(section, delivery))
+    }
+
+    /// Drops the reservations held too long for a table nobody showed;
+    /// returns how many.
+    pub fn expire_held(&mut self) -> usize {
+        self.router.expire_held(Instant::now())
     }
 
     pub fn link_counts(&self) -> LinkCounts {
@@ -77,6 +90,10 @@ mod tests {
 
     const S1: &str = "11111111-1111-4111-8111-111111111111";
     const S2: &str = "22222222-2222-4222-8222-222222222222";
+    const TABLE: &str = "a1111111-1111-4111-8111-111111111111";
+    const OBJECT: &str = "b1111111-1111-4111-8111-111111111111";
+    const LINK: &str = "c1111111-1111-4111-8111-111111111111";
+    const RESERVATION: &str = "d1111111-1111-4111-8111-111111111111";
 
     /// A dispatch port that records what reached which section.
     #[derive(Default)]
@@ -106,8 +123,8 @@ mod tests {
     #[test]
     fn a_table_event_reaches_its_section_once() {
         let recorder = Recorder::default();
-        let mut ingest = Ingest::new(&recorder, 1 << 20);
-        let record = v2("updated", serde_json::json!({"id": "t1", "sectionId": S1}));
+        let mut ingest = Ingest::new(&recorder, 1 << 20, SharedFloor::default());
+        let record = v2("updated", serde_json::json!({"id": TABLE, "sectionId": S1}));
         assert_eq!(ingest.handle("mesa-ya.tables.events", &record), Ok(1));
         assert_eq!(recorder.take(), vec![(section(S1), "table.updated".to_string())]);
     }
@@ -115,32 +132,35 @@ mod tests {
     #[test]
     fn malformed_and_unroutable_records_are_skipped_with_their_reason() {
         let recorder = Recorder::default();
-        let mut ingest = Ingest::new(&recorder, 64);
+        let mut ingest = Ingest::new(&recorder, 128, SharedFloor::default());
         let skipped =
             |ingest: &mut Ingest<&Recorder>, topic, payload: &[u8]| ingest.handle(topic, payload).unwrap_err();
         assert_eq!(skipped(&mut ingest, "mesa-ya.tables.events", b"{nope").label(), "not_json");
-        assert_eq!(skipped(&mut ingest, "mesa-ya.tables.events", &[b' '; 65]).label(), "too_large");
+        assert_eq!(skipped(&mut ingest, "mesa-ya.tables.events", &[b' '; 129]).label(), "too_large");
         assert_eq!(skipped(&mut ingest, "other.topic", b"{}").label(), "unknown_topic");
-        let orphan = v2("created", serde_json::json!({"id": "r1", "tableId": "t9"}));
-        assert_eq!(skipped(&mut ingest, "mesa-ya.reservations.events", &orphan), Skip::NoSection);
+        let bad = v2("created", serde_json::json!({"id": "r1", "tableId": TABLE}));
+        assert_eq!(skipped(&mut ingest, "mesa-ya.reservations.events", &bad).label(), "bad_id");
+        let sectionless = v2("updated", serde_json::json!({"id": TABLE}));
+        assert_eq!(skipped(&mut ingest, "mesa-ya.tables.events", &sectionless), Skip::NoSection);
         assert!(recorder.take().is_empty(), "nothing skipped was dispatched");
     }
 
     #[test]
-    fn learned_tables_route_reservations_and_replayed_links_route_objects() {
+    fn snapshots_release_held_reservations_and_replayed_links_route_objects() {
         let recorder = Recorder::default();
-        let mut ingest = Ingest::new(&recorder, 1 << 20);
+        let mut ingest = Ingest::new(&recorder, 1 << 20, SharedFloor::default());
 
-        ingest.learn_tables(LearnedTables { section: section(S1), table_ids: vec!["t1".into()] });
-        let reservation = v2("created", serde_json::json!({"id": "r1", "tableId": "t1"}));
-        assert_eq!(ingest.handle("mesa-ya.reservations.events", &reservation), Ok(1));
+        let reservation = v2("created", serde_json::json!({"id": RESERVATION, "tableId": TABLE}));
+        assert_eq!(ingest.handle("mesa-ya.reservations.events", &reservation), Ok(0), "held: the table is unknown");
+        let learned = LearnedSection { section: section(S1), restaurant: None, table_ids: vec![TABLE.into()] };
+        assert_eq!(ingest.learn_section(learned), 1, "released by the snapshot that shows the table");
 
         ingest.replay(
             "mesa-ya.section-objects.events",
-            &v2("created", serde_json::json!({"id": "so1", "sectionId": S2, "objectId": "o1"})),
+            &v2("created", serde_json::json!({"id": LINK, "sectionId": S2, "objectId": OBJECT})),
         );
         assert_eq!(ingest.link_counts().section_objects, 1);
-        let object = v2("updated", serde_json::json!({"id": "o1", "posX": 2}));
+        let object = v2("updated", serde_json::json!({"id": OBJECT, "posX": 2}));
         assert_eq!(ingest.handle("mesa-ya.objects.events", &object), Ok(1));
         assert_eq!(
             recorder.take(),

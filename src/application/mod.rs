@@ -6,6 +6,7 @@ pub mod admission;
 pub mod authorize;
 pub mod connect;
 pub mod delivery;
+pub mod floor;
 pub mod hub;
 pub mod ingest;
 pub mod outbox;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::domain::access::Claims;
 use crate::domain::ids::{EntityId, SectionId};
 use crate::domain::protocol::CloseCode;
-use crate::domain::snapshot::Snapshot;
+use crate::domain::snapshot::{SectionObjects, Snapshot};
 
 use super::delivery::Delivery;
 
@@ -99,8 +99,23 @@ pub trait Dispatch {
     fn dispatch(&self, section: SectionId, delivery: Arc<Delivery>);
 }
 
-/// Where a fetched snapshot reports the tables it showed, so that the ingest
-/// use case can route reservations for them. Called on a shard thread.
-pub trait TableReporter {
-    fn report(&self, section: SectionId, table_ids: Vec<EntityId>);
+/// Where a fetched snapshot reports what it showed of its section (its
+/// tables, its restaurant), so that the ingest use case can route
+/// reservations and restaurant events there. Called on a shard thread.
+pub trait SectionReporter {
+    fn report(&self, learned: LearnedSection);
+}
+
+/// What a snapshot showed about its section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LearnedSection {
+    pub section: SectionId,
+    pub restaurant: Option<EntityId>,
+    pub table_ids: Vec<EntityId>,
+}
+
+/// A section's objects as Kafka told them, for snapshots whose API body has
+/// none.
+pub trait FloorPlan {
+    fn section_objects(&self, section: SectionId) -> SectionObjects;
 }

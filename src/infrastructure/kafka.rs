@@ -2,9 +2,10 @@
 //! to the ingest use case (`application::ingest`).
 //!
 //! Offsets are an explicit lifecycle here:
-//! 1. *Rebuild*: read every section-objects partition from its earliest
-//!    retained offset up to the high watermark seen at start, teaching the
-//!    router the object → section links made before this process started.
+//! 1. *Rebuild*: read every partition of the sections, tables, objects and
+//!    section-objects topics from its earliest retained offset up to the
+//!    high watermark seen at start, teaching the router the tables, links,
+//!    objects and restaurants of sections made before this process started.
 //! 2. *Live*: join a group of our own (unique suffix, so every instance gets
 //!    every partition). On every assignment each partition gets an explicit
 //!    start: its resume point if we consumed it before (a rejoin after a
@@ -20,7 +21,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
-use rdkafka::client::ClientContext;
+use rdkafka::admin::{AdminClient, AdminOptions, OwnedResourceSpecifier, ResourceSpecifier};
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
@@ -32,16 +34,17 @@ use regex::Regex;
 
 use prometheus::IntGauge;
 
+use crate::application::floor::SharedFloor;
 use crate::application::ingest::Ingest;
-use crate::application::ports::Dispatch;
+use crate::application::ports::{Dispatch, LearnedSection};
 use crate::application::readiness::Readiness;
-use crate::application::router::{LearnedTables, LinkCounts};
+use crate::application::router::LinkCounts;
 use crate::config::KafkaSettings;
 use crate::domain::entity::EntityKind;
 use crate::domain::envelope;
 use crate::shutdown::Shutdown;
 use crate::telemetry::METRICS;
-use crate::telemetry::events::RecordSkipped;
+use crate::telemetry::events::{RecordSkipped, ReservationsExpired};
 
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -96,23 +99,38 @@ impl TopicSelection {
     }
 }
 
+/// The kinds whose retained history the rebuild replays: the ones that
+/// teach the maps (tables, links, objects, restaurants of sections).
+const REBUILT_KINDS: [EntityKind; 4] =
+    [EntityKind::Section, EntityKind::Table, EntityKind::Object, EntityKind::SectionObject];
+
 /// The `mesaya_router_links` gauges, resolved once: set after every record.
 struct LinkGauges {
     tables: IntGauge,
     section_objects: IntGauge,
     objects: IntGauge,
+    restaurants: IntGauge,
+    held_reservations: IntGauge,
 }
 
 impl LinkGauges {
     fn new() -> Self {
         let gauge = |kind| METRICS.router_links.with_label_values(&[kind]);
-        Self { tables: gauge("table"), section_objects: gauge("section_object"), objects: gauge("object") }
+        Self {
+            tables: gauge("table"),
+            section_objects: gauge("section_object"),
+            objects: gauge("object"),
+            restaurants: gauge("restaurant"),
+            held_reservations: gauge("held_reservation"),
+        }
     }
 
     fn set(&self, counts: LinkCounts) {
         self.tables.set(counts.tables as i64);
         self.section_objects.set(counts.section_objects as i64);
         self.objects.set(counts.objects as i64);
+        self.restaurants.set(counts.restaurants as i64);
+        self.held_reservations.set(counts.held_reservations as i64);
     }
 }
 
@@ -120,7 +138,7 @@ pub struct KafkaIngest<D> {
     settings: KafkaSettings,
     group_id: String,
     ingest: Ingest<D>,
-    learned_tables: Receiver<LearnedTables>,
+    learned_sections: Receiver<LearnedSection>,
     readiness: Arc<Readiness>,
     shutdown: Shutdown,
     link_gauges: LinkGauges,
@@ -130,13 +148,14 @@ impl<D: Dispatch> KafkaIngest<D> {
     pub fn new(
         settings: KafkaSettings,
         dispatch: D,
-        learned_tables: Receiver<LearnedTables>,
+        floor: SharedFloor,
+        learned_sections: Receiver<LearnedSection>,
         readiness: Arc<Readiness>,
         shutdown: Shutdown,
     ) -> Self {
         let group_id = format!("{}-{}", settings.group_id_prefix, uuid::Uuid::new_v4().simple());
-        let ingest = Ingest::new(dispatch, settings.max_record_bytes);
-        Self { settings, group_id, ingest, learned_tables, readiness, shutdown, link_gauges: LinkGauges::new() }
+        let ingest = Ingest::new(dispatch, settings.max_record_bytes, floor);
+        Self { settings, group_id, ingest, learned_sections, readiness, shutdown, link_gauges: LinkGauges::new() }
     }
 
     fn stopped(&self) -> bool {
@@ -160,7 +179,13 @@ impl<D: Dispatch> KafkaIngest<D> {
         self.readiness.set_links_rebuilt();
         let counts = self.ingest.link_counts();
         self.link_gauges.set(counts);
-        tracing::info!(section_object_links = counts.section_objects, "section-object links rebuilt");
+        tracing::info!(
+            tables = counts.tables,
+            section_object_links = counts.section_objects,
+            objects = counts.objects,
+            restaurants = counts.restaurants,
+            "tables, links and objects rebuilt"
+        );
 
         let consumer = loop {
             match self.live_consumer(start_offsets.clone()) {
@@ -175,8 +200,10 @@ impl<D: Dispatch> KafkaIngest<D> {
         };
         while !self.stopped() {
             // Every turn, not only when records come: on quiet topics or
-            // during a broker outage the shards' reports would pile up.
-            self.learn_tables();
+            // during a broker outage the shards' reports would pile up, and
+            // held reservations must expire on time.
+            self.learn_sections();
+            ReservationsExpired { count: self.ingest.expire_held() }.emit();
             match consumer.poll(POLL_INTERVAL) {
                 None => {}
                 Some(Ok(message)) => {
@@ -202,10 +229,11 @@ impl<D: Dispatch> KafkaIngest<D> {
         self.stopped()
     }
 
-    /// Tables that snapshots showed, reported by the shards.
-    fn learn_tables(&mut self) {
-        for learned in self.learned_tables.try_iter() {
-            self.ingest.learn_tables(learned);
+    /// What snapshots showed, reported by the shards.
+    fn learn_sections(&mut self) {
+        for learned in self.learned_sections.try_iter() {
+            let released = self.ingest.learn_section(learned);
+            METRICS.events_routed.inc_by(released as u64);
         }
     }
 
@@ -216,7 +244,7 @@ impl<D: Dispatch> KafkaIngest<D> {
         // client got a snapshot naming its table. A shard reports the tables
         // before it writes the snapshot frame, so draining here routes every
         // record consumed after that frame was seen.
-        self.learn_tables();
+        self.learn_sections();
         match self.ingest.handle(topic, payload) {
             Ok(sections) => METRICS.events_routed.inc_by(sections as u64),
             Err(skip) => RecordSkipped { topic, partition, offset, reason: skip.label() }.emit(),
@@ -238,8 +266,8 @@ impl<D: Dispatch> KafkaIngest<D> {
         config
     }
 
-    /// Phase 1 of the offset lifecycle. Returns each section-objects
-    /// partition's high watermark: where the live consumer takes over.
+    /// Phase 1 of the offset lifecycle. Returns each rebuilt partition's high
+    /// watermark: where the live consumer takes over.
     fn rebuild_links(&mut self) -> KafkaResult<ResumePoints> {
         let consumer: BaseConsumer =
             self.client_config(&format!("{}-rebuild", self.group_id)).set("enable.partition.eof", "true").create()?;
@@ -248,11 +276,14 @@ impl<D: Dispatch> KafkaIngest<D> {
         let mut ends = ResumePoints::default();
         let mut remaining = HashMap::new();
         let mut assignment = TopicPartitionList::new();
+        let mut rebuilt_topics = Vec::new();
         for topic in metadata.topics() {
             let name = topic.name();
-            if envelope::topic_kind(name) != Some(EntityKind::SectionObject) || !selection.selects(name) {
+            let rebuilt = envelope::topic_kind(name).is_some_and(|kind| REBUILT_KINDS.contains(&kind));
+            if !rebuilt || !selection.selects(name) {
                 continue;
             }
+            rebuilt_topics.push(name.to_string());
             for partition in topic.partitions() {
                 let (low, high) = consumer.fetch_watermarks(name, partition.id(), METADATA_TIMEOUT)?;
                 ends.set(name, partition.id(), high);
@@ -262,12 +293,13 @@ impl<D: Dispatch> KafkaIngest<D> {
                 }
             }
         }
+        self.warn_on_finite_retention(&rebuilt_topics);
         if remaining.is_empty() {
             return Ok(ends);
         }
         consumer.assign(&assignment)?;
         while !remaining.is_empty() && !self.stopped() {
-            self.learn_tables();
+            self.learn_sections();
             match consumer.poll(POLL_INTERVAL) {
                 None => {}
                 Some(Ok(message)) => {
@@ -294,6 +326,43 @@ impl<D: Dispatch> KafkaIngest<D> {
             }
         }
         Ok(ends)
+    }
+
+    /// What is older than a rebuilt topic's retention cannot be rebuilt: say
+    /// so once at start. A broker that cannot answer is not an error.
+    fn warn_on_finite_retention(&self, topics: &[String]) {
+        let asked = || -> KafkaResult<Vec<(String, String)>> {
+            let admin: AdminClient<DefaultClientContext> = self.client_config(&self.group_id).create()?;
+            let specifiers: Vec<ResourceSpecifier<'_>> = topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+            let options = AdminOptions::new().request_timeout(Some(METADATA_TIMEOUT));
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .map_err(|_| KafkaError::AdminOpCreation("no runtime for the admin call".into()))?;
+            let described = runtime.block_on(admin.describe_configs(&specifiers, &options))?;
+            Ok(described
+                .into_iter()
+                .flatten()
+                .filter_map(|resource| {
+                    let OwnedResourceSpecifier::Topic(topic) = &resource.specifier else { return None };
+                    let retention = resource.get("retention.ms")?.value.clone()?;
+                    Some((topic.clone(), retention))
+                })
+                .collect())
+        };
+        match asked() {
+            Ok(retentions) => {
+                for (topic, retention_ms) in retentions.into_iter().filter(|(_, ms)| ms != "-1") {
+                    tracing::warn!(
+                        topic,
+                        retention_ms,
+                        "finite retention: tables, links and objects older than this are forgotten at a restart; \
+                         give this topic unlimited retention (retention.ms=-1)"
+                    );
+                }
+            }
+            Err(error) => tracing::debug!(%error, "the broker did not describe topic retention"),
+        }
     }
 
     /// Phase 2: the group consumer that feeds the router.

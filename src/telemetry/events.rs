@@ -88,3 +88,18 @@ impl SessionClosed {
         tracing::info!(close = self.code.code, reason = self.code.reason, "session closed");
     }
 }
+
+/// Reservations held for a table that no snapshot or table event showed in
+/// time.
+pub struct ReservationsExpired {
+    pub count: usize,
+}
+
+impl ReservationsExpired {
+    pub fn emit(self) {
+        if self.count > 0 {
+            METRICS.events_dropped.with_label_values(&["held_expired"]).inc_by(self.count as u64);
+            tracing::debug!(count = self.count, "held reservations expired: their tables never showed up");
+        }
+    }
+}

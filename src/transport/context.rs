@@ -10,13 +10,14 @@ use ipnet::IpNet;
 
 use crate::application::admission::Admission;
 use crate::application::authorize::Authorizer;
+use crate::application::floor::SharedFloor;
 use crate::application::hub::SectionHub;
 use crate::application::readiness::Readiness;
 use crate::config::SessionSettings;
 use crate::shutdown::Shutdown;
 
 use super::mailbox::Shards;
-use super::table_reports::ShardTableReports;
+use super::section_reports::ShardSectionReports;
 
 pub struct ServerContext {
     pub authorizer: Authorizer,
@@ -30,6 +31,8 @@ pub struct ServerContext {
     /// How long sessions get, once shutdown is triggered, to write what is
     /// queued and their 1001.
     pub drain_timeout: Duration,
+    /// Every section's objects as Kafka told them, for snapshots.
+    pub floor: SharedFloor,
 }
 
 /// A shard's own state, shared by its tasks on its one thread.
@@ -37,6 +40,6 @@ pub struct ShardState<S> {
     pub index: usize,
     pub hub: Rc<RefCell<SectionHub>>,
     pub snapshots: S,
-    pub table_reports: ShardTableReports,
+    pub section_reports: ShardSectionReports,
     pub ctx: Arc<ServerContext>,
 }

@@ -12,7 +12,7 @@ pub mod context;
 pub mod http;
 pub mod mailbox;
 pub mod rate;
+pub mod section_reports;
 pub mod session;
 pub mod shard;
-pub mod table_reports;
 pub mod upgrade;

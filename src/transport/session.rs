@@ -122,7 +122,8 @@ async fn serve<S: SnapshotSource>(
             _ = &mut reader => Interruption::ClientGone,
         }
     };
-    let connected = connect::fetch_snapshot(&state.snapshots, &state.table_reports, outbox, request, interrupted).await;
+    let (reports, floor) = (&state.section_reports, &state.ctx.floor);
+    let connected = connect::fetch_snapshot(&state.snapshots, reports, floor, outbox, request, interrupted).await;
     if connected != Connected::Interrupted(Interruption::ClientGone) {
         let liveness = Liveness { last_pong: &last_pong, expires_at };
         write_live(state, &mut sink, outbox, liveness, reader).await;

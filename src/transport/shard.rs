@@ -12,15 +12,15 @@ use crossbeam_channel::Sender;
 use tokio::sync::mpsc;
 
 use crate::application::connect;
+use crate::application::ports::LearnedSection;
 use crate::application::ports::SnapshotSource;
-use crate::application::router::LearnedTables;
 use crate::domain::protocol::CloseCode;
 use crate::shutdown::Running;
 use crate::telemetry::METRICS;
 
 use super::context::{ServerContext, ShardState};
 use super::mailbox::{HandedOff, Inbox};
-use super::table_reports::ShardTableReports;
+use super::section_reports::ShardSectionReports;
 use super::{http, session};
 
 /// At most this many events per turn, so sessions get to write.
@@ -35,7 +35,7 @@ pub struct ShardParts<F> {
     pub listener: std::net::TcpListener,
     pub ctx: Arc<ServerContext>,
     pub make_snapshot_source: F,
-    pub table_reports: Sender<LearnedTables>,
+    pub section_reports: Sender<LearnedSection>,
     pub running: Running,
 }
 
@@ -44,7 +44,7 @@ where
     S: SnapshotSource + 'static,
     F: FnOnce() -> S + Send + 'static,
 {
-    let ShardParts { index, inbox, listener, ctx, make_snapshot_source, table_reports, running } = parts;
+    let ShardParts { index, inbox, listener, ctx, make_snapshot_source, section_reports, running } = parts;
     std::thread::Builder::new().name(format!("shard-{index}")).spawn(move || {
         let _running = running;
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -57,7 +57,7 @@ where
                 index,
                 hub: Rc::new(RefCell::default()),
                 snapshots: make_snapshot_source(),
-                table_reports: ShardTableReports::new(table_reports),
+                section_reports: ShardSectionReports::new(section_reports),
                 ctx,
             });
             run(state, inbox, listener).await
@@ -121,7 +121,7 @@ async fn handle_mailbox<S: SnapshotSource + 'static>(
         }
         handled += events;
         popped.inc_by(handled as u64);
-        let reports_waiting = state.table_reports.flush();
+        let reports_waiting = state.section_reports.flush();
         if events == MAILBOX_BATCH {
             tokio::task::yield_now().await;
         } else if reports_waiting {

@@ -1,5 +1,6 @@
-//! Tables that snapshots showed, on their way from a shard to the ingest
-//! thread (which routes reservations by table).
+//! What snapshots showed of their sections (tables, restaurant), on its way
+//! from a shard to the ingest thread, which routes reservations by table and
+//! restaurant events by restaurant.
 //!
 //! The channel is bounded, and a shard must never block on it: the ingest
 //! thread may itself be waiting for that shard's full event queue. So a
@@ -12,21 +13,19 @@ use std::collections::VecDeque;
 
 use crossbeam_channel::{Sender, TrySendError};
 
-use crate::application::ports::TableReporter;
-use crate::application::router::LearnedTables;
-use crate::domain::ids::{EntityId, SectionId};
+use crate::application::ports::{LearnedSection, SectionReporter};
 
 /// Reports the ingest thread has not taken yet, per channel, before shards
 /// keep them in their backlogs.
 pub const CAPACITY: usize = 4096;
 
-pub struct ShardTableReports {
-    channel: Sender<LearnedTables>,
-    backlog: RefCell<VecDeque<LearnedTables>>,
+pub struct ShardSectionReports {
+    channel: Sender<LearnedSection>,
+    backlog: RefCell<VecDeque<LearnedSection>>,
 }
 
-impl ShardTableReports {
-    pub fn new(channel: Sender<LearnedTables>) -> Self {
+impl ShardSectionReports {
+    pub fn new(channel: Sender<LearnedSection>) -> Self {
         Self { channel, backlog: RefCell::default() }
     }
 
@@ -49,9 +48,9 @@ impl ShardTableReports {
     }
 }
 
-impl TableReporter for ShardTableReports {
-    fn report(&self, section: SectionId, table_ids: Vec<EntityId>) {
-        self.backlog.borrow_mut().push_back(LearnedTables { section, table_ids });
+impl SectionReporter for ShardSectionReports {
+    fn report(&self, learned: LearnedSection) {
+        self.backlog.borrow_mut().push_back(learned);
         self.flush();
     }
 }
@@ -59,14 +58,15 @@ impl TableReporter for ShardTableReports {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::ids::{EntityId, SectionId};
 
     #[test]
     fn a_full_channel_keeps_reports_in_order_until_there_is_room() {
         let (channel, ingest) = crossbeam_channel::bounded(1);
-        let reports = ShardTableReports::new(channel);
+        let reports = ShardSectionReports::new(channel);
         let section = SectionId::parse("11111111-1111-4111-8111-111111111111").unwrap();
         for table in ["t1", "t2", "t3"] {
-            reports.report(section, vec![table.into()]);
+            reports.report(LearnedSection { section, restaurant: None, table_ids: vec![table.into()] });
         }
         let mut received = Vec::new();
         while reports.flush() || !ingest.is_empty() {
