@@ -7,7 +7,8 @@
 //! Every map has a reverse index, so deleting a section, an object or a link
 //! never scans a whole map.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::domain::entity::{Action, EntityKey, EntityKind};
@@ -34,10 +35,10 @@ struct Object {
 #[derive(Default)]
 pub struct Floor {
     links: HashMap<EntityId, Link>,
-    /// section → its link ids, in the order they were made.
-    section_links: HashMap<SectionId, Vec<EntityId>>,
+    /// section → its link ids.
+    section_links: HashMap<SectionId, HashSet<EntityId>>,
     /// object → the ids of the links to it.
-    object_links: HashMap<EntityId, Vec<EntityId>>,
+    object_links: HashMap<EntityId, HashSet<EntityId>>,
     objects: HashMap<EntityId, Object>,
 }
 
@@ -54,8 +55,8 @@ impl Floor {
         let section = event.section_id.or(old.as_ref().map(|old| old.section));
         let object = event.object_id.clone().or(old.as_ref().map(|old| old.object.clone()));
         let (Some(section), Some(object)) = (section, object) else { return None };
-        self.section_links.entry(section).or_default().push(id.clone());
-        self.object_links.entry(object.clone()).or_default().push(id.clone());
+        self.section_links.entry(section).or_default().insert(id.clone());
+        self.object_links.entry(object.clone()).or_default().insert(id.clone());
         let link = Link { section, object, entity: event.payload.as_str().into(), updated_at: event.updated_at };
         self.links.insert(id.clone(), link);
         old.map(|old| old.section).filter(|&old| old != section)
@@ -114,11 +115,13 @@ impl Floor {
         Some(link)
     }
 
-    /// The section's links, each with its object, for a snapshot.
+    /// The section's links, each with its object, for a snapshot (ordered by
+    /// link id, so that two snapshots of one state read the same).
     pub fn section_objects(&self, section: SectionId) -> SectionObjects {
         let mut objects = SectionObjects { json: String::from("["), versions: Vec::new() };
-        let links = self.section_links.get(&section).into_iter().flatten();
-        for (n, (id, link)) in links.filter_map(|id| Some((id, self.links.get(id)?))).enumerate() {
+        let mut links: Vec<&EntityId> = self.section_links.get(&section).into_iter().flatten().collect();
+        links.sort_unstable();
+        for (n, (id, link)) in links.into_iter().filter_map(|id| Some((id, self.links.get(id)?))).enumerate() {
             if n > 0 {
                 objects.json.push(',');
             }
@@ -143,10 +146,11 @@ impl Floor {
     }
 }
 
-/// Removes `item` from the list under `key`, and the key with its last item.
-fn remove_from<K: std::hash::Hash + Eq, V: PartialEq>(index: &mut HashMap<K, Vec<V>>, key: &K, item: &V) {
+/// Removes `item` from the set under `key` of a reverse index, and the key
+/// with its last item, so that no index keeps empty entries.
+pub(super) fn remove_from<K: Hash + Eq, V: Hash + Eq>(index: &mut HashMap<K, HashSet<V>>, key: &K, item: &V) {
     if let Some(items) = index.get_mut(key) {
-        items.retain(|existing| existing != item);
+        items.remove(item);
         if items.is_empty() {
             index.remove(key);
         }

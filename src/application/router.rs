@@ -26,7 +26,7 @@ use crate::domain::frame::Frame;
 use crate::domain::ids::{EntityId, SectionId};
 
 use super::delivery::Delivery;
-use super::floor::SharedFloor;
+use super::floor::{SharedFloor, remove_from};
 use super::ports::LearnedSection;
 
 /// How long a reservation for a table no snapshot or table event has shown
@@ -272,20 +272,6 @@ fn delivery(event: &EntityEvent, frame: Frame, action: Action, ends_section: boo
         ends_section,
         routed_at: now,
     })
-}
-
-/// Removes `item` from the set under `key`, and the key with its last item.
-fn remove_from<K: std::hash::Hash + Eq, V: std::hash::Hash + Eq>(
-    index: &mut HashMap<K, HashSet<V>>,
-    key: &K,
-    item: &V,
-) {
-    if let Some(items) = index.get_mut(key) {
-        items.remove(item);
-        if items.is_empty() {
-            index.remove(key);
-        }
-    }
 }
 
 /// Sizes of the router's maps.
