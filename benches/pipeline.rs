@@ -29,7 +29,7 @@ fn parse_and_route(c: &mut Criterion) {
         let mut router = EventRouter::default();
         b.iter(|| {
             let event = envelope::parse("mesa-ya.tables.events", black_box(TABLE_UPDATED.as_bytes()), 1 << 20).unwrap();
-            router.route(event, |section, delivery| {
+            router.route(event, std::time::Instant::now(), |section, delivery| {
                 black_box((section, delivery));
             })
         })
@@ -43,9 +43,11 @@ fn fan_out(c: &mut Criterion) {
     let mut router = EventRouter::default();
     let mut delivery = None;
     router
-        .route(envelope::parse("mesa-ya.tables.events", TABLE_UPDATED.as_bytes(), 1 << 20).unwrap(), |_, d| {
-            delivery = Some(d)
-        })
+        .route(
+            envelope::parse("mesa-ya.tables.events", TABLE_UPDATED.as_bytes(), 1 << 20).unwrap(),
+            std::time::Instant::now(),
+            |_, d| delivery = Some(d),
+        )
         .unwrap();
     let delivery = delivery.unwrap();
 
@@ -63,7 +65,7 @@ fn fan_out(c: &mut Criterion) {
                     }
                     hub
                 },
-                |hub| hub.deliver(section, black_box(&Arc::clone(&delivery))),
+                |hub| hub.fan_out(section, black_box(&Arc::clone(&delivery))),
                 BatchSize::LargeInput,
             )
         });

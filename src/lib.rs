@@ -1,24 +1,50 @@
 //! mesaya-realtime: the realtime gateway of MesaYa.
 //!
-//! A client opens `/ws/restaurant/{sectionId}`; the gateway verifies its JWT,
-//! registers it on the shard that owns the section, fetches the section's
-//! snapshot once from the MesaYa API with the client's token, and from then on
-//! pushes every change straight from Kafka.
+//! A client opens `/ws/restaurant/{sectionId}`; the gateway verifies its
+//! JWT, fetches the section's snapshot once from the MesaYa API with the
+//! client's own token, and from then on pushes every change straight from
+//! Kafka.
 //!
-//! Layers point inward (see README, "Architecture"):
-//! - [`domain`]: ids, entities, envelopes, frames, access rules. Pure.
-//! - [`application`]: use cases (authorize, route, hand off, queue) and the
-//!   ports they need.
-//! - [`infrastructure`]: the adapters behind those ports (Kafka, HTTP client,
-//!   JWT) and the process-wide concerns (configuration, metrics).
-//! - [`transport`]: the HTTP/WebSocket server and the shard threads.
+//! # The life of an event
+//! One verb per hop:
+//! 1. **consume** — `infrastructure/kafka.rs`: the ingest thread polls a
+//!    record and hands it to the ingest use case.
+//! 2. **parse** — `domain/envelope.rs`: v1 or v2 envelope → `EntityEvent`.
+//! 3. **route** — `application/router.rs`: the sections it concerns; the
+//!    frame bytes are built once (`application/ingest.rs` drives 2-4).
+//! 4. **dispatch** — `transport/mailbox.rs`: onto the mailbox of the shard
+//!    that owns each section (the `Dispatch` port).
+//! 5. **fan out** — `transport/shard.rs` → `application/hub.rs`: the shard
+//!    queues the same bytes on every subscriber of the section.
+//! 6. **queue** — `application/outbox.rs`: per client, bounded, conflating;
+//!    held until the client's snapshot is out.
+//! 7. **write** — `transport/session.rs`: the client's writer task puts it
+//!    on the socket.
 //!
-//! - [`telemetry`]: metrics, cross-cutting like logging.
+//! # The life of a connection
+//! 1. **accept** — `transport/http.rs`: any shard accepts on the shared
+//!    listener and serves HTTP.
+//! 2. **authorize** — `transport/upgrade.rs` finds the section and token;
+//!    `application/authorize.rs` checks them (401/403 before any upgrade).
+//! 3. **upgrade** — `transport/http.rs` answers 101 and takes the raw socket
+//!    back from hyper.
+//! 4. **hand off** — `transport/mailbox.rs`: the socket goes to the shard
+//!    that owns the section, which registers the client there
+//!    (`application/connect.rs`, `register`) before anything else.
+//! 5. **snapshot** — `application/connect.rs`, `fetch_snapshot`: the one REST
+//!    call (`infrastructure/snapshot_http.rs`), then the handoff.
+//! 6. **live** — `transport/session.rs`: writer and reader until a close.
 //!
-//! Wiring happens in `main.rs` only.
+//! # Layers
+//! Inward only: [`domain`] (pure rules) ← [`application`] (use cases and
+//! ports) ← [`infrastructure`] (adapters behind the ports) and [`transport`]
+//! (the server). [`config`], [`shutdown`] and [`telemetry`] are read by all;
+//! wiring happens in `main.rs` only.
 
 pub mod application;
+pub mod config;
 pub mod domain;
 pub mod infrastructure;
+pub mod shutdown;
 pub mod telemetry;
 pub mod transport;

@@ -4,26 +4,35 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use mesaya_realtime::application::admission::Admission;
 use mesaya_realtime::application::authorize::Authorizer;
+use mesaya_realtime::application::floor::SharedFloor;
 use mesaya_realtime::application::readiness::Readiness;
+use mesaya_realtime::config::{Config, LogFormat};
 use mesaya_realtime::domain::access::AccessPolicy;
-use mesaya_realtime::infrastructure::config::{Config, LogFormat};
 use mesaya_realtime::infrastructure::jwt::JwtVerifier;
 use mesaya_realtime::infrastructure::kafka::KafkaIngest;
 use mesaya_realtime::infrastructure::snapshot_http::HttpSnapshotSource;
-use mesaya_realtime::transport::shard::{self, ServerContext, Shards};
+use mesaya_realtime::shutdown::{Shutdown, Threads};
+use mesaya_realtime::transport::context::ServerContext;
+use mesaya_realtime::transport::mailbox::{self, Shards};
+use mesaya_realtime::transport::section_reports;
+use mesaya_realtime::transport::shard::{self, ShardParts};
+use tokio::sync::Semaphore;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Exit status for a configuration the process cannot start with.
 const EXIT_CONFIG: u8 = 78;
+/// Exit status when a second signal cut the drain short (128 + SIGINT, as
+/// shells report an interrupted program).
+const EXIT_INTERRUPTED: u8 = 130;
 
 fn main() -> ExitCode {
-    let config = match Config::from_env() {
+    let config = match Config::from_env(raise_open_file_limit()) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("{error}");
@@ -50,7 +59,7 @@ fn main() -> ExitCode {
     listener.set_nonblocking(true).expect("a bound listener accepts nonblocking mode");
 
     match run(config, verifier, listener) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             tracing::error!(%error, "fatal");
             ExitCode::FAILURE
@@ -67,74 +76,154 @@ fn init_logging(config: &Config) {
     }
 }
 
-fn run(config: Config, verifier: JwtVerifier, listener: std::net::TcpListener) -> std::io::Result<()> {
+/// Raises the soft limit on open descriptors to the hard one, as servers
+/// holding many sockets do, and returns the limit now in force.
+fn raise_open_file_limit() -> usize {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+}
+
+/// How the process ends.
+enum Ending {
+    /// A signal, then a drain: every thread ended in time, or not.
+    Drained { in_time: bool },
+    /// A second signal cut the drain short.
+    Interrupted,
+    /// A thread ended on its own: the process must not stay up half-dead.
+    ThreadDied(String),
+}
+
+fn run(config: Config, verifier: JwtVerifier, listener: std::net::TcpListener) -> std::io::Result<ExitCode> {
     let readiness = Arc::new(Readiness::default());
-    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let (learned_tx, learned_rx) = crossbeam_channel::unbounded();
-    let (mailboxes, inboxes): (Vec<_>, Vec<_>) = (0..config.shards).map(shard::mailbox).unzip();
-    let shards = Shards::new(mailboxes);
+    let shutdown = Shutdown::default();
+    let floor = SharedFloor::default();
+    let mut threads = Threads::default();
+    let (reports, learned_sections) = crossbeam_channel::bounded(section_reports::CAPACITY);
+    let (mailboxes, inboxes): (Vec<_>, Vec<_>) =
+        (0..config.shards).map(|index| mailbox::mailbox(index, mailbox::EVENT_CAPACITY)).unzip();
+    let shards = Shards::new(mailboxes, shutdown.clone());
 
     let ctx = Arc::new(ServerContext {
         authorizer: Authorizer::new(
             Arc::new(verifier),
             AccessPolicy::new(config.allowed_roles.clone(), config.required_permission.clone()),
         ),
+        admission: Admission::new(config.admission.max_connections, config.admission.max_connections_per_user),
+        trusted_proxies: config.admission.trusted_proxies.clone(),
         readiness: Arc::clone(&readiness),
-        draining: AtomicBool::new(false),
+        shutdown: shutdown.clone(),
         shards: shards.clone(),
         session: config.session.clone(),
         drain_timeout: config.drain_timeout,
-        token_leeway: config.jwt.leeway,
-        learned_tables: learned_tx,
-        shutdown: shutdown_rx,
+        floor: floor.clone(),
     });
 
-    let mut shard_threads = Vec::new();
+    let snapshot_calls = Arc::new(Semaphore::new(config.snapshot_concurrency));
     for (index, inbox) in inboxes.into_iter().enumerate() {
         let (base_url, path, timeout) =
             (config.rest_base_url.clone(), config.snapshot_path.clone(), config.rest_timeout);
-        shard_threads.push(shard::spawn(index, inbox, listener.try_clone()?, Arc::clone(&ctx), move || {
-            HttpSnapshotSource::new(&base_url, &path, timeout)
-        })?);
+        let snapshot_calls = Arc::clone(&snapshot_calls);
+        shard::spawn(ShardParts {
+            index,
+            inbox,
+            listener: listener.try_clone()?,
+            ctx: Arc::clone(&ctx),
+            make_snapshot_source: move || HttpSnapshotSource::new(&base_url, &path, timeout, snapshot_calls),
+            section_reports: reports.clone(),
+            running: threads.register(format!("shard-{index}")),
+        })?;
     }
-    drop(listener);
+    drop((listener, reports));
 
-    let stop_ingest = Arc::new(AtomicBool::new(false));
-    let ingest = KafkaIngest::new(config.kafka.clone(), shards, learned_rx, readiness, Arc::clone(&stop_ingest));
-    std::thread::Builder::new().name("kafka-ingest".into()).spawn(move || ingest.run())?;
+    let ingest = KafkaIngest::new(
+        config.kafka.clone(),
+        shards,
+        floor,
+        learned_sections,
+        Arc::clone(&readiness),
+        shutdown.clone(),
+    );
+    let ingest_running = threads.register("kafka-ingest");
+    std::thread::Builder::new().name("kafka-ingest".into()).spawn(move || {
+        let _running = ingest_running;
+        ingest.run()
+    })?;
 
     tracing::info!(
         address = %SocketAddr::new(config.host, config.port),
         shards = config.shards,
+        max_connections = config.admission.max_connections,
         snapshot = %format!("{}{}", config.rest_base_url, config.snapshot_path),
         "mesaya-realtime listening"
     );
 
-    let signal = wait_for_signal()?;
-    tracing::info!(signal, drain_timeout = ?config.drain_timeout, "shutting down: refusing new upgrades, closing clients with 1001");
-    ctx.draining.store(true, Ordering::Release);
-    let _ = shutdown_tx.send(true);
-    stop_ingest.store(true, Ordering::Release);
-
-    // Shards stop by themselves once their clients are gone or the drain
-    // timeout passes; allow a little more for the close handshakes.
-    let deadline = Instant::now() + config.drain_timeout + Duration::from_secs(2);
-    for thread in shard_threads {
-        while !thread.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    tracing::info!("stopped");
-    Ok(())
-}
-
-fn wait_for_signal() -> std::io::Result<&'static str> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async {
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = terminate.recv() => Ok("SIGTERM"),
-            interrupted = tokio::signal::ctrl_c() => interrupted.map(|()| "SIGINT"),
+    let ending = runtime.block_on(async {
+        let mut signals = Signals::new()?;
+        let signal = tokio::select! {
+            signal = signals.next() => signal,
+            thread = threads.next_ended() => return Ok::<_, std::io::Error>(Ending::ThreadDied(thread)),
+        };
+        tracing::info!(signal, drain_timeout = ?config.drain_timeout, "shutting down: refusing new upgrades, closing clients with 1001");
+        shutdown.trigger();
+        // Shards stop by themselves once their clients are gone or the drain
+        // timeout passes; allow a little more for the close handshakes.
+        let deadline = tokio::time::Instant::now() + config.drain_timeout + Duration::from_secs(2);
+        Ok(tokio::select! {
+            finished = tokio::time::timeout_at(deadline, threads.all_ended()) => Ending::Drained { in_time: finished.is_ok() },
+            signal = signals.next() => {
+                tracing::warn!(signal, "second signal: exiting without waiting for the drain");
+                Ending::Interrupted
+            }
+        })
+    })?;
+    Ok(match ending {
+        Ending::Drained { in_time: true } => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Ending::Drained { in_time: false } => {
+            tracing::warn!("threads still running at the drain deadline; exiting anyway");
+            ExitCode::SUCCESS
+        }
+        Ending::Interrupted => ExitCode::from(EXIT_INTERRUPTED),
+        Ending::ThreadDied(thread) => {
+            // Readiness fails at once; the orchestrator restarts the process.
+            shutdown.trigger();
+            tracing::error!(thread, "a worker thread ended unexpectedly; exiting so that the process is restarted");
+            ExitCode::FAILURE
         }
     })
+}
+
+/// SIGTERM and SIGINT, as one stream.
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self { terminate: signal(SignalKind::terminate())?, interrupt: signal(SignalKind::interrupt())? })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+        }
+    }
 }

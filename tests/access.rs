@@ -1,4 +1,4 @@
-//! End to end, issue #2 items 1, 2, 3, 6, 7 and 8: who may connect (token
+//! End to end: who may connect (token
 //! sources, pre-upgrade statuses, JWT verification), the one snapshot call and
 //! its failure close codes, the operations endpoints, configuration errors and
 //! scale-out over one broker. Real gateway binary, real tansu broker, real
@@ -28,7 +28,7 @@ type Env = Vec<(&'static str, String)>;
 
 // ---------------------------------------------------------------- helpers
 
-/// Where an upgrade request carries tokens (SPEC §1.1). Unset sources are
+/// Where an upgrade request carries tokens. Unset sources are
 /// left out of the request.
 #[derive(Default, Clone, Copy)]
 struct Sources<'a> {
@@ -136,11 +136,11 @@ fn table_event(table: &str, section: &str, capacity: u64) -> Value {
     v2("updated", table, table_json)
 }
 
-// ---------------------------------------------------------------- item 1
+// ------------------------------------------------- who may connect
 
 /// The four token sources work, the first present one in the order path,
 /// `Authorization`, `Sec-WebSocket-Protocol`, query wins (whatever the others
-/// hold), every pre-upgrade status of SPEC §1.1 is answered as plain HTTP,
+/// hold), every pre-upgrade status is answered as plain HTTP,
 /// refused upgrades make no API call, and no token reaches the logs — with
 /// everything logged at debug.
 #[tokio::test]
@@ -223,7 +223,7 @@ async fn token_sources_precedence_and_pre_upgrade_refusals() {
     assert_eq!(status_for(TokenBuilder::new().without("roles"), m).await, 403, "no roles claim");
     assert_eq!(api.call_count(&refused_section), 0, "a refused upgrade makes no snapshot call");
 
-    // Item 2 on HMAC: every size, and exp within the leeway.
+    // HMAC: every size, and exp within the leeway.
     for (name, builder_token) in [
         ("HS384", TokenBuilder::new().hs384(SECRET)),
         ("HS512", TokenBuilder::new().hs512(SECRET)),
@@ -238,12 +238,24 @@ async fn token_sources_precedence_and_pre_upgrade_refusals() {
         wait::until(WAIT, "the snapshot call", || api.call_count(&section) == 1).await;
     }
 
+    // The earlier service's path shapes, which clients still use, are not
+    // ours: refused, and logged by kind, never with their tokens.
+    let legacy = minted.keep(token());
+    for path in [
+        format!("/ws/tables/{refused_section}/{legacy}"),
+        format!("/ws/restaurant/{legacy}"),
+        format!("/ws/restaurant/{legacy}/{refused_section}"),
+    ] {
+        let status = refused(WsClient::request(&gateway.ws_url(&path))).await;
+        assert!(status == 400 || status == 404, "{path}: {status}");
+    }
+
     // Everything above was logged at debug, refusals and sessions alike.
-    wait::until(WAIT, "the refusals to be logged", || gateway.logs().matches("upgrade refused").count() >= 19).await;
+    wait::until(WAIT, "the refusals to be logged", || gateway.logs().matches("upgrade refused").count() >= 22).await;
     minted.assert_absent_from(&gateway.logs());
 }
 
-// ---------------------------------------------------------------- item 2
+// ------------------------------------------------ JWT verification
 
 /// RS256 and ES256 with `JWT_PUBLIC_KEY` (the ES key in the literal-`\n`
 /// form env files use), no HMAC fallback or algorithm confusion,
@@ -311,10 +323,10 @@ async fn public_keys_issuer_roles_and_permission() {
     assert_eq!(refused(path_request(&ec, &section, &TokenBuilder::new().hs256(SECRET))).await, 401);
 }
 
-// ---------------------------------------------------------------- item 3
+// ----------------------------------------------- the snapshot call
 
 /// One snapshot call per connection with the client's token; the API's
-/// answers close with SPEC §1.3's codes (timeouts and a dead API included)
+/// answers close with the protocol's codes (timeouts and a dead API included)
 /// while another section's client on the same single shard keeps its live
 /// events — 50 of them, in order, with no further REST call.
 #[tokio::test]
@@ -414,11 +426,11 @@ async fn one_snapshot_call_then_kafka_only_and_api_failures_close_with_spec_code
     assert_eq!(api.call_count(&healthy_section), 1);
 }
 
-// ---------------------------------------------------------------- item 6
+// -------------------------------------------- operations endpoints
 
 /// `/healthz` answers while Kafka is unreachable and `/readyz` stays 503 until
 /// the broker appears, then 200; `/metrics` is Prometheus text with every
-/// series SPEC §1.4 names that does not depend on consumer lag (see
+/// series the README names that does not depend on consumer lag (see
 /// `metrics_report_kafka_consumer_lag`).
 #[tokio::test]
 async fn health_readiness_and_metrics() {
@@ -494,7 +506,7 @@ async fn health_readiness_and_metrics() {
     }
 }
 
-/// `mesaya_kafka_consumer_lag` (SPEC §1.4) shows up, per topic and partition,
+/// `mesaya_kafka_consumer_lag` shows up, per topic and partition,
 /// once the consumer has read from a partition.
 #[tokio::test]
 async fn metrics_report_kafka_consumer_lag() {
@@ -515,7 +527,7 @@ async fn metrics_report_kafka_consumer_lag() {
     assert_eq!(lag, 0.0, "everything produced was consumed");
 }
 
-// ---------------------------------------------------------------- item 7
+// --------------------------------------------------- configuration
 
 /// Runs the gateway until it exits, like `Gateway::run_to_exit`, which
 /// cannot be used for `PORT=abc`: it reads `PORT` itself and panics on it.
@@ -616,7 +628,7 @@ async fn configuration_errors_stop_the_process_with_one_line_naming_the_variable
     }
 }
 
-// ---------------------------------------------------------------- item 8
+// ------------------------------------------------------- scale-out
 
 /// Two instances on one broker each get every event (their consumer groups
 /// differ), so each delivers the same produced event to its own client.

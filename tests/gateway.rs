@@ -1,5 +1,5 @@
 //! End to end: the gateway binary against a real broker and the stand-in
-//! API, on the main path (issue #2).
+//! API, on the main path.
 
 mod common;
 

@@ -1,5 +1,5 @@
 //! Connect-time authorization: the local checks that decide the upgrade
-//! (SPEC §2.1).
+//! (signature, `exp`/`nbf`, issuer, `sub`, role, permission).
 
 use std::sync::Arc;
 

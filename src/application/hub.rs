@@ -11,9 +11,9 @@ use crate::domain::protocol::CloseCode;
 use super::delivery::Delivery;
 use super::outbox::{Outbox, PushOutcome};
 
-/// What one delivery did, for metrics.
+/// What one fan-out did, for metrics.
 #[derive(Default, Debug, PartialEq, Eq)]
-pub struct DeliveryReport {
+pub struct FanOutReport {
     pub queued: usize,
     pub conflated: usize,
     pub slow_closed: usize,
@@ -40,8 +40,13 @@ impl SectionHub {
         }
     }
 
-    pub fn deliver(&mut self, section: SectionId, delivery: &Arc<Delivery>) -> DeliveryReport {
-        let mut report = DeliveryReport::default();
+    /// How many clients watch `section` on this shard.
+    pub fn subscribers(&self, section: SectionId) -> usize {
+        self.sections.get(&section).map_or(0, Vec::len)
+    }
+
+    pub fn fan_out(&mut self, section: SectionId, delivery: &Arc<Delivery>) -> FanOutReport {
+        let mut report = FanOutReport::default();
         let Some(outboxes) = self.sections.get_mut(&section) else {
             return report;
         };
@@ -85,8 +90,13 @@ mod tests {
     fn live_outbox(max_frames: usize) -> Rc<Outbox> {
         let outbox = Rc::new(Outbox::new(QueueLimits { max_frames, max_bytes: 1 << 20 }));
         outbox.go_live(&Snapshot::parse(br#"{"id":"s"}"#).unwrap());
-        outbox.pop_front();
+        write_front(&outbox);
         outbox
+    }
+
+    fn write_front(outbox: &Outbox) {
+        let next = outbox.front().expect("something to write");
+        outbox.pop_written(next.seq);
     }
 
     fn delivery(id: &str, ends_section: bool) -> Arc<Delivery> {
@@ -109,13 +119,13 @@ mod tests {
         hub.subscribe(section, Rc::clone(&fast));
         let mut slow_closed = 0;
         for id in ["a", "b", "c"] {
-            slow_closed += hub.deliver(section, &delivery(id, false)).slow_closed;
-            fast.pop_front();
+            slow_closed += hub.fan_out(section, &delivery(id, false)).slow_closed;
+            write_front(&fast);
         }
         assert_eq!(slow_closed, 1);
         assert_eq!(slow.close_request().unwrap().code, CloseCode::SLOW_CONSUMER);
         assert!(fast.close_request().is_none());
-        assert_eq!(hub.deliver(section, &delivery("d", false)).queued, 1);
+        assert_eq!(hub.fan_out(section, &delivery("d", false)).queued, 1);
     }
 
     #[test]
@@ -124,13 +134,13 @@ mod tests {
         let mut hub = SectionHub::default();
         let client = live_outbox(10);
         hub.subscribe(section, Rc::clone(&client));
-        hub.deliver(section, &delivery("s", true));
+        hub.fan_out(section, &delivery("s", true));
         assert!(client.front().is_some(), "the delete itself is still written");
         assert_eq!(client.close_request().unwrap().code, CloseCode::NORMAL);
-        assert_eq!(hub.deliver(section, &delivery("x", false)), DeliveryReport::default());
+        assert_eq!(hub.fan_out(section, &delivery("x", false)), FanOutReport::default());
     }
 
-    /// SPEC §3: a shard writes the same bytes to every subscriber. Routed
+    /// A shard writes the same bytes to every subscriber. Routed
     /// end to end: one object event, linked to two sections with three
     /// clients between them, queues one buffer for all three.
     #[test]
@@ -142,15 +152,15 @@ mod tests {
         let parse = |topic: &str, json: serde_json::Value| {
             envelope::parse(topic, json.to_string().as_bytes(), 1 << 20).unwrap()
         };
+        const OBJECT: &str = "b1111111-1111-4111-8111-111111111111";
+        let links = ["c1111111-1111-4111-8111-111111111111", "c2222222-2222-4222-8222-222222222222"];
+        let now = std::time::Instant::now();
         let mut router = EventRouter::default();
-        for (link, sec) in [("so1", S1), ("so2", S2)] {
-            let data = serde_json::json!({"id": link, "sectionId": sec, "objectId": "o1"});
-            router
-                .route(
-                    parse("mesa-ya.section-objects.events", serde_json::json!({"event_type": "created", "data": data})),
-                    |_, _| {},
-                )
-                .unwrap();
+        for (link, sec) in links.into_iter().zip([S1, S2]) {
+            let data = serde_json::json!({"id": link, "sectionId": sec, "objectId": OBJECT});
+            let event =
+                parse("mesa-ya.section-objects.events", serde_json::json!({"event_type": "created", "data": data}));
+            router.route(event, now, |_, _| {}).unwrap();
         }
 
         let mut hub = SectionHub::default();
@@ -158,16 +168,16 @@ mod tests {
         for (sec, outbox) in &clients {
             hub.subscribe(SectionId::parse(sec).unwrap(), Rc::clone(outbox));
         }
-        let object = serde_json::json!({"event_type": "updated", "data": {"id": "o1", "posX": 3}});
+        let object = serde_json::json!({"event_type": "updated", "data": {"id": OBJECT, "posX": 3}});
         let mut queued = 0;
         router
-            .route(parse("mesa-ya.objects.events", object), |section, delivery| {
-                queued += hub.deliver(section, &delivery).queued
+            .route(parse("mesa-ya.objects.events", object), now, |section, delivery| {
+                queued += hub.fan_out(section, &delivery).queued
             })
             .unwrap();
         assert_eq!(queued, 3);
 
-        let frames: Vec<Frame> = clients.iter().map(|(_, outbox)| outbox.front().expect("queued")).collect();
+        let frames: Vec<Frame> = clients.iter().map(|(_, outbox)| outbox.front().expect("queued").frame).collect();
         let text: serde_json::Value = serde_json::from_slice(frames[0].utf8_bytes()).unwrap();
         assert_eq!(text["event"], "object.updated");
         for frame in &frames[1..] {

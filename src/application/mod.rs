@@ -1,10 +1,14 @@
 //! Use cases and the ports they depend on. Nothing here knows about Kafka,
-//! HTTP or sockets: adapters implement [`ports`] and transport drives the
-//! per-shard pieces ([`hub`], [`outbox`]).
+//! HTTP or sockets: adapters implement [`ports`], and transport and the
+//! Kafka adapter call the two use cases, [`connect`] and [`ingest`].
 
+pub mod admission;
 pub mod authorize;
+pub mod connect;
 pub mod delivery;
+pub mod floor;
 pub mod hub;
+pub mod ingest;
 pub mod outbox;
 pub mod ports;
 pub mod readiness;

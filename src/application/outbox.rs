@@ -1,5 +1,5 @@
 //! One client's outbound queue: bounded, conflating, and the holder of the
-//! snapshot/stream handoff (SPEC §2.4, §2.5).
+//! snapshot/stream handoff (README, "Delivery guarantees").
 //!
 //! Lives on its shard's thread only (`Rc`, `RefCell`): the shard pushes, the
 //! client's writer task pops. Pushing never waits, so a slow client can only
@@ -50,12 +50,12 @@ pub struct CloseRequest {
     pub after_drain: bool,
 }
 
-enum Queued {
+enum Item {
     Event(Arc<Delivery>),
     Control(Frame),
 }
 
-impl Queued {
+impl Item {
     fn frame(&self) -> &Frame {
         match self {
             Self::Event(delivery) => &delivery.frame,
@@ -64,12 +64,41 @@ impl Queued {
     }
 }
 
+/// An item and its place in the order of pushes: the writer removes exactly
+/// the item it wrote, whatever conflation did to the queue meanwhile.
+struct Queued {
+    seq: u64,
+    item: Item,
+}
+
+/// The next frame to write, named by its sequence number for
+/// [`Outbox::pop_written`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Next {
+    pub seq: u64,
+    pub frame: Frame,
+}
+
 #[derive(Default)]
 struct State {
     live: bool,
     queue: VecDeque<Queued>,
+    next_seq: u64,
     bytes: usize,
     close: Option<CloseRequest>,
+}
+
+impl State {
+    fn enqueue(&mut self, item: Item, front: bool) {
+        let queued = Queued { seq: self.next_seq, item };
+        self.next_seq += 1;
+        self.bytes += queued.item.frame().len();
+        if front {
+            self.queue.push_front(queued);
+        } else {
+            self.queue.push_back(queued);
+        }
+    }
 }
 
 pub struct Outbox {
@@ -84,23 +113,25 @@ impl Outbox {
     }
 
     pub fn push_event(&self, delivery: Arc<Delivery>) -> PushOutcome {
-        self.push(Queued::Event(delivery))
+        self.push(Item::Event(delivery))
     }
 
-    /// A frame that answers the client (a pong): never conflated.
+    /// A frame that answers the client (a pong): never conflated, and not
+    /// held against the limits, so answering a client can never cost it its
+    /// queue. The client's own rate limit bounds how many there are.
     pub fn push_control(&self, frame: Frame) -> PushOutcome {
-        self.push(Queued::Control(frame))
+        self.push(Item::Control(frame))
     }
 
-    fn push(&self, item: Queued) -> PushOutcome {
+    fn push(&self, item: Item) -> PushOutcome {
         let mut state = self.state.borrow_mut();
         if state.close.is_some() {
             return PushOutcome::Closing;
         }
-        state.bytes += item.frame().len();
-        state.queue.push_back(item);
+        let is_event = matches!(item, Item::Event(_));
+        state.enqueue(item, false);
         let mut outcome = PushOutcome::Queued;
-        if self.is_over(&state, 1) {
+        if is_event && self.is_over(&state, 1) {
             let dropped = conflate(&mut state);
             // Conflation must win real room, or the client is hopelessly
             // behind: keeping it would only spend memory and CPU on it.
@@ -132,13 +163,13 @@ impl Outbox {
     pub fn go_live(&self, snapshot: &Snapshot) -> usize {
         let mut state = self.state.borrow_mut();
         let before = state.queue.len();
-        state.queue.retain(|item| match item {
-            Queued::Event(delivery) => !covered_by(delivery, snapshot),
-            Queued::Control(_) => true,
+        state.queue.retain(|queued| match &queued.item {
+            Item::Event(delivery) => !covered_by(delivery, snapshot),
+            Item::Control(_) => true,
         });
         let dropped = before - state.queue.len();
-        state.queue.push_front(Queued::Control(snapshot.frame.clone()));
-        state.bytes = state.queue.iter().map(|item| item.frame().len()).sum();
+        state.bytes = state.queue.iter().map(|queued| queued.item.frame().len()).sum();
+        state.enqueue(Item::Control(snapshot.frame.clone()), true);
         state.live = true;
         drop(state);
         self.wake.notify_one();
@@ -146,26 +177,31 @@ impl Outbox {
     }
 
     /// The next frame to write, if live and not closing at once. The frame
-    /// stays queued until [`Outbox::pop_front`], so an interrupted write
+    /// stays queued until [`Outbox::pop_written`], so an interrupted write
     /// loses nothing.
-    pub fn front(&self) -> Option<Frame> {
+    pub fn front(&self) -> Option<Next> {
         let state = self.state.borrow();
         let closing_now = state.close.is_some_and(|close| !close.after_drain);
         if !state.live || closing_now {
             return None;
         }
-        state.queue.front().map(|item| item.frame().clone())
+        state.queue.front().map(|queued| Next { seq: queued.seq, frame: queued.item.frame().clone() })
     }
 
-    /// Drops the frame [`Outbox::front`] returned, once written; returns
-    /// when it was routed, if it was an event.
-    pub fn pop_front(&self) -> Option<Instant> {
+    /// Removes the frame numbered `seq`, once written; returns when it was
+    /// routed, if it was an event. Conflation may have dropped it while it
+    /// was being written (a newer state of its entity is queued): then
+    /// nothing is removed, least of all the frame that took its place.
+    pub fn pop_written(&self, seq: u64) -> Option<Instant> {
         let mut state = self.state.borrow_mut();
-        let item = state.queue.pop_front()?;
-        state.bytes -= item.frame().len();
-        match item {
-            Queued::Event(delivery) => Some(delivery.routed_at),
-            Queued::Control(_) => None,
+        if state.queue.front().is_none_or(|queued| queued.seq != seq) {
+            return None;
+        }
+        let queued = state.queue.pop_front()?;
+        state.bytes -= queued.item.frame().len();
+        match queued.item {
+            Item::Event(delivery) => Some(delivery.routed_at),
+            Item::Control(_) => None,
         }
     }
 
@@ -215,17 +251,17 @@ fn conflate(state: &mut State) -> usize {
     let before = state.queue.len();
     let mut seen = HashSet::new();
     let mut kept: VecDeque<Queued> = VecDeque::with_capacity(before);
-    for item in state.queue.drain(..).rev() {
-        let keep = match &item {
-            Queued::Event(delivery) => seen.insert(delivery.key.clone()),
-            Queued::Control(_) => true,
+    for queued in state.queue.drain(..).rev() {
+        let keep = match &queued.item {
+            Item::Event(delivery) => seen.insert(delivery.key.clone()),
+            Item::Control(_) => true,
         };
         if keep {
-            kept.push_front(item);
+            kept.push_front(queued);
         }
     }
     state.queue = kept;
-    state.bytes = state.queue.iter().map(|item| item.frame().len()).sum();
+    state.bytes = state.queue.iter().map(|queued| queued.item.frame().len()).sum();
     before - state.queue.len()
 }
 
@@ -248,11 +284,16 @@ mod tests {
 
     fn drain(outbox: &Outbox) -> Vec<Frame> {
         let mut frames = Vec::new();
-        while let Some(frame) = outbox.front() {
-            frames.push(frame);
-            outbox.pop_front();
+        while let Some(next) = outbox.front() {
+            frames.push(next.frame);
+            outbox.pop_written(next.seq);
         }
         frames
+    }
+
+    fn write_front(outbox: &Outbox) {
+        let next = outbox.front().expect("something to write");
+        outbox.pop_written(next.seq);
     }
 
     fn limits(max_frames: usize) -> QueueLimits {
@@ -263,7 +304,7 @@ mod tests {
     fn live_outbox(max_frames: usize) -> Outbox {
         let outbox = Outbox::new(limits(max_frames));
         outbox.go_live(&Snapshot::parse(br#"{"id":"s"}"#).unwrap());
-        outbox.pop_front();
+        write_front(&outbox);
         outbox
     }
 
@@ -315,6 +356,37 @@ mod tests {
                 delivery("b", Action::Updated, Some(2)).frame.clone()
             ]
         );
+    }
+
+    /// The writer holds `a1` (written, not yet removed) when a push
+    /// conflates the queue: only `a1` may go, never the `a3` behind it.
+    #[test]
+    fn conflation_during_a_write_never_removes_an_unwritten_frame() {
+        let outbox = live_outbox(4);
+        let a1 = delivery("a", Action::Updated, Some(1));
+        for d in [&a1, &delivery("b", Action::Updated, Some(1)), &delivery("a", Action::Updated, Some(2))] {
+            outbox.push_event(Arc::clone(d));
+        }
+        let a3 = delivery("a", Action::Updated, Some(3));
+        outbox.push_event(Arc::clone(&a3));
+        let writing = outbox.front().unwrap();
+        assert_eq!(writing.frame, a1.frame);
+        let b2 = delivery("b", Action::Updated, Some(2));
+        assert_eq!(outbox.push_event(Arc::clone(&b2)), PushOutcome::Conflated(3));
+        outbox.pop_written(writing.seq);
+        assert_eq!(drain(&outbox), vec![a3.frame.clone(), b2.frame.clone()]);
+    }
+
+    #[test]
+    fn pongs_never_overflow_a_queue() {
+        let outbox = live_outbox(2);
+        outbox.push_event(delivery("a", Action::Updated, Some(1)));
+        outbox.push_event(delivery("b", Action::Updated, Some(1)));
+        for _ in 0..10 {
+            assert_eq!(outbox.push_control(Frame::from_static("{}")), PushOutcome::Queued);
+        }
+        assert_eq!(outbox.queued().0, 12, "nothing was cleared");
+        assert!(outbox.close_request().is_none());
     }
 
     #[test]

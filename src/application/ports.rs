@@ -1,12 +1,13 @@
 //! What the use cases need from the outside world.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::domain::access::Claims;
-use crate::domain::ids::SectionId;
+use crate::domain::ids::{EntityId, SectionId};
 use crate::domain::protocol::CloseCode;
-use crate::domain::snapshot::Snapshot;
+use crate::domain::snapshot::{SectionObjects, Snapshot};
 
 use super::delivery::Delivery;
 
@@ -21,12 +22,27 @@ pub trait TokenVerifier: Send + Sync {
 pub struct InvalidToken(pub String);
 
 /// Fetches a section's full state with the client's own token. Called once
-/// per connection, on the shard that owns the section.
+/// per connection, on the shard that owns the section; dropping the future
+/// abandons the call.
 pub trait SnapshotSource {
-    fn fetch(&self, section: SectionId, token: &str) -> impl Future<Output = Result<Snapshot, SnapshotError>>;
+    fn fetch(&self, request: SnapshotRequest<'_>) -> impl Future<Output = Result<Snapshot, SnapshotError>>;
 }
 
-/// Every way the snapshot call can fail, each with its close code (SPEC §1.3).
+/// One connection's snapshot call.
+#[derive(Clone, Copy, Debug)]
+pub struct SnapshotRequest<'a> {
+    pub section: SectionId,
+    /// The client's own token: the API has the last word on the section.
+    pub token: &'a str,
+    /// The client's address, so that the API's per-client rate limits see
+    /// the client and not this gateway.
+    pub client_addr: IpAddr,
+    /// Unique per session; the session's log lines carry it too.
+    pub request_id: &'a str,
+}
+
+/// Every way the snapshot call can fail, each with the close code the client
+/// gets for it.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SnapshotError {
     #[error("API answered 429")]
@@ -77,7 +93,29 @@ impl SnapshotError {
     }
 }
 
-/// Where routed events go: the shard that owns each section.
-pub trait DeliverySink {
-    fn deliver(&self, section: SectionId, delivery: Arc<Delivery>);
+/// Where routed events go: the shard that owns each section. Called on the
+/// ingest thread, once per (event, section).
+pub trait Dispatch {
+    fn dispatch(&self, section: SectionId, delivery: Arc<Delivery>);
+}
+
+/// Where a fetched snapshot reports what it showed of its section (its
+/// tables, its restaurant), so that the ingest use case can route
+/// reservations and restaurant events there. Called on a shard thread.
+pub trait SectionReporter {
+    fn report(&self, learned: LearnedSection);
+}
+
+/// What a snapshot showed about its section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LearnedSection {
+    pub section: SectionId,
+    pub restaurant: Option<EntityId>,
+    pub table_ids: Vec<EntityId>,
+}
+
+/// A section's objects as Kafka told them, for snapshots whose API body has
+/// none.
+pub trait FloorPlan {
+    fn section_objects(&self, section: SectionId) -> SectionObjects;
 }

@@ -1,17 +1,24 @@
-//! Routing: which sections an entity event concerns (SPEC §2.3). Runs on the
-//! single ingest thread, which owns the link maps outright.
+//! Routing: which sections an entity event concerns. Runs on the single
+//! ingest thread, which owns the table and restaurant maps outright and is
+//! the only writer of the shared floor (links and objects).
 //!
-//! - section: its `id`; a delete ends the section.
+//! - section: its `id`; a delete ends the section (its clients close).
 //! - table: its `sectionId`; when that differs from the section last seen for
 //!   the table, the old section gets a `table.deleted` (the table moved).
-//! - section-object: its `sectionId`; also links `objectId` → section.
+//! - section-object: its `sectionId`, with the linked object's latest entity
+//!   under `object`; a link that moved sends `section-object.deleted` to the
+//!   section it left.
 //! - object: every section a section-object links it to.
 //! - reservation: the section of its `tableId`, learned from snapshots and
-//!   table events.
+//!   table events; held up to [`HOLD_RESERVATIONS_FOR`] while unknown.
+//! - restaurant: every section of the restaurant, learned from snapshots and
+//!   section events; a delete ends those sections.
+//!
+//! Every map has a reverse index, so forgetting a section never scans one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::domain::entity::{Action, EntityKind};
 use crate::domain::envelope::EntityEvent;
@@ -19,180 +26,318 @@ use crate::domain::frame::Frame;
 use crate::domain::ids::{EntityId, SectionId};
 
 use super::delivery::Delivery;
+use super::floor::{SharedFloor, remove_from};
+use super::ports::LearnedSection;
+
+/// How long a reservation for a table no snapshot or table event has shown
+/// yet waits for one: long enough for the snapshot call of the section's
+/// first client.
+pub const HOLD_RESERVATIONS_FOR: Duration = Duration::from_secs(5);
+/// Held reservations, at most; more are skipped at once.
+const MAX_HELD: usize = 10_000;
 
 /// The event names no section the router knows of.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Unroutable;
 
-/// Tables a snapshot showed in a section, reported back by the shard that
-/// fetched it so reservations for them can be routed.
-#[derive(Debug)]
-pub struct LearnedTables {
-    pub section: SectionId,
-    pub table_ids: Vec<EntityId>,
-}
-
 #[derive(Default)]
 pub struct EventRouter {
-    table_sections: HashMap<EntityId, SectionId>,
-    /// section-object id → (section, object): the links as upstream holds them.
-    section_objects: HashMap<EntityId, (SectionId, EntityId)>,
-    /// object → sections linking it, with how many section-objects do.
-    object_sections: HashMap<EntityId, HashMap<SectionId, usize>>,
+    tables: HashMap<EntityId, SectionId>,
+    section_tables: HashMap<SectionId, HashSet<EntityId>>,
+    restaurant_sections: HashMap<EntityId, HashSet<SectionId>>,
+    section_restaurant: HashMap<SectionId, EntityId>,
+    floor: SharedFloor,
+    held: HeldReservations,
+}
+
+/// Where an event goes, once the maps have taken it in.
+#[derive(Default)]
+struct Targets {
+    sections: Vec<SectionId>,
+    /// The section a table or link left: it gets a delete.
+    moved_from: Option<SectionId>,
+    /// The payload clients get, when it is not the event's own.
+    payload: Option<String>,
+    /// The sections end after this frame (their clients close with 1000).
+    ends_sections: bool,
 }
 
 impl EventRouter {
+    pub fn new(floor: SharedFloor) -> Self {
+        Self { floor, ..Self::default() }
+    }
+
     /// Routes one event: `deliver` is called once per target section, and
-    /// all targets share one frame. Returns how many sections it reached.
+    /// all targets share one frame. Returns how many sections it reached
+    /// (none for an object nothing links yet, or a reservation held until
+    /// its table is known).
     pub fn route(
         &mut self,
         event: EntityEvent,
+        now: Instant,
         mut deliver: impl FnMut(SectionId, Arc<Delivery>),
     ) -> Result<usize, Unroutable> {
-        let targets = self.targets(&event)?;
-        let delivery = Arc::new(Delivery {
-            frame: Frame::event(event.key.kind, event.action, &event.payload),
-            ends_section: event.key.kind == EntityKind::Section && event.action == Action::Deleted,
-            key: event.key,
-            action: event.action,
-            updated_at: event.updated_at,
-            routed_at: Instant::now(),
-        });
-        for &section in &targets.sections {
-            deliver(section, Arc::clone(&delivery));
+        let targets = self.apply(&event)?;
+        if event.key.kind == EntityKind::Reservation && targets.sections.is_empty() {
+            let table = event.table_id.clone().ok_or(Unroutable)?;
+            return if self.held.hold(table, event, now) { Ok(0) } else { Err(Unroutable) };
         }
+        let mut reached = 0;
         if let Some(old_section) = targets.moved_from {
-            deliver(
-                old_section,
-                Arc::new(Delivery {
-                    frame: Frame::event(EntityKind::Table, Action::Deleted, &event.payload),
-                    key: delivery.key.clone(),
-                    action: Action::Deleted,
-                    updated_at: delivery.updated_at,
-                    ends_section: false,
-                    routed_at: delivery.routed_at,
-                }),
-            );
+            let left = Frame::event(event.key.kind, Action::Deleted, &event.payload);
+            deliver(old_section, delivery(&event, left, Action::Deleted, false, now));
+            reached += 1;
         }
-        Ok(targets.sections.len() + usize::from(targets.moved_from.is_some()))
+        let payload = targets.payload.as_deref().unwrap_or(&event.payload);
+        let frame = Frame::event(event.key.kind, event.action, payload);
+        let shared = delivery(&event, frame, event.action, targets.ends_sections, now);
+        for &section in &targets.sections {
+            deliver(section, Arc::clone(&shared));
+        }
+        reached += targets.sections.len();
+        if event.key.kind == EntityKind::Table && event.action != Action::Deleted {
+            reached += self.release_held(&event.key.id, now, &mut deliver);
+        }
+        Ok(reached)
     }
 
-    /// Applies only the link changes an event implies: used to rebuild the
-    /// object → section links from the section-objects topics at start.
-    pub fn learn_links(&mut self, event: &EntityEvent) {
-        if event.key.kind == EntityKind::SectionObject {
-            self.apply_section_object(event);
-        }
+    /// Takes in what an event says about the maps without delivering it:
+    /// the start-up rebuild replays the retained topics through this.
+    pub fn learn(&mut self, event: &EntityEvent) {
+        // Unroutable events still taught the maps what they could.
+        let _ = self.apply(event);
     }
 
-    pub fn learn_tables(&mut self, learned: LearnedTables) {
+    /// What a snapshot showed. Reservations held for its tables go out now.
+    pub fn learn_section(
+        &mut self,
+        learned: LearnedSection,
+        now: Instant,
+        mut deliver: impl FnMut(SectionId, Arc<Delivery>),
+    ) -> usize {
+        if let Some(restaurant) = learned.restaurant {
+            self.link_restaurant(learned.section, restaurant);
+        }
+        let mut released = 0;
         for table in learned.table_ids {
             // Events are at least as fresh as a snapshot that raced them.
-            self.table_sections.entry(table).or_insert(learned.section);
+            if !self.tables.contains_key(&table) {
+                self.set_table(table.clone(), learned.section);
+            }
+            released += self.release_held(&table, now, &mut deliver);
         }
+        released
     }
 
-    fn targets(&mut self, event: &EntityEvent) -> Result<Targets, Unroutable> {
+    /// Drops reservations held longer than [`HOLD_RESERVATIONS_FOR`];
+    /// returns how many.
+    pub fn expire_held(&mut self, now: Instant) -> usize {
+        self.held.expire(now)
+    }
+
+    fn release_held(
+        &mut self,
+        table: &EntityId,
+        now: Instant,
+        deliver: &mut impl FnMut(SectionId, Arc<Delivery>),
+    ) -> usize {
+        let Some(&section) = self.tables.get(table) else { return 0 };
+        let released = self.held.release(table);
+        for event in &released {
+            let frame = Frame::event(event.key.kind, event.action, &event.payload);
+            deliver(section, delivery(event, frame, event.action, false, now));
+        }
+        released.len()
+    }
+
+    /// Updates the maps for one event and says where it goes.
+    fn apply(&mut self, event: &EntityEvent) -> Result<Targets, Unroutable> {
         let id = &event.key.id;
-        let mut moved_from = None;
-        let sections = match event.key.kind {
+        let deleted = event.action == Action::Deleted;
+        let mut targets = Targets::default();
+        match event.key.kind {
             EntityKind::Section => {
                 let section = event.section_id.ok_or(Unroutable)?;
-                if event.action == Action::Deleted {
+                if deleted {
                     self.forget_section(section, &event.embedded_table_ids);
+                } else if let Some(restaurant) = event.restaurant_id.clone() {
+                    self.link_restaurant(section, restaurant);
                 }
-                vec![section]
+                targets.sections.push(section);
+                targets.ends_sections = deleted;
             }
             EntityKind::Table => {
                 let section = event.section_id.ok_or(Unroutable)?;
-                if event.action == Action::Deleted {
-                    self.table_sections.remove(id);
-                } else if let Some(old) = self.table_sections.insert(id.clone(), section) {
-                    moved_from = (old != section).then_some(old);
+                if deleted {
+                    self.remove_table(id);
+                } else {
+                    targets.moved_from = self.set_table(id.clone(), section).filter(|&old| old != section);
                 }
-                vec![section]
+                targets.sections.push(section);
             }
             EntityKind::SectionObject => {
-                self.apply_section_object(event);
-                vec![event.section_id.ok_or(Unroutable)?]
-            }
-            EntityKind::Object => {
-                let sections: Vec<SectionId> =
-                    self.object_sections.get(id).map(|s| s.keys().copied().collect()).unwrap_or_default();
-                if event.action == Action::Deleted {
-                    self.forget_object(id);
+                let mut floor = self.floor.write();
+                targets.moved_from = floor.apply_link(event);
+                if !deleted {
+                    targets.payload = floor.link_with_object(&event.payload, event.object_id.as_ref());
                 }
-                sections
+                targets.sections.push(event.section_id.ok_or(Unroutable)?);
             }
+            EntityKind::Object => targets.sections = self.floor.write().apply_object(event),
             EntityKind::Reservation => {
                 let table = event.table_id.as_ref().ok_or(Unroutable)?;
-                vec![*self.table_sections.get(table).ok_or(Unroutable)?]
+                targets.sections.extend(self.tables.get(table).copied());
             }
-        };
-        if sections.is_empty() {
-            return Err(Unroutable);
-        }
-        Ok(Targets { sections, moved_from })
-    }
-
-    fn apply_section_object(&mut self, event: &EntityEvent) {
-        let id = &event.key.id;
-        if let Some((section, object)) = self.section_objects.remove(id) {
-            self.unlink(&object, section);
-        }
-        if event.action == Action::Deleted {
-            return;
-        }
-        if let (Some(section), Some(object)) = (event.section_id, event.object_id.clone()) {
-            *self.object_sections.entry(object.clone()).or_default().entry(section).or_default() += 1;
-            self.section_objects.insert(id.clone(), (section, object));
-        }
-    }
-
-    fn unlink(&mut self, object: &EntityId, section: SectionId) {
-        if let Some(sections) = self.object_sections.get_mut(object) {
-            if let Some(count) = sections.get_mut(&section) {
-                *count -= 1;
-                if *count == 0 {
-                    sections.remove(&section);
+            EntityKind::Restaurant => {
+                // A new restaurant has no sections yet.
+                if event.action == Action::Created {
+                    return Err(Unroutable);
                 }
+                let sections: Vec<SectionId> =
+                    self.restaurant_sections.get(id).into_iter().flatten().copied().collect();
+                if sections.is_empty() {
+                    return Err(Unroutable);
+                }
+                if deleted {
+                    // Upstream deletes the sections with the restaurant, in
+                    // the database, without section events.
+                    for &section in &sections {
+                        self.forget_section(section, &[]);
+                    }
+                }
+                targets.sections = sections;
+                targets.ends_sections = deleted;
             }
-            if sections.is_empty() {
-                self.object_sections.remove(object);
-            }
+        }
+        Ok(targets)
+    }
+
+    /// Returns the table's previous section.
+    fn set_table(&mut self, table: EntityId, section: SectionId) -> Option<SectionId> {
+        let old = self.tables.insert(table.clone(), section);
+        if let Some(old) = old.filter(|&old| old != section) {
+            remove_from(&mut self.section_tables, &old, &table);
+        }
+        self.section_tables.entry(section).or_default().insert(table);
+        old
+    }
+
+    fn remove_table(&mut self, table: &EntityId) {
+        if let Some(section) = self.tables.remove(table) {
+            remove_from(&mut self.section_tables, &section, table);
         }
     }
 
-    fn forget_object(&mut self, object: &EntityId) {
-        self.object_sections.remove(object);
-        self.section_objects.retain(|_, (_, linked)| linked != object);
+    fn link_restaurant(&mut self, section: SectionId, restaurant: EntityId) {
+        if let Some(old) = self.section_restaurant.insert(section, restaurant.clone()) {
+            remove_from(&mut self.restaurant_sections, &old, &section);
+        }
+        self.restaurant_sections.entry(restaurant).or_default().insert(section);
     }
 
     /// Upstream cascades a section delete to its tables and section-objects
-    /// without emitting events for them (CONTRACT.md §1.1), so drop them here.
+    /// in the database without emitting events for them, so drop them here.
     fn forget_section(&mut self, section: SectionId, tables: &[EntityId]) {
         for table in tables {
-            self.table_sections.remove(table);
+            self.remove_table(table);
         }
-        self.table_sections.retain(|_, owner| *owner != section);
-        let gone: Vec<EntityId> =
-            self.section_objects.iter().filter(|(_, (owner, _))| *owner == section).map(|(id, _)| id.clone()).collect();
-        for id in gone {
-            if let Some((owner, object)) = self.section_objects.remove(&id) {
-                self.unlink(&object, owner);
-            }
+        for table in self.section_tables.remove(&section).unwrap_or_default() {
+            self.tables.remove(&table);
         }
+        if let Some(restaurant) = self.section_restaurant.remove(&section) {
+            remove_from(&mut self.restaurant_sections, &restaurant, &section);
+        }
+        self.floor.write().forget_section(section);
     }
 
-    /// How many links the router holds (tables, section-objects): a gauge.
-    pub fn link_counts(&self) -> (usize, usize) {
-        (self.table_sections.len(), self.section_objects.len())
+    /// How many entries the router's maps hold, per kind: exported as gauges.
+    pub fn link_counts(&self) -> LinkCounts {
+        let (section_objects, objects) = self.floor.read().counts();
+        LinkCounts {
+            tables: self.tables.len(),
+            section_objects,
+            objects,
+            restaurants: self.restaurant_sections.len(),
+            held_reservations: self.held.len(),
+        }
     }
 }
 
-struct Targets {
-    sections: Vec<SectionId>,
-    moved_from: Option<SectionId>,
+fn delivery(event: &EntityEvent, frame: Frame, action: Action, ends_section: bool, now: Instant) -> Arc<Delivery> {
+    Arc::new(Delivery {
+        frame,
+        key: event.key.clone(),
+        action,
+        updated_at: event.updated_at,
+        ends_section,
+        routed_at: now,
+    })
+}
+
+/// Sizes of the router's maps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkCounts {
+    /// table → section
+    pub tables: usize,
+    /// section-object links
+    pub section_objects: usize,
+    /// object entities
+    pub objects: usize,
+    /// restaurant → sections
+    pub restaurants: usize,
+    pub held_reservations: usize,
+}
+
+/// Reservations whose table no snapshot or table event has shown yet.
+#[derive(Default)]
+struct HeldReservations {
+    by_table: HashMap<EntityId, Vec<(Instant, EntityEvent)>>,
+    /// When each was held, oldest first, to expire without a scan.
+    order: VecDeque<(Instant, EntityId)>,
+    held: usize,
+}
+
+impl HeldReservations {
+    fn hold(&mut self, table: EntityId, event: EntityEvent, now: Instant) -> bool {
+        if self.held >= MAX_HELD {
+            return false;
+        }
+        self.by_table.entry(table.clone()).or_default().push((now, event));
+        self.order.push_back((now, table));
+        self.held += 1;
+        true
+    }
+
+    fn release(&mut self, table: &EntityId) -> Vec<EntityEvent> {
+        let released: Vec<EntityEvent> =
+            self.by_table.remove(table).unwrap_or_default().into_iter().map(|(_, event)| event).collect();
+        self.held -= released.len();
+        released
+    }
+
+    fn expire(&mut self, now: Instant) -> usize {
+        let mut expired = 0;
+        while let Some((held_at, _)) = self.order.front()
+            && now.duration_since(*held_at) >= HOLD_RESERVATIONS_FOR
+        {
+            let (_, table) = self.order.pop_front().expect("front exists");
+            // Released tables left their entries here: nothing to drop.
+            if let Some(events) = self.by_table.get_mut(&table) {
+                let before = events.len();
+                events.retain(|(at, _)| now.duration_since(*at) < HOLD_RESERVATIONS_FOR);
+                expired += before - events.len();
+                if events.is_empty() {
+                    self.by_table.remove(&table);
+                }
+            }
+        }
+        self.held -= expired;
+        expired
+    }
+
+    fn len(&self) -> usize {
+        self.held
+    }
 }
 
 #[cfg(test)]
@@ -202,124 +347,208 @@ mod tests {
 
     const S1: &str = "11111111-1111-4111-8111-111111111111";
     const S2: &str = "22222222-2222-4222-8222-222222222222";
+    const T1: &str = "a1111111-1111-4111-8111-111111111111";
+    const T2: &str = "a2222222-2222-4222-8222-222222222222";
+    const O1: &str = "b1111111-1111-4111-8111-111111111111";
+    const L1: &str = "c1111111-1111-4111-8111-111111111111";
+    const L2: &str = "c2222222-2222-4222-8222-222222222222";
+    const R1: &str = "d1111111-1111-4111-8111-111111111111";
+    const RESTAURANT: &str = "e1111111-1111-4111-8111-111111111111";
 
     fn section(id: &str) -> SectionId {
         SectionId::parse(id).unwrap()
     }
 
-    fn event(topic: &str, json: serde_json::Value) -> EntityEvent {
-        envelope::parse(topic, json.to_string().as_bytes(), 1 << 20).unwrap()
+    fn v2(kind: &str, event_type: &str, data: serde_json::Value) -> EntityEvent {
+        let record = serde_json::json!({"event_type": event_type, "data": data}).to_string();
+        envelope::parse(&format!("mesa-ya.{kind}.events"), record.as_bytes(), 1 << 20).unwrap()
     }
 
-    fn route(router: &mut EventRouter, event: EntityEvent) -> Result<Vec<(SectionId, String)>, Unroutable> {
+    /// Routes `event` and returns (section, frame) pairs, in delivery order.
+    fn route(router: &mut EventRouter, event: EntityEvent) -> Result<Vec<(SectionId, serde_json::Value)>, Unroutable> {
+        route_at(router, event, Instant::now())
+    }
+
+    fn route_at(
+        router: &mut EventRouter,
+        event: EntityEvent,
+        now: Instant,
+    ) -> Result<Vec<(SectionId, serde_json::Value)>, Unroutable> {
         let mut out = Vec::new();
-        router.route(event, |section, delivery| {
-            let frame: serde_json::Value = serde_json::from_slice(delivery.frame.utf8_bytes()).unwrap();
-            out.push((section, frame["event"].as_str().unwrap().to_string()));
+        router.route(event, now, |section, delivery| {
+            out.push((section, serde_json::from_slice(delivery.frame.utf8_bytes()).unwrap()));
         })?;
         Ok(out)
     }
 
-    fn v2(kind: &str, event_type: &str, data: serde_json::Value) -> EntityEvent {
-        event(&format!("mesa-ya.{kind}.events"), serde_json::json!({"event_type": event_type, "data": data}))
+    fn names(frames: Vec<(SectionId, serde_json::Value)>) -> Vec<(SectionId, String)> {
+        frames.into_iter().map(|(section, frame)| (section, frame["event"].as_str().unwrap().to_string())).collect()
+    }
+
+    fn link(id: &str, sec: &str) -> serde_json::Value {
+        serde_json::json!({"id": id, "sectionId": sec, "objectId": O1})
     }
 
     #[test]
-    fn objects_follow_their_section_object_links() {
+    fn objects_follow_their_links_and_links_carry_their_object() {
         let mut router = EventRouter::default();
-        let object = serde_json::json!({"id": "o1", "posX": 1});
-        assert_eq!(route(&mut router, v2("objects", "updated", object.clone())), Err(Unroutable));
+        let object = serde_json::json!({"id": O1, "posX": 1});
+        assert_eq!(route(&mut router, v2("objects", "created", object.clone())), Ok(vec![]), "kept, sent nowhere");
 
-        for (link, sec) in [("so1", S1), ("so2", S2)] {
-            let data = serde_json::json!({"id": link, "sectionId": sec, "objectId": "o1"});
-            assert_eq!(
-                route(&mut router, v2("section-objects", "created", data)).unwrap(),
-                vec![(section(sec), "section-object.created".to_string())]
-            );
-        }
-        let mut reached = route(&mut router, v2("objects", "updated", object.clone())).unwrap();
+        let linked = route(&mut router, v2("section-objects", "created", link(L1, S1))).unwrap();
+        let mut expected = link(L1, S1);
+        expected["object"] = object.clone();
+        assert_eq!(
+            linked,
+            vec![(section(S1), serde_json::json!({"event": "section-object.created", "payload": expected}))]
+        );
+        route(&mut router, v2("section-objects", "created", link(L2, S2))).unwrap();
+
+        let mut reached = names(route(&mut router, v2("objects", "updated", object.clone())).unwrap());
         reached.sort();
         assert_eq!(reached, vec![(section(S1), "object.updated".into()), (section(S2), "object.updated".into())]);
 
-        let unlink = serde_json::json!({"id": "so1", "sectionId": S1, "objectId": "o1"});
-        route(&mut router, v2("section-objects", "deleted", unlink)).unwrap();
+        route(&mut router, v2("section-objects", "deleted", link(L1, S1))).unwrap();
         assert_eq!(
-            route(&mut router, v2("objects", "updated", object)).unwrap(),
+            names(route(&mut router, v2("objects", "updated", object)).unwrap()),
             vec![(section(S2), "object.updated".into())]
         );
     }
 
     #[test]
-    fn reservations_follow_tables_from_events_and_snapshots() {
+    fn a_moved_link_is_deleted_from_the_section_it_left() {
         let mut router = EventRouter::default();
-        let reservation = |table: &str| v2("reservations", "created", serde_json::json!({"id": "r", "tableId": table}));
-        assert_eq!(route(&mut router, reservation("t1")), Err(Unroutable));
+        route(&mut router, v2("section-objects", "created", link(L1, S1))).unwrap();
+        let moved = route(&mut router, v2("section-objects", "updated", link(L1, S2))).unwrap();
+        assert_eq!(
+            names(moved),
+            vec![(section(S1), "section-object.deleted".into()), (section(S2), "section-object.updated".into())]
+        );
+    }
 
-        router.learn_tables(LearnedTables { section: section(S1), table_ids: vec!["t1".into()] });
-        assert_eq!(route(&mut router, reservation("t1")).unwrap(), vec![(section(S1), "reservation.created".into())]);
+    #[test]
+    fn reservations_follow_tables_and_wait_for_unknown_ones() {
+        let mut router = EventRouter::default();
+        let reservation = |table: &str| v2("reservations", "created", serde_json::json!({"id": R1, "tableId": table}));
+        let start = Instant::now();
+        assert_eq!(route_at(&mut router, reservation(T1), start), Ok(vec![]), "held");
+        assert_eq!(router.link_counts().held_reservations, 1);
 
-        route(&mut router, v2("tables", "created", serde_json::json!({"id": "t2", "sectionId": S2}))).unwrap();
-        assert_eq!(route(&mut router, reservation("t2")).unwrap(), vec![(section(S2), "reservation.created".into())]);
+        // A snapshot shows the table: the held reservation goes out.
+        let mut released = Vec::new();
+        let learned = LearnedSection { section: section(S1), restaurant: None, table_ids: vec![T1.into()] };
+        router.learn_section(learned, start, |section, _| released.push(section));
+        assert_eq!(released, vec![section(S1)]);
+        assert_eq!(
+            names(route(&mut router, reservation(T1)).unwrap()),
+            vec![(section(S1), "reservation.created".into())]
+        );
+
+        // A table event shows one: the same.
+        route_at(&mut router, reservation(T2), start).unwrap();
+        let table =
+            route(&mut router, v2("tables", "created", serde_json::json!({"id": T2, "sectionId": S2}))).unwrap();
+        assert_eq!(
+            names(table),
+            vec![(section(S2), "table.created".into()), (section(S2), "reservation.created".into())]
+        );
+
+        // Nobody shows it within the hold: counted as expired.
+        let unknown = "a3333333-3333-4333-8333-333333333333";
+        route_at(&mut router, reservation(unknown), start).unwrap();
+        assert_eq!(router.expire_held(start + HOLD_RESERVATIONS_FOR - Duration::from_millis(1)), 0);
+        assert_eq!(router.expire_held(start + HOLD_RESERVATIONS_FOR), 1);
+        assert_eq!(router.link_counts().held_reservations, 0);
     }
 
     #[test]
     fn a_moved_table_is_deleted_from_its_old_section() {
         let mut router = EventRouter::default();
-        route(&mut router, v2("tables", "created", serde_json::json!({"id": "t1", "sectionId": S1}))).unwrap();
+        route(&mut router, v2("tables", "created", serde_json::json!({"id": T1, "sectionId": S1}))).unwrap();
         let moved =
-            route(&mut router, v2("tables", "updated", serde_json::json!({"id": "t1", "sectionId": S2}))).unwrap();
-        assert_eq!(moved, vec![(section(S2), "table.updated".into()), (section(S1), "table.deleted".into())]);
+            route(&mut router, v2("tables", "updated", serde_json::json!({"id": T1, "sectionId": S2}))).unwrap();
+        assert_eq!(names(moved), vec![(section(S1), "table.deleted".into()), (section(S2), "table.updated".into())]);
         let again =
-            route(&mut router, v2("tables", "updated", serde_json::json!({"id": "t1", "sectionId": S2}))).unwrap();
-        assert_eq!(again, vec![(section(S2), "table.updated".into())]);
+            route(&mut router, v2("tables", "updated", serde_json::json!({"id": T1, "sectionId": S2}))).unwrap();
+        assert_eq!(names(again), vec![(section(S2), "table.updated".into())]);
+        assert_eq!(router.section_tables.get(&section(S1)), None, "the reverse index follows the move");
+    }
+
+    #[test]
+    fn restaurant_events_reach_its_sections_and_a_delete_ends_them() {
+        let mut router = EventRouter::default();
+        let restaurant = |event_type| v2("restaurants", event_type, serde_json::json!({"id": RESTAURANT}));
+        assert_eq!(route(&mut router, restaurant("updated")), Err(Unroutable), "no section known yet");
+        let learned = LearnedSection { section: section(S1), restaurant: Some(RESTAURANT.into()), table_ids: vec![] };
+        router.learn_section(learned, Instant::now(), |_, _| {});
+        route(&mut router, v2("sections", "updated", serde_json::json!({"id": S2, "restaurantId": RESTAURANT})))
+            .unwrap();
+
+        let mut reached = names(route(&mut router, restaurant("status_changed")).unwrap());
+        reached.sort();
+        assert_eq!(
+            reached,
+            vec![(section(S1), "restaurant.status_changed".into()), (section(S2), "restaurant.status_changed".into())]
+        );
+        assert_eq!(route(&mut router, restaurant("created")), Err(Unroutable));
+
+        let mut ended = Vec::new();
+        router
+            .route(restaurant("deleted"), Instant::now(), |section, delivery| {
+                ended.push((section, delivery.ends_section))
+            })
+            .unwrap();
+        ended.sort();
+        assert_eq!(ended, vec![(section(S1), true), (section(S2), true)]);
+        assert_eq!(router.link_counts(), LinkCounts::default(), "its sections are forgotten");
     }
 
     #[test]
     fn a_deleted_section_forgets_its_links() {
         let mut router = EventRouter::default();
-        router.learn_tables(LearnedTables { section: section(S1), table_ids: vec!["t1".into()] });
-        route(
-            &mut router,
-            v2("section-objects", "created", serde_json::json!({"id": "so", "sectionId": S1, "objectId": "o"})),
-        )
-        .unwrap();
+        let learned =
+            LearnedSection { section: section(S1), restaurant: Some(RESTAURANT.into()), table_ids: vec![T1.into()] };
+        router.learn_section(learned, Instant::now(), |_, _| {});
+        route(&mut router, v2("tables", "created", serde_json::json!({"id": T2, "sectionId": S1}))).unwrap();
+        route(&mut router, v2("section-objects", "created", link(L1, S1))).unwrap();
+        route(&mut router, v2("objects", "created", serde_json::json!({"id": O1}))).unwrap();
         let mut ended = false;
         router
-            .route(v2("sections", "deleted", serde_json::json!({"id": S1, "tables": [{"id": "t1"}]})), |_, d| {
-                ended = d.ends_section
-            })
+            .route(
+                v2("sections", "deleted", serde_json::json!({"id": S1, "tables": [{"id": T1}]})),
+                Instant::now(),
+                |_, d| ended = d.ends_section,
+            )
             .unwrap();
         assert!(ended);
-        assert_eq!(router.link_counts(), (0, 0));
-        assert_eq!(route(&mut router, v2("objects", "updated", serde_json::json!({"id": "o"}))), Err(Unroutable));
+        let counts = router.link_counts();
+        assert_eq!((counts.tables, counts.section_objects, counts.restaurants), (0, 0, 0));
+        assert_eq!(counts.objects, 1, "the object itself was not deleted");
+        assert_eq!(route(&mut router, v2("objects", "updated", serde_json::json!({"id": O1}))), Ok(vec![]));
     }
 
     #[test]
     fn tables_without_a_section_are_unroutable() {
         let mut router = EventRouter::default();
-        assert_eq!(route(&mut router, v2("tables", "updated", serde_json::json!({"id": "t"}))), Err(Unroutable));
+        assert_eq!(route(&mut router, v2("tables", "updated", serde_json::json!({"id": T1}))), Err(Unroutable));
     }
 
-    /// SPEC §3: the frame is built once per event, not once per section.
+    /// The frame is built once per event, not once per section.
     #[test]
     fn one_delivery_is_shared_by_every_section_an_object_reaches() {
         let mut router = EventRouter::default();
-        for (link, sec) in [("so1", S1), ("so2", S2)] {
-            let data = serde_json::json!({"id": link, "sectionId": sec, "objectId": "o1"});
-            route(&mut router, v2("section-objects", "created", data)).unwrap();
-        }
+        route(&mut router, v2("section-objects", "created", link(L1, S1))).unwrap();
+        route(&mut router, v2("section-objects", "created", link(L2, S2))).unwrap();
         let mut delivered: Vec<(SectionId, Arc<Delivery>)> = Vec::new();
         let reached = router
-            .route(v2("objects", "updated", serde_json::json!({"id": "o1", "posX": 3})), |section, delivery| {
-                delivered.push((section, delivery))
-            })
+            .route(
+                v2("objects", "updated", serde_json::json!({"id": O1, "posX": 3})),
+                Instant::now(),
+                |section, delivery| delivered.push((section, delivery)),
+            )
             .unwrap();
         assert_eq!(reached, 2);
-        let mut sections: Vec<SectionId> = delivered.iter().map(|(section, _)| *section).collect();
-        sections.sort();
-        assert_eq!(sections, vec![section(S1), section(S2)]);
         let (first, second) = (&delivered[0].1, &delivered[1].1);
         assert!(Arc::ptr_eq(first, second), "one Arc<Delivery> for both sections");
-        assert_eq!(first.frame.utf8_bytes().as_ptr(), second.frame.utf8_bytes().as_ptr());
     }
 }

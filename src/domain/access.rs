@@ -1,7 +1,9 @@
 //! Who may watch a section: the local checks that decide the upgrade. The
-//! MesaYa API has the last word through the snapshot call (SPEC §2.1).
+//! MesaYa API has the last word through the snapshot call, made with the
+//! client's own token.
 
-/// The claims of a verified token that the gateway uses (CONTRACT.md §3.1).
+/// The claims of a verified token that the gateway uses: the MesaYa auth
+/// service signs `sub`, `roles`, `permissions` and `exp`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Claims {
     pub subject: String,

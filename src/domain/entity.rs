@@ -9,6 +9,7 @@ pub enum EntityKind {
     Object,
     SectionObject,
     Reservation,
+    Restaurant,
 }
 
 impl EntityKind {
@@ -20,6 +21,7 @@ impl EntityKind {
             "objects" => Self::Object,
             "section-objects" => Self::SectionObject,
             "reservations" => Self::Reservation,
+            "restaurants" => Self::Restaurant,
             _ => return None,
         })
     }
@@ -32,6 +34,7 @@ impl EntityKind {
             Self::Object => "object",
             Self::SectionObject => "section-object",
             Self::Reservation => "reservation",
+            Self::Restaurant => "restaurant",
         }
     }
 }
@@ -41,6 +44,8 @@ pub enum Action {
     Created,
     Updated,
     Deleted,
+    /// Restaurants only: their status changed (open, closed, suspended).
+    StatusChanged,
 }
 
 impl Action {
@@ -49,6 +54,7 @@ impl Action {
             "created" => Self::Created,
             "updated" => Self::Updated,
             "deleted" => Self::Deleted,
+            "status_changed" => Self::StatusChanged,
             _ => return None,
         })
     }
@@ -58,6 +64,7 @@ impl Action {
             Self::Created => "created",
             Self::Updated => "updated",
             Self::Deleted => "deleted",
+            Self::StatusChanged => "status_changed",
         }
     }
 }

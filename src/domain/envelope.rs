@@ -1,6 +1,6 @@
 //! Parsing one Kafka record into an [`EntityEvent`].
 //!
-//! Both upstream envelope versions are accepted (CONTRACT.md §1.4, §1.5):
+//! Both upstream envelope versions are accepted:
 //! v2 `{event_type, entity_id, data}` on `mesa-ya.<domain>.events`, and v1
 //! `{action, entity, entityId?}` on `mesa-ya.<domain>.<verb>`. The entity kind
 //! always comes from the topic's domain segment; the action from `event_type`,
@@ -25,6 +25,9 @@ pub struct EntityEvent {
     pub object_id: Option<EntityId>,
     /// `tableId` of a reservation.
     pub table_id: Option<EntityId>,
+    /// The restaurant a section belongs to (`restaurantId`), or a
+    /// restaurant's own id.
+    pub restaurant_id: Option<EntityId>,
     /// `updatedAt` in ms since the epoch, when present and well-formed.
     pub updated_at: Option<i64>,
     /// Ids of the `tables` a section carries (present on section deletes).
@@ -38,26 +41,35 @@ pub struct EntityEvent {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rejection {
     TooLarge,
+    /// Nested deeper than any entity is: a record like this would exhaust
+    /// the stack of a recursive parser or encoder.
+    TooDeep,
     NotJson,
     UnknownTopic,
     UnknownAction,
     /// v1 `tables.selecting` / `tables.released`: unverified, client-supplied
-    /// hints, not entity changes (CONTRACT.md §1.5).
+    /// hints that the upstream never verified, not entity changes.
     SelectionHint,
     NoEntity,
     NoId,
+    /// An id (its own, or the `sectionId`, `tableId` or `objectId` it is
+    /// routed by) that is not a UUID: every MesaYa id is one, and anything
+    /// else would only grow the routing maps.
+    BadId,
 }
 
 impl Rejection {
     pub fn label(self) -> &'static str {
         match self {
             Self::TooLarge => "too_large",
+            Self::TooDeep => "too_deep",
             Self::NotJson => "not_json",
             Self::UnknownTopic => "unknown_topic",
             Self::UnknownAction => "unknown_action",
             Self::SelectionHint => "selection_hint",
             Self::NoEntity => "no_entity",
             Self::NoId => "no_id",
+            Self::BadId => "bad_id",
         }
     }
 }
@@ -79,11 +91,47 @@ fn verb_of(action: &str) -> &str {
     action.rsplit('.').next().unwrap_or(action)
 }
 
+/// Arrays and objects inside one another: an envelope holds an entity that
+/// holds a few levels (a section's tables); 64 is far beyond any of them.
+const MAX_NESTING: usize = 64;
+
+/// Whether `json` opens more than `max` arrays or objects inside one
+/// another. Brackets inside strings do not count. One pass, no recursion.
+fn nests_deeper_than(json: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &byte in json {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 pub fn parse(topic: &str, record: &[u8], max_bytes: usize) -> Result<EntityEvent, Rejection> {
     if record.len() > max_bytes {
         return Err(Rejection::TooLarge);
     }
     let (kind, topic_verb) = split_topic(topic).ok_or(Rejection::UnknownTopic)?;
+    if nests_deeper_than(record, MAX_NESTING) {
+        return Err(Rejection::TooDeep);
+    }
     // simd-json parses in place; Kafka hands us a borrowed slice.
     let mut buffer = record.to_vec();
     let envelope = simd_json::to_borrowed_value(&mut buffer).map_err(|_| Rejection::NotJson)?;
@@ -93,6 +141,8 @@ pub fn parse(topic: &str, record: &[u8], max_bytes: usize) -> Result<EntityEvent
 
     let verb = envelope.get_str("event_type").or_else(|| envelope.get_str("action").map(verb_of)).unwrap_or(topic_verb);
     let action = match Action::parse(verb) {
+        // Only restaurants have a status of their own.
+        Some(Action::StatusChanged) if kind != EntityKind::Restaurant => return Err(Rejection::UnknownAction),
         Some(action) => action,
         None if matches!(verb, "selecting" | "released") => return Err(Rejection::SelectionHint),
         None => return Err(Rejection::UnknownAction),
@@ -104,30 +154,51 @@ pub fn parse(topic: &str, record: &[u8], max_bytes: usize) -> Result<EntityEvent
         .find(|value| value.is_object())
         .ok_or(Rejection::NoEntity)?;
 
-    let id: EntityId = entity
+    let id = entity
         .get_str("id")
         .or_else(|| envelope.get_str("entity_id"))
         .or_else(|| envelope.get_str("entityId"))
         .filter(|id| !id.is_empty())
-        .ok_or(Rejection::NoId)?
-        .into();
+        .ok_or(Rejection::NoId)?;
+    let id = uuid_id(Some(id))?.ok_or(Rejection::NoId)?;
+    // A routing id that is absent leaves the event unroutable (counted
+    // later); one that is present must be a UUID.
+    let routing_id = |field: &str| uuid_id(entity.get_str(field));
 
     let section_id = match kind {
         EntityKind::Section => SectionId::parse(&id),
-        EntityKind::Table | EntityKind::SectionObject => entity.get_str("sectionId").and_then(SectionId::parse),
-        EntityKind::Object | EntityKind::Reservation => None,
+        EntityKind::Table | EntityKind::SectionObject => routing_id("sectionId")?.and_then(|id| SectionId::parse(&id)),
+        EntityKind::Object | EntityKind::Reservation | EntityKind::Restaurant => None,
     };
+    let restaurant_id = match kind {
+        EntityKind::Section => routing_id("restaurantId")?,
+        EntityKind::Restaurant => Some(id.clone()),
+        _ => None,
+    };
+    let object_id = if kind == EntityKind::SectionObject { routing_id("objectId")? } else { None };
+    let table_id = if kind == EntityKind::Reservation { routing_id("tableId")? } else { None };
 
     Ok(EntityEvent {
         key: EntityKey::new(kind, id),
         action,
         section_id,
-        object_id: entity.get_str("objectId").map(EntityId::from),
-        table_id: entity.get_str("tableId").map(EntityId::from),
+        object_id,
+        table_id,
+        restaurant_id,
         updated_at: entity.get_str("updatedAt").and_then(timestamp::parse_millis),
         embedded_table_ids: embedded_table_ids(entity),
         payload: entity.encode(),
     })
+}
+
+/// An id as the maps keep it: `None` when absent, an error when it is not a
+/// UUID.
+fn uuid_id(id: Option<&str>) -> Result<Option<EntityId>, Rejection> {
+    match id {
+        None => Ok(None),
+        Some(id) if uuid::Uuid::try_parse(id).is_ok() => Ok(Some(EntityId::from(id))),
+        Some(_) => Err(Rejection::BadId),
+    }
 }
 
 fn embedded_table_ids(entity: &BorrowedValue<'_>) -> Vec<EntityId> {
@@ -143,6 +214,8 @@ mod tests {
 
     const SECTION: &str = "5b0c7c1e-2f0a-4b7e-9a51-0d3c2b7e8f11";
     const TABLE: &str = "9e1f6a3c-7d2b-4c55-8a0e-1b2c3d4e5f60";
+    const OBJECT: &str = "0b1ec7aa-1111-4222-8333-444455556666";
+    const RESERVATION: &str = "e7f8a9b0-6666-4c1d-9e2f-3a4b5c6d7e8f";
 
     fn parse_ok(topic: &str, json: &str) -> EntityEvent {
         parse(topic, json.as_bytes(), 1 << 20).unwrap()
@@ -168,9 +241,14 @@ mod tests {
     fn payload_keeps_key_order() {
         let event = parse_ok(
             "mesa-ya.objects.events",
-            r#"{"event_type":"created","data":{"id":"o1","posX":40,"posY":5,"width":10,"imageId":"i","createdAt":"x"}}"#,
+            &format!(
+                r#"{{"event_type":"created","data":{{"id":"{OBJECT}","posX":40,"posY":5,"width":10,"imageId":"i","createdAt":"x"}}}}"#
+            ),
         );
-        assert_eq!(event.payload, r#"{"id":"o1","posX":40,"posY":5,"width":10,"imageId":"i","createdAt":"x"}"#);
+        assert_eq!(
+            event.payload,
+            format!(r#"{{"id":"{OBJECT}","posX":40,"posY":5,"width":10,"imageId":"i","createdAt":"x"}}"#)
+        );
     }
 
     #[test]
@@ -178,7 +256,7 @@ mod tests {
         // JavaScript writes integers up to 1e21 without an exponent.
         let event = parse_ok(
             "mesa-ya.objects.events",
-            r#"{"event_type":"updated","data":{"id":"o","posX":123456789012345678901}}"#,
+            &format!(r#"{{"event_type":"updated","data":{{"id":"{OBJECT}","posX":123456789012345678901}}}}"#),
         );
         let payload: serde_json::Value = serde_json::from_str(&event.payload).unwrap();
         assert_eq!(payload["posX"].as_f64(), Some(123456789012345678901.0));
@@ -211,9 +289,12 @@ mod tests {
 
     #[test]
     fn action_falls_back_to_topic_verb() {
-        let event = parse_ok("mesa-ya.reservations.created", r#"{"entity":{"id":"r1","tableId":"t1"}}"#);
+        let event = parse_ok(
+            "mesa-ya.reservations.created",
+            &format!(r#"{{"entity":{{"id":"{RESERVATION}","tableId":"{TABLE}"}}}}"#),
+        );
         assert_eq!(event.action, Action::Created);
-        assert_eq!(event.table_id.as_deref(), Some("t1"));
+        assert_eq!(event.table_id.as_deref(), Some(TABLE));
     }
 
     #[test]
@@ -240,5 +321,62 @@ mod tests {
             assert_eq!(parse(topic, record.as_bytes(), 1 << 20), Err(*expected), "{topic} {record}");
         }
         assert_eq!(parse("mesa-ya.tables.events", b"{}", 1), Err(Rejection::TooLarge));
+    }
+
+    #[test]
+    fn ids_that_are_not_uuids_are_rejected() {
+        let cases = [
+            ("mesa-ya.tables.events", r#"{"event_type":"created","data":{"id":"t1"}}"#.to_string()),
+            (
+                "mesa-ya.tables.events",
+                format!(r#"{{"event_type":"updated","data":{{"id":"{TABLE}","sectionId":"s"}}}}"#),
+            ),
+            (
+                "mesa-ya.reservations.events",
+                format!(r#"{{"event_type":"created","data":{{"id":"{RESERVATION}","tableId":"t"}}}}"#),
+            ),
+            (
+                "mesa-ya.section-objects.events",
+                format!(
+                    r#"{{"event_type":"created","data":{{"id":"{OBJECT}","sectionId":"{SECTION}","objectId":"x"}}}}"#
+                ),
+            ),
+            (
+                "mesa-ya.sections.events",
+                format!(r#"{{"event_type":"updated","data":{{"id":"{SECTION}","restaurantId":"r"}}}}"#),
+            ),
+        ];
+        for (topic, record) in cases {
+            assert_eq!(parse(topic, record.as_bytes(), 1 << 20), Err(Rejection::BadId), "{record}");
+        }
+    }
+
+    #[test]
+    fn restaurants_have_a_status_and_sections_name_their_restaurant() {
+        const RESTAURANT: &str = "d290f1ee-6c54-4b01-90e6-d701748f0851";
+        let record = format!(r#"{{"event_type":"status_changed","data":{{"id":"{RESTAURANT}","status":"CLOSED"}}}}"#);
+        let event = parse_ok("mesa-ya.restaurants.events", &record);
+        assert_eq!((event.key.kind, event.action), (EntityKind::Restaurant, Action::StatusChanged));
+        assert_eq!(event.restaurant_id.as_deref(), Some(RESTAURANT));
+        let section = parse_ok(
+            "mesa-ya.sections.events",
+            &format!(r#"{{"event_type":"updated","data":{{"id":"{SECTION}","restaurantId":"{RESTAURANT}"}}}}"#),
+        );
+        assert_eq!(section.restaurant_id.as_deref(), Some(RESTAURANT));
+    }
+
+    #[test]
+    fn a_depth_bomb_is_rejected_without_recursing() {
+        let bomb = format!(r#"{{"event_type":"updated","data":{{"id":"t","x":{}}}}}"#, "[".repeat(100_000));
+        assert_eq!(parse("mesa-ya.tables.events", bomb.as_bytes(), 1 << 20), Err(Rejection::TooDeep));
+        let closed = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(parse("mesa-ya.tables.events", closed.as_bytes(), 1 << 20), Err(Rejection::TooDeep));
+        // Brackets in strings are text, not nesting.
+        let brackets = format!(
+            r#"{{"event_type":"updated","data":{{"id":"{TABLE}","note":"{}\"{}"}}}}"#,
+            "[".repeat(500),
+            "{".repeat(500)
+        );
+        assert!(parse("mesa-ya.tables.events", brackets.as_bytes(), 1 << 20).is_ok());
     }
 }

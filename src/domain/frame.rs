@@ -53,9 +53,24 @@ impl Frame {
     }
 }
 
+/// `object_json` (a JSON object's text) with one more key: `"key": value`
+/// added last. `None` when the text is not an object.
+pub fn with_key(object_json: &str, key: &str, value_json: &str) -> Option<String> {
+    let inner = object_json.trim().strip_prefix('{')?.strip_suffix('}')?;
+    let separator = if inner.trim().is_empty() { "" } else { "," };
+    Some(format!("{{{inner}{separator}\"{key}\":{value_json}}}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_is_added_last_to_any_object() {
+        assert_eq!(with_key(r#"{"id":"x"}"#, "object", r#"{"a":1}"#).unwrap(), r#"{"id":"x","object":{"a":1}}"#);
+        assert_eq!(with_key(" { } ", "objects", "[]").unwrap(), r#"{ "objects":[]}"#);
+        assert_eq!(with_key("[1]", "objects", "[]"), None);
+    }
 
     #[test]
     fn event_frame_is_the_documented_json() {

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::entity::{EntityKey, EntityKind};
-use super::frame::Frame;
+use super::frame::{self, Frame};
 use super::ids::EntityId;
 use super::timestamp;
 
@@ -20,6 +20,20 @@ pub struct Snapshot {
     pub versions: HashMap<EntityKey, i64>,
     /// Ids of the section's tables, so reservations can be routed to it.
     pub table_ids: Vec<EntityId>,
+    /// The restaurant the section belongs to, so restaurant events reach it.
+    pub restaurant_id: Option<EntityId>,
+    /// The payload as the API sent it (envelope removed), kept while the
+    /// gateway may still add `objects` to it.
+    payload: Option<Box<str>>,
+}
+
+/// A section's objects as the gateway knows them from Kafka: the JSON array
+/// for the snapshot's `objects` key, and the `updatedAt` of each link and
+/// object in it (so the handoff skips held events it already covers).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SectionObjects {
+    pub json: String,
+    pub versions: Vec<(EntityKey, i64)>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -42,10 +56,14 @@ impl Snapshot {
             updated_at: Option<String>,
         }
         #[derive(Deserialize)]
-        struct Section {
+        struct Section<'a> {
             #[serde(flatten)]
             entity: Entity,
+            #[serde(rename = "restaurantId")]
+            restaurant_id: Option<String>,
             tables: Option<Vec<Entity>>,
+            #[serde(borrow)]
+            objects: Option<&'a RawValue>,
         }
 
         let text = std::str::from_utf8(body).map_err(|_| UnparseableSnapshot)?;
@@ -67,8 +85,30 @@ impl Snapshot {
             record(EntityKind::Table, table);
         }
         let table_ids = tables.into_iter().filter_map(|t| t.id).map(EntityId::from).collect();
+        // The API's own `objects`, when it has them, are sent as they are.
+        let lacks_objects = section.objects.is_none();
 
-        Ok(Self { frame: Frame::snapshot(payload), versions, table_ids })
+        Ok(Self {
+            frame: Frame::snapshot(payload),
+            versions,
+            table_ids,
+            restaurant_id: section.restaurant_id.map(EntityId::from),
+            payload: lacks_objects.then(|| payload.into()),
+        })
+    }
+
+    /// Whether the API's body had no `objects` of its own.
+    pub fn lacks_objects(&self) -> bool {
+        self.payload.is_some()
+    }
+
+    /// Adds the gateway's `objects` to a payload that has none.
+    pub fn add_objects(&mut self, objects: SectionObjects) {
+        let Some(payload) = self.payload.take() else { return };
+        if let Some(payload) = frame::with_key(&payload, "objects", &objects.json) {
+            self.frame = Frame::snapshot(&payload);
+            self.versions.extend(objects.versions);
+        }
     }
 }
 
@@ -91,6 +131,26 @@ mod tests {
             timestamp::parse_millis("2026-01-10T15:10:00.000Z").as_ref()
         );
         assert!(snapshot.versions.contains_key(&EntityKey::new(EntityKind::Section, "s1")));
+    }
+
+    #[test]
+    fn objects_are_added_only_where_the_api_sent_none() {
+        let link = EntityKey::new(EntityKind::SectionObject, "so1");
+        let objects = || SectionObjects { json: r#"[{"id":"so1"}]"#.into(), versions: vec![(link.clone(), 7)] };
+        let mut bare = Snapshot::parse(br#"{"data":{"id":"s1","restaurantId":"r1","tables":[]}}"#).unwrap();
+        assert!(bare.lacks_objects());
+        assert_eq!(bare.restaurant_id.as_deref(), Some("r1"));
+        bare.add_objects(objects());
+        let frame: serde_json::Value = serde_json::from_slice(bare.frame.utf8_bytes()).unwrap();
+        assert_eq!(frame["payload"]["objects"], serde_json::json!([{"id": "so1"}]));
+        assert_eq!(frame["payload"]["tables"], serde_json::json!([]));
+        assert_eq!(bare.versions.get(&link), Some(&7));
+
+        let mut own = Snapshot::parse(br#"{"data":{"id":"s1","objects":[{"id":"mine"}]}}"#).unwrap();
+        assert!(!own.lacks_objects());
+        own.add_objects(objects());
+        let frame: serde_json::Value = serde_json::from_slice(own.frame.utf8_bytes()).unwrap();
+        assert_eq!(frame["payload"]["objects"], serde_json::json!([{"id": "mine"}]), "sent as it is");
     }
 
     #[test]

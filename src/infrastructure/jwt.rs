@@ -1,4 +1,4 @@
-//! Token verification with `jsonwebtoken` (CONTRACT.md §3): HMAC keys from
+//! Token verification with `jsonwebtoken`: HMAC keys from
 //! `JWT_SECRET`, RSA/EC/Ed25519 public keys from `JWT_PUBLIC_KEY`. When both
 //! are set, the token header's `alg` picks the key.
 
@@ -8,7 +8,7 @@ use serde::Deserialize;
 use crate::application::ports::{InvalidToken, TokenVerifier};
 use crate::domain::access::Claims;
 
-use super::config::{ConfigError, JwtSettings};
+use crate::config::{ConfigError, JwtSettings};
 
 struct KeyedValidation {
     key: DecodingKey,

@@ -1,9 +1,11 @@
-//! The Kafka ingest: one thread, one rdkafka consumer, the router.
+//! The Kafka adapter: one thread, one rdkafka consumer, feeding every record
+//! to the ingest use case (`application::ingest`).
 //!
 //! Offsets are an explicit lifecycle here:
-//! 1. *Rebuild*: read every section-objects partition from its earliest
-//!    retained offset up to the high watermark seen at start, teaching the
-//!    router the object → section links made before this process started.
+//! 1. *Rebuild*: read every partition of the sections, tables, objects and
+//!    section-objects topics from its earliest retained offset up to the
+//!    high watermark seen at start, teaching the router the tables, links,
+//!    objects and restaurants of sections made before this process started.
 //! 2. *Live*: join a group of our own (unique suffix, so every instance gets
 //!    every partition). On every assignment each partition gets an explicit
 //!    start: its resume point if we consumed it before (a rejoin after a
@@ -15,12 +17,12 @@
 //! Nothing is committed: a restarted instance starts from latest again.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
-use rdkafka::client::ClientContext;
+use rdkafka::admin::{AdminClient, AdminOptions, OwnedResourceSpecifier, ResourceSpecifier};
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
@@ -30,14 +32,19 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 use regex::Regex;
 
-use crate::application::ports::DeliverySink;
+use prometheus::IntGauge;
+
+use crate::application::floor::SharedFloor;
+use crate::application::ingest::Ingest;
+use crate::application::ports::{Dispatch, LearnedSection};
 use crate::application::readiness::Readiness;
-use crate::application::router::{EventRouter, LearnedTables};
+use crate::application::router::LinkCounts;
+use crate::config::KafkaSettings;
 use crate::domain::entity::EntityKind;
 use crate::domain::envelope;
+use crate::shutdown::Shutdown;
 use crate::telemetry::METRICS;
-
-use super::config::KafkaSettings;
+use crate::telemetry::events::{RecordSkipped, ReservationsExpired};
 
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -92,55 +99,70 @@ impl TopicSelection {
     }
 }
 
-/// A record that was consumed but not delivered: logged and counted in one
-/// place.
-struct RecordSkipped<'a> {
-    topic: &'a str,
-    partition: i32,
-    offset: i64,
-    reason: &'static str,
+/// The kinds whose retained history the rebuild replays: the ones that
+/// teach the maps (tables, links, objects, restaurants of sections).
+const REBUILT_KINDS: [EntityKind; 4] =
+    [EntityKind::Section, EntityKind::Table, EntityKind::Object, EntityKind::SectionObject];
+
+/// The `mesaya_router_links` gauges, resolved once: set after every record.
+struct LinkGauges {
+    tables: IntGauge,
+    section_objects: IntGauge,
+    objects: IntGauge,
+    restaurants: IntGauge,
+    held_reservations: IntGauge,
 }
 
-impl RecordSkipped<'_> {
-    fn emit(self) {
-        METRICS.events_dropped.with_label_values(&[self.reason]).inc();
-        tracing::debug!(
-            topic = self.topic,
-            partition = self.partition,
-            offset = self.offset,
-            reason = self.reason,
-            "record skipped"
-        );
+impl LinkGauges {
+    fn new() -> Self {
+        let gauge = |kind| METRICS.router_links.with_label_values(&[kind]);
+        Self {
+            tables: gauge("table"),
+            section_objects: gauge("section_object"),
+            objects: gauge("object"),
+            restaurants: gauge("restaurant"),
+            held_reservations: gauge("held_reservation"),
+        }
+    }
+
+    fn set(&self, counts: LinkCounts) {
+        self.tables.set(counts.tables as i64);
+        self.section_objects.set(counts.section_objects as i64);
+        self.objects.set(counts.objects as i64);
+        self.restaurants.set(counts.restaurants as i64);
+        self.held_reservations.set(counts.held_reservations as i64);
     }
 }
 
-pub struct KafkaIngest<S> {
+pub struct KafkaIngest<D> {
     settings: KafkaSettings,
     group_id: String,
-    router: EventRouter,
-    sink: S,
-    learned_tables: Receiver<LearnedTables>,
+    ingest: Ingest<D>,
+    learned_sections: Receiver<LearnedSection>,
     readiness: Arc<Readiness>,
-    stop: Arc<AtomicBool>,
+    shutdown: Shutdown,
+    link_gauges: LinkGauges,
 }
 
-impl<S: DeliverySink> KafkaIngest<S> {
+impl<D: Dispatch> KafkaIngest<D> {
     pub fn new(
         settings: KafkaSettings,
-        sink: S,
-        learned_tables: Receiver<LearnedTables>,
+        dispatch: D,
+        floor: SharedFloor,
+        learned_sections: Receiver<LearnedSection>,
         readiness: Arc<Readiness>,
-        stop: Arc<AtomicBool>,
+        shutdown: Shutdown,
     ) -> Self {
         let group_id = format!("{}-{}", settings.group_id_prefix, uuid::Uuid::new_v4().simple());
-        Self { settings, group_id, router: EventRouter::default(), sink, learned_tables, readiness, stop }
+        let ingest = Ingest::new(dispatch, settings.max_record_bytes, floor);
+        Self { settings, group_id, ingest, learned_sections, readiness, shutdown, link_gauges: LinkGauges::new() }
     }
 
     fn stopped(&self) -> bool {
-        self.stop.load(Ordering::Acquire)
+        self.shutdown.is_triggered()
     }
 
-    /// Runs until `stop` is set. Broker trouble is retried, never fatal.
+    /// Runs until shutdown. Broker trouble is retried, never fatal.
     pub fn run(mut self) {
         tracing::info!(group_id = %self.group_id, brokers = %self.settings.brokers, "kafka ingest starting");
         let start_offsets = loop {
@@ -155,8 +177,15 @@ impl<S: DeliverySink> KafkaIngest<S> {
             }
         };
         self.readiness.set_links_rebuilt();
-        let (tables, links) = self.router.link_counts();
-        tracing::info!(section_object_links = links, table_links = tables, "section-object links rebuilt");
+        let counts = self.ingest.link_counts();
+        self.link_gauges.set(counts);
+        tracing::info!(
+            tables = counts.tables,
+            section_object_links = counts.section_objects,
+            objects = counts.objects,
+            restaurants = counts.restaurants,
+            "tables, links and objects rebuilt"
+        );
 
         let consumer = loop {
             match self.live_consumer(start_offsets.clone()) {
@@ -170,6 +199,11 @@ impl<S: DeliverySink> KafkaIngest<S> {
             }
         };
         while !self.stopped() {
+            // Every turn, not only when records come: on quiet topics or
+            // during a broker outage the shards' reports would pile up, and
+            // held reservations must expire on time.
+            self.learn_sections();
+            ReservationsExpired { count: self.ingest.expire_held() }.emit();
             match consumer.poll(POLL_INTERVAL) {
                 None => {}
                 Some(Ok(message)) => {
@@ -195,10 +229,11 @@ impl<S: DeliverySink> KafkaIngest<S> {
         self.stopped()
     }
 
-    /// Tables that snapshots showed, reported by the shards.
-    fn learn_tables(&mut self) {
-        for learned in self.learned_tables.try_iter() {
-            self.router.learn_tables(learned);
+    /// What snapshots showed, reported by the shards.
+    fn learn_sections(&mut self) {
+        for learned in self.learned_sections.try_iter() {
+            let released = self.ingest.learn_section(learned);
+            METRICS.events_routed.inc_by(released as u64);
         }
     }
 
@@ -209,17 +244,12 @@ impl<S: DeliverySink> KafkaIngest<S> {
         // client got a snapshot naming its table. A shard reports the tables
         // before it writes the snapshot frame, so draining here routes every
         // record consumed after that frame was seen.
-        self.learn_tables();
-        let skipped = |reason| RecordSkipped { topic, partition, offset, reason }.emit();
-        let event = match envelope::parse(topic, payload, self.settings.max_record_bytes) {
-            Ok(event) => event,
-            Err(rejection) => return skipped(rejection.label()),
-        };
-        let sink = &self.sink;
-        match self.router.route(event, |section, delivery| sink.deliver(section, delivery)) {
+        self.learn_sections();
+        match self.ingest.handle(topic, payload) {
             Ok(sections) => METRICS.events_routed.inc_by(sections as u64),
-            Err(_) => skipped("no_section"),
+            Err(skip) => RecordSkipped { topic, partition, offset, reason: skip.label() }.emit(),
         }
+        self.link_gauges.set(self.ingest.link_counts());
     }
 
     fn client_config(&self, group_id: &str) -> ClientConfig {
@@ -236,8 +266,8 @@ impl<S: DeliverySink> KafkaIngest<S> {
         config
     }
 
-    /// Phase 1 of the offset lifecycle. Returns each section-objects
-    /// partition's high watermark: where the live consumer takes over.
+    /// Phase 1 of the offset lifecycle. Returns each rebuilt partition's high
+    /// watermark: where the live consumer takes over.
     fn rebuild_links(&mut self) -> KafkaResult<ResumePoints> {
         let consumer: BaseConsumer =
             self.client_config(&format!("{}-rebuild", self.group_id)).set("enable.partition.eof", "true").create()?;
@@ -246,11 +276,14 @@ impl<S: DeliverySink> KafkaIngest<S> {
         let mut ends = ResumePoints::default();
         let mut remaining = HashMap::new();
         let mut assignment = TopicPartitionList::new();
+        let mut rebuilt_topics = Vec::new();
         for topic in metadata.topics() {
             let name = topic.name();
-            if envelope::topic_kind(name) != Some(EntityKind::SectionObject) || !selection.selects(name) {
+            let rebuilt = envelope::topic_kind(name).is_some_and(|kind| REBUILT_KINDS.contains(&kind));
+            if !rebuilt || !selection.selects(name) {
                 continue;
             }
+            rebuilt_topics.push(name.to_string());
             for partition in topic.partitions() {
                 let (low, high) = consumer.fetch_watermarks(name, partition.id(), METADATA_TIMEOUT)?;
                 ends.set(name, partition.id(), high);
@@ -260,19 +293,17 @@ impl<S: DeliverySink> KafkaIngest<S> {
                 }
             }
         }
+        self.warn_on_finite_retention(&rebuilt_topics);
         if remaining.is_empty() {
             return Ok(ends);
         }
         consumer.assign(&assignment)?;
         while !remaining.is_empty() && !self.stopped() {
+            self.learn_sections();
             match consumer.poll(POLL_INTERVAL) {
                 None => {}
                 Some(Ok(message)) => {
-                    if let Some(payload) = message.payload()
-                        && let Ok(event) = envelope::parse(message.topic(), payload, self.settings.max_record_bytes)
-                    {
-                        self.router.learn_links(&event);
-                    }
+                    self.ingest.replay(message.topic(), message.payload().unwrap_or_default());
                     let key = (message.topic().to_string(), message.partition());
                     if remaining.get(&key).is_some_and(|&high| message.offset() + 1 >= high) {
                         remaining.remove(&key);
@@ -295,6 +326,43 @@ impl<S: DeliverySink> KafkaIngest<S> {
             }
         }
         Ok(ends)
+    }
+
+    /// What is older than a rebuilt topic's retention cannot be rebuilt: say
+    /// so once at start. A broker that cannot answer is not an error.
+    fn warn_on_finite_retention(&self, topics: &[String]) {
+        let asked = || -> KafkaResult<Vec<(String, String)>> {
+            let admin: AdminClient<DefaultClientContext> = self.client_config(&self.group_id).create()?;
+            let specifiers: Vec<ResourceSpecifier<'_>> = topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+            let options = AdminOptions::new().request_timeout(Some(METADATA_TIMEOUT));
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .map_err(|_| KafkaError::AdminOpCreation("no runtime for the admin call".into()))?;
+            let described = runtime.block_on(admin.describe_configs(&specifiers, &options))?;
+            Ok(described
+                .into_iter()
+                .flatten()
+                .filter_map(|resource| {
+                    let OwnedResourceSpecifier::Topic(topic) = &resource.specifier else { return None };
+                    let retention = resource.get("retention.ms")?.value.clone()?;
+                    Some((topic.clone(), retention))
+                })
+                .collect())
+        };
+        match asked() {
+            Ok(retentions) => {
+                for (topic, retention_ms) in retentions.into_iter().filter(|(_, ms)| ms != "-1") {
+                    tracing::warn!(
+                        topic,
+                        retention_ms,
+                        "finite retention: tables, links and objects older than this are forgotten at a restart; \
+                         give this topic unlimited retention (retention.ms=-1)"
+                    );
+                }
+            }
+            Err(error) => tracing::debug!(%error, "the broker did not describe topic retention"),
+        }
     }
 
     /// Phase 2: the group consumer that feeds the router.

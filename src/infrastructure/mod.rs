@@ -1,6 +1,5 @@
-//! Adapters: what the application's ports are made of, plus configuration.
+//! Adapters: what the application's ports are made of.
 
-pub mod config;
 pub mod jwt;
 pub mod kafka;
 pub mod snapshot_http;

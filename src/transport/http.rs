@@ -1,14 +1,14 @@
-//! The HTTP front: ops endpoints and the upgrade checks of SPEC §1.1,
-//! answered as plain HTTP before any WebSocket exists.
+//! The HTTP front: ops endpoints and the upgrade checks, answered as plain
+//! HTTP before any WebSocket exists.
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_TYPE, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_PROTOCOL, UPGRADE};
-use http::{Method, Request, Response, StatusCode};
+use http::header::{CONNECTION, CONTENT_TYPE, RETRY_AFTER, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_PROTOCOL, UPGRADE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -17,23 +17,36 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
+use crate::application::admission::Refused;
 use crate::application::authorize::Refusal;
 use crate::domain::ids::SectionId;
+use crate::domain::protocol::CloseCode;
 use crate::telemetry::METRICS;
+use crate::telemetry::events::UpgradeRefused;
 
-use super::shard::{HandedOff, ServerContext, ShardMessage};
+use super::context::ServerContext;
+use super::mailbox::{ClientInfo, HandedOff, ShardGone};
+use super::session;
 use super::upgrade::{self, TokenSource};
 
 type Body = Full<Bytes>;
+
+/// Why a 503 is a shutdown's (no `Retry-After`: go elsewhere) and not a full
+/// instance's.
+const DRAINING: &str = "draining";
+/// How long a refused client should wait before it tries again, when the
+/// instance or the user is at a connection limit: long enough for a
+/// reconnect storm to spread out, short enough not to be noticed.
+const RETRY_AFTER_SECONDS: &str = "5";
 
 /// Accepts until the shard stops. Accept errors (e.g. out of file
 /// descriptors) are logged and retried after a pause rather than spun on.
 pub async fn accept_loop(listener: TcpListener, ctx: Arc<ServerContext>, shard: usize) {
     loop {
         match listener.accept().await {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                tokio::task::spawn_local(serve_http(stream, Arc::clone(&ctx), shard));
+                tokio::task::spawn_local(serve_http(stream, peer.ip(), Arc::clone(&ctx), shard));
             }
             Err(error) => {
                 tracing::warn!(%error, shard, "accept failed");
@@ -43,9 +56,9 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<ServerContext>, shard: 
     }
 }
 
-async fn serve_http(stream: TcpStream, ctx: Arc<ServerContext>, shard: usize) {
+async fn serve_http(stream: TcpStream, peer: IpAddr, ctx: Arc<ServerContext>, shard: usize) {
     let service = service_fn(move |request| {
-        let response = respond(request, &ctx, shard);
+        let response = respond(request, peer, &ctx, shard);
         async move { Ok::<_, Infallible>(response) }
     });
     if let Err(error) = http1::Builder::new()
@@ -62,16 +75,16 @@ async fn serve_http(stream: TcpStream, ctx: Arc<ServerContext>, shard: usize) {
 fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
     *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, "text/plain; charset=utf-8".parse().expect("static header"));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response
 }
 
-fn respond(request: Request<Incoming>, ctx: &Arc<ServerContext>, shard: usize) -> Response<Body> {
+fn respond(request: Request<Incoming>, peer: IpAddr, ctx: &Arc<ServerContext>, shard: usize) -> Response<Body> {
     let path = request.uri().path();
     match (request.method(), path) {
         (&Method::GET, "/healthz") => plain(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
-            let ready = ctx.readiness.is_ready() && !ctx.draining.load(Ordering::Acquire);
+            let ready = ctx.readiness.is_ready() && !ctx.shutdown.is_triggered();
             if ready { plain(StatusCode::OK, "ready\n") } else { plain(StatusCode::SERVICE_UNAVAILABLE, "not ready\n") }
         }
         (&Method::GET, "/metrics") => {
@@ -80,57 +93,85 @@ fn respond(request: Request<Incoming>, ctx: &Arc<ServerContext>, shard: usize) -
             let mut response = Response::new(Full::new(Bytes::from(METRICS.render())));
             response
                 .headers_mut()
-                .insert(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8".parse().expect("static header"));
+                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
             response
         }
-        _ if path.starts_with("/ws/") => upgrade(request, ctx, shard),
+        _ if path.starts_with("/ws/") => upgrade(request, peer, ctx, shard),
         _ => plain(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
 
-fn refuse(status: StatusCode, why: &str, path: &str) -> Response<Body> {
-    METRICS.upgrades_refused.with_label_values(&[status.as_str()]).inc();
-    tracing::info!(status = status.as_u16(), why, path, "upgrade refused");
+fn refuse(status: StatusCode, why: &str, route: &'static str) -> Response<Body> {
+    UpgradeRefused { status: status.as_u16(), why, route }.emit();
     let text = match status {
         StatusCode::BAD_REQUEST => "sectionId must be a UUID\n",
         StatusCode::UNAUTHORIZED => "missing or invalid token\n",
         StatusCode::FORBIDDEN => "token lacks an allowed role or the required permission\n",
         StatusCode::UPGRADE_REQUIRED => "WebSocket upgrade required\n",
-        StatusCode::SERVICE_UNAVAILABLE => "server is shutting down\n",
+        StatusCode::SERVICE_UNAVAILABLE if why == DRAINING => "server is shutting down\n",
+        StatusCode::SERVICE_UNAVAILABLE => "server is at its connection limit; retry shortly\n",
+        StatusCode::TOO_MANY_REQUESTS => "too many connections for this user\n",
         _ => "not found\n",
     };
     let mut response = plain(status, text);
-    if status == StatusCode::UPGRADE_REQUIRED {
-        response.headers_mut().insert(UPGRADE, "websocket".parse().expect("static header"));
+    let headers = response.headers_mut();
+    match status {
+        StatusCode::UPGRADE_REQUIRED => {
+            headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        }
+        StatusCode::TOO_MANY_REQUESTS => {
+            headers.insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+        }
+        StatusCode::SERVICE_UNAVAILABLE if why != DRAINING => {
+            headers.insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+        }
+        _ => {}
     }
     response
 }
 
-fn upgrade(mut request: Request<Incoming>, ctx: &Arc<ServerContext>, shard: usize) -> Response<Body> {
-    let path = upgrade::redacted_path(request.uri());
+fn upgrade(mut request: Request<Incoming>, peer: IpAddr, ctx: &Arc<ServerContext>, shard: usize) -> Response<Body> {
+    let route = upgrade::route_kind(request.uri());
     let Some(target) = upgrade::parse_target(request.uri(), request.headers()) else {
-        return refuse(StatusCode::NOT_FOUND, "unknown path", &path);
+        return refuse(StatusCode::NOT_FOUND, "unknown path", route);
     };
-    if ctx.draining.load(Ordering::Acquire) {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "draining", &path);
+    if ctx.shutdown.is_triggered() {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, DRAINING, route);
     }
     let Some(key) = upgrade::websocket_key(request.method(), request.headers()) else {
-        return refuse(StatusCode::UPGRADE_REQUIRED, "not a websocket upgrade", &path);
+        return refuse(StatusCode::UPGRADE_REQUIRED, "not a websocket upgrade", route);
     };
     let accept_key = derive_accept_key(key);
     let Some(section) = SectionId::parse(target.section) else {
-        return refuse(StatusCode::BAD_REQUEST, "sectionId is not a UUID", &path);
+        return refuse(StatusCode::BAD_REQUEST, "sectionId is not a UUID", route);
     };
     let token_source = target.token.as_ref().map(|(_, source)| *source);
     let offers_bearer = target.offers_bearer;
     let token = target.token.map(|(token, _)| token);
     let claims = match ctx.authorizer.authorize(token.as_deref()) {
         Ok(claims) => claims,
-        Err(Refusal::Unauthenticated(why)) => return refuse(StatusCode::UNAUTHORIZED, &why, &path),
-        Err(Refusal::Forbidden(denial)) => return refuse(StatusCode::FORBIDDEN, &format!("{denial:?}"), &path),
+        Err(Refusal::Unauthenticated(why)) => return refuse(StatusCode::UNAUTHORIZED, &why, route),
+        Err(Refusal::Forbidden(denial)) => return refuse(StatusCode::FORBIDDEN, &format!("{denial:?}"), route),
     };
     let token = token.expect("authorized requests carry a token");
-    tracing::info!(%section, sub = %claims.subject, token_source = token_source.map(TokenSource::label), shard, "upgrade accepted");
+    let permit = match ctx.admission.admit(&claims.subject) {
+        Ok(permit) => permit,
+        Err(Refused::InstanceFull) => return refuse(StatusCode::SERVICE_UNAVAILABLE, "instance full", route),
+        Err(Refused::UserFull) => return refuse(StatusCode::TOO_MANY_REQUESTS, "user at their limit", route),
+    };
+    let client = ClientInfo {
+        addr: upgrade::client_address(peer, request.headers(), &ctx.trusted_proxies),
+        request_id: uuid::Uuid::new_v4().simple().to_string(),
+    };
+    tracing::debug!(
+        %section,
+        sub = %claims.subject,
+        client = %client.addr,
+        request_id = %client.request_id,
+        token_source = token_source.map(TokenSource::label),
+        shard,
+        "upgrade accepted"
+    );
 
     let on_upgrade = hyper::upgrade::on(&mut request);
     let ctx = Arc::clone(ctx);
@@ -145,26 +186,25 @@ fn upgrade(mut request: Request<Incoming>, ctx: &Arc<ServerContext>, shard: usiz
             Ok(parts) => parts,
             Err(_) => return tracing::error!("upgraded connection is not a TCP stream"),
         };
-        match parts.io.into_inner().into_std() {
-            Ok(stream) => ctx.shards.owner(section).send(ShardMessage::Adopt(Box::new(HandedOff {
-                stream,
-                read_buf: parts.read_buf,
-                section,
-                token,
-                claims,
-            }))),
-            Err(error) => tracing::warn!(%error, "could not detach the upgraded socket"),
+        let stream = match parts.io.into_inner().into_std() {
+            Ok(stream) => stream,
+            Err(error) => return tracing::warn!(%error, "could not detach the upgraded socket"),
+        };
+        let handed_off = HandedOff { stream, read_buf: parts.read_buf, section, token, claims, client, permit };
+        if let Err(ShardGone(handed_off)) = ctx.shards.owner(section).adopt(Box::new(handed_off)) {
+            tracing::error!(%section, "the shard that owns this section has stopped");
+            session::close_unadopted(handed_off.stream, CloseCode::INTERNAL_ERROR).await;
         }
     });
 
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
-    headers.insert(UPGRADE, "websocket".parse().expect("static header"));
-    headers.insert(CONNECTION, "Upgrade".parse().expect("static header"));
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(SEC_WEBSOCKET_ACCEPT, accept_key.parse().expect("base64 is a valid header value"));
     if offers_bearer {
-        headers.insert(SEC_WEBSOCKET_PROTOCOL, "bearer".parse().expect("static header"));
+        headers.insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("bearer"));
     }
     response
 }

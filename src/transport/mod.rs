@@ -1,12 +1,18 @@
-//! The HTTP/WebSocket server and the shard threads that run it.
+//! The HTTP/WebSocket server and the shard threads that run it. I/O only:
+//! what a connection means is the connect use case's business
+//! (`application::connect`).
 //!
 //! Every shard accepts on the shared listener and answers HTTP (ops
-//! endpoints, upgrade checks) itself; an upgraded socket is then handed, as a
-//! plain `std::net::TcpStream`, to the shard that owns its section, which
-//! registers it with its own reactor and serves it to the end.
+//! endpoints, upgrade checks) itself ([`http`], [`upgrade`]); an upgraded
+//! socket is then handed, as a plain `std::net::TcpStream`, through the
+//! owning shard's [`mailbox`] to that shard ([`shard`]), which serves it to
+//! the end ([`session`]).
 
+pub mod context;
 pub mod http;
+pub mod mailbox;
 pub mod rate;
+pub mod section_reports;
 pub mod session;
 pub mod shard;
 pub mod upgrade;

@@ -1,7 +1,10 @@
-//! One client connection, from adoption to close: the snapshot call, the
-//! handoff, then a writer (this task) and a reader (a child task).
+//! One client connection's I/O, from adoption to close: the WebSocket over
+//! the adopted socket, the connect use case, then a writer (this task) and a
+//! reader (a child task, started before the snapshot call so that a client
+//! who leaves early cancels it).
 
 use std::cell::Cell;
+use std::future::pending;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -9,6 +12,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
@@ -16,20 +20,24 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 use tracing::Instrument;
 
+use crate::application::connect::{self, Connected, Interruption, Registration};
 use crate::application::outbox::Outbox;
-use crate::application::ports::SnapshotSource;
-use crate::application::router::LearnedTables;
+use crate::application::ports::{SnapshotRequest, SnapshotSource};
 use crate::domain::frame::Frame;
 use crate::domain::protocol::{self, CloseCode};
 use crate::telemetry::METRICS;
+use crate::telemetry::events::SessionClosed;
 
+use super::context::ShardState;
+use super::mailbox::HandedOff;
 use super::rate::TokenBucket;
-use super::shard::{HandedOff, ShardState};
 
 type Sink = SplitSink<WebSocketStream<TcpStream>, Message>;
 
 /// How long a close handshake may take before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// A deadline that never comes in practice, without overflowing `Instant`.
+const FAR_FUTURE: Duration = Duration::from_secs(365 * 24 * 3600);
 /// tungstenite allocates its read buffer eagerly, 128 KiB by default: 250 MiB
 /// per thousand clients with the write buffer. Clients here only send pings,
 /// and the buffer still grows for a larger message (up to the frame cap).
@@ -48,15 +56,22 @@ fn text(frame: &Frame) -> Message {
 pub async fn run<S: SnapshotSource + 'static>(
     state: Rc<ShardState<S>>,
     handed_off: HandedOff,
-    outbox: Rc<Outbox>,
+    registration: Registration,
     _session_guard: mpsc::Sender<()>,
 ) {
-    let HandedOff { stream, read_buf, section, token, claims } = handed_off;
-    let shard_label = state.index.to_string();
-    let connections = METRICS.connections.with_label_values(&[&shard_label]);
+    // Held to the end: the registration leaves the hub and the permit frees
+    // the session's place when this task ends, however it ends.
+    let HandedOff { stream, read_buf, section, token, claims, client, permit: _permit } = handed_off;
+    let connections = METRICS.connections.with_label_values(&[&state.index.to_string()]);
     connections.inc();
-    let span = tracing::info_span!("session", %section, shard = state.index, sub = %claims.subject);
-
+    let span = tracing::info_span!(
+        "session",
+        %section,
+        shard = state.index,
+        sub = %claims.subject,
+        client = %client.addr,
+        request_id = %client.request_id,
+    );
     let result = async {
         let stream = TcpStream::from_std(stream)?;
         stream.set_nodelay(true)?;
@@ -67,7 +82,9 @@ pub async fn run<S: SnapshotSource + 'static>(
             .max_message_size(Some(settings.max_frame_bytes))
             .max_frame_size(Some(settings.max_frame_bytes));
         let socket = WebSocketStream::from_partially_read(stream, read_buf.to_vec(), Role::Server, Some(config)).await;
-        serve(&state, socket, &outbox, section, &token, claims.expires_at).await;
+        let request =
+            SnapshotRequest { section, token: &token, client_addr: client.addr, request_id: &client.request_id };
+        serve(&state, socket, registration.outbox(), request, claims.expires_at).await;
         Ok::<(), std::io::Error>(())
     }
     .instrument(span)
@@ -75,7 +92,6 @@ pub async fn run<S: SnapshotSource + 'static>(
     if let Err(error) = result {
         tracing::warn!(%error, "could not adopt the socket");
     }
-    state.hub.borrow_mut().unsubscribe(section, &outbox);
     connections.dec();
 }
 
@@ -83,91 +99,103 @@ async fn serve<S: SnapshotSource>(
     state: &ShardState<S>,
     socket: WebSocketStream<TcpStream>,
     outbox: &Rc<Outbox>,
-    section: crate::domain::ids::SectionId,
-    token: &str,
+    request: SnapshotRequest<'_>,
     expires_at: Option<u64>,
 ) {
     let (mut sink, stream) = socket.split();
-    let mut shutdown = state.ctx.shutdown.clone();
-
-    // The one REST call of this connection. Events keep being held meanwhile.
-    let started = Instant::now();
-    let fetched = tokio::select! {
-        fetched = state.snapshots.fetch(section, token) => Some(fetched),
-        _ = shutdown.wait_for(|stopping| *stopping) => None,
-    };
-    let outcome = match &fetched {
-        Some(Ok(_)) => "ok",
-        Some(Err(error)) => error.label(),
-        None => "cancelled",
-    };
-    METRICS.snapshot_outcomes.with_label_values(&[outcome]).inc();
-    METRICS.snapshot_seconds.with_label_values(&[outcome]).observe(started.elapsed().as_secs_f64());
-    match fetched {
-        Some(Ok(snapshot)) => {
-            // Teach the router which tables live here, for reservation
-            // routing, before any client can have seen them.
-            let _ = state.ctx.learned_tables.send(LearnedTables { section, table_ids: snapshot.table_ids.clone() });
-            METRICS.handoff_skipped.inc_by(outbox.go_live(&snapshot) as u64);
-            tracing::debug!("snapshot queued first; live");
-        }
-        // Never live: the writer below sends only the close frame, through
-        // the same close handshake as every other close.
-        Some(Err(error)) => {
-            tracing::info!(%error, close = error.close_code().code, "snapshot failed");
-            outbox.request_close(error.close_code(), false);
-        }
-        None => outbox.request_close(CloseCode::GOING_AWAY, false),
-    }
-
-    let heard = Rc::new(Cell::new(Instant::now()));
-    let reader = tokio::task::spawn_local(read_client(
+    let last_pong = Rc::new(Cell::new(None));
+    let mut reader = tokio::task::spawn_local(read_client(
         stream,
         Rc::clone(outbox),
-        Rc::clone(&heard),
+        Rc::clone(&last_pong),
         state.ctx.session.client_messages_per_second,
     ));
     // Dropping a JoinHandle detaches the task: a reader still waiting on a
-    // peer that went silent (no pongs, full socket) would keep the socket
-    // open, and the outbox alive, until that peer sent something — for a
-    // dead peer, never. The session is over once the writer is: end it too.
+    // peer that went silent would keep the socket open, and the outbox
+    // alive, until that peer sent something: for a dead peer, never. The
+    // session is over once the writer is: end it too.
     let reader_abort = reader.abort_handle();
-    write_live(state, &mut sink, outbox, &heard, expires_at, shutdown, reader).await;
+
+    let interrupted = async {
+        tokio::select! {
+            () = state.ctx.shutdown.triggered() => Interruption::Shutdown,
+            _ = &mut reader => Interruption::ClientGone,
+        }
+    };
+    let (reports, floor) = (&state.section_reports, &state.ctx.floor);
+    let connected = connect::fetch_snapshot(&state.snapshots, reports, floor, outbox, request, interrupted).await;
+    if connected != Connected::Interrupted(Interruption::ClientGone) {
+        let liveness = Liveness { last_pong: &last_pong, expires_at };
+        write_live(state, &mut sink, outbox, liveness, reader).await;
+    }
     reader_abort.abort();
 }
 
+/// What tells the writer that its client is still there and still allowed.
+struct Liveness<'a> {
+    /// When the reader last saw a pong.
+    last_pong: &'a Cell<Option<Instant>>,
+    /// The token's `exp`, in seconds since the epoch.
+    expires_at: Option<u64>,
+}
+
+/// One I/O step of the writer. Pings and frames are buffered (`feed`) and
+/// flushed once nothing is left to buffer.
+enum Step {
+    Ping,
+    Frame { seq: u64, frame: Frame },
+    Flush,
+    Idle,
+}
+
 /// Writes queued frames until a close is requested or the peer goes away.
-/// Pings, the pong deadline and token expiry are served on every turn, so a
-/// client whose queue never empties is still pinged and still expires.
+///
+/// Nothing here waits on the socket outside the one I/O step per turn, and
+/// every timer stays armed while that step waits, so a client that stops
+/// reading cannot stall the pings, the pong deadline, the token's expiry, a
+/// requested close or shutdown. A step that makes no progress for
+/// `WS_WRITE_TIMEOUT` drops the client.
 async fn write_live<S>(
     state: &ShardState<S>,
     sink: &mut Sink,
     outbox: &Outbox,
-    heard: &Cell<Instant>,
-    expires_at: Option<u64>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-    mut reader: tokio::task::JoinHandle<()>,
+    liveness: Liveness<'_>,
+    mut reader: JoinHandle<()>,
 ) {
     let settings = &state.ctx.session;
+    let shutdown = &state.ctx.shutdown;
+    let shutdown_triggered = shutdown.triggered();
+    tokio::pin!(shutdown_triggered);
     let mut ping = tokio::time::interval_at(Instant::now() + settings.ping_interval, settings.ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let expiry = sleep_until(expiry_instant(expires_at, state.ctx.token_leeway));
+    let expiry = sleep_until(expiry_instant(liveness.expires_at, settings.token_leeway));
     tokio::pin!(expiry);
+    // When the oldest unanswered ping was buffered, and when that ping's
+    // pong is due.
+    let mut ping_sent: Option<Instant> = None;
+    let pong_deadline = sleep_until(Instant::now() + FAR_FUTURE);
+    tokio::pin!(pong_deadline);
+    // Armed while there is something to write. Progress only moves
+    // `progressed_at`; the timer catches up when it fires, so a busy
+    // connection does not touch the timer wheel once per frame.
+    let write_deadline = sleep_until(Instant::now() + FAR_FUTURE);
+    tokio::pin!(write_deadline);
+    let mut writing = false;
+    let mut progressed_at = Instant::now();
+    let mut ping_due = false;
     let mut reader_done = false;
     let mut shutting_down = false;
     let mut unflushed = false;
 
     loop {
-        if !shutting_down && *shutdown.borrow_and_update() {
+        if !shutting_down && shutdown.is_triggered() {
             shutting_down = true;
             outbox.request_close(CloseCode::GOING_AWAY, true);
         }
         if let Some(close) = outbox.close_request()
             && (!close.after_drain || outbox.front().is_none())
         {
-            if close.code == CloseCode::SLOW_CONSUMER {
-                tracing::info!("slow consumer closed");
-            }
+            SessionClosed { code: close.code }.emit();
             let _ = tokio::time::timeout(CLOSE_GRACE, send_close(sink, close.code)).await;
             if !reader_done {
                 let _ = tokio::time::timeout(CLOSE_GRACE, &mut reader).await;
@@ -177,56 +205,106 @@ async fn write_live<S>(
         if reader_done {
             return; // the peer is gone and nothing asked for a close frame
         }
-        let front = outbox.front();
-        // One I/O step per turn: buffer the next frame, or flush once the
-        // queue is empty. `feed` takes a message only once it is buffered and
-        // a flush resumes where it stopped, so losing a race to another
-        // branch drops nothing that was queued.
+        let step = if ping_due {
+            Step::Ping
+        } else if let Some(next) = outbox.front() {
+            Step::Frame { seq: next.seq, frame: next.frame }
+        } else if unflushed {
+            Step::Flush
+        } else {
+            Step::Idle
+        };
+        match (&step, writing) {
+            (Step::Idle, _) => writing = false,
+            (_, false) => {
+                writing = true;
+                progressed_at = Instant::now();
+                write_deadline.as_mut().reset(progressed_at + settings.write_timeout);
+            }
+            (_, true) => {}
+        }
+        // `feed` takes a message only once it is buffered, and a flush
+        // resumes where it stopped, so losing a race to another branch
+        // drops nothing.
         let io_step = async {
-            match &front {
-                Some(frame) => sink.feed(text(frame)).await.map(|()| true),
-                None if unflushed => sink.flush().await.map(|()| false),
-                None => std::future::pending().await,
+            match &step {
+                Step::Ping => sink.feed(Message::Ping(Bytes::new())).await,
+                Step::Frame { frame, .. } => sink.feed(text(frame)).await,
+                Step::Flush => sink.flush().await,
+                Step::Idle => pending().await,
             }
         };
         tokio::select! {
             biased;
             _ = &mut reader, if !reader_done => reader_done = true,
-            _ = shutdown.changed(), if !shutting_down => {}
-            _ = &mut expiry => outbox.request_close(CloseCode::TOKEN_EXPIRED, false),
-            _ = ping.tick() => {
-                if heard.get().elapsed() > settings.ping_interval + settings.pong_timeout {
+            () = &mut shutdown_triggered, if !shutting_down => {}
+            () = &mut expiry => outbox.request_close(CloseCode::TOKEN_EXPIRED, false),
+            () = &mut write_deadline, if writing => {
+                let due = progressed_at + settings.write_timeout;
+                if due > Instant::now() {
+                    write_deadline.as_mut().reset(due);
+                } else {
+                    tracing::info!(timeout = ?settings.write_timeout, "socket took no bytes; dropping");
+                    return;
+                }
+            }
+            () = &mut pong_deadline, if ping_sent.is_some() => {
+                if liveness.last_pong.get() < ping_sent {
                     tracing::info!("peer stopped answering pings; dropping");
                     return;
                 }
-                if sink.feed(Message::Ping(Bytes::new())).await.is_err() {
+                ping_sent = None;
+            }
+            _ = ping.tick() => ping_due = true,
+            written = io_step => {
+                if written.is_err() {
                     return;
                 }
-                unflushed = true;
-            }
-            step = io_step => match step {
-                Ok(true) => {
-                    if let Some(routed_at) = outbox.pop_front() {
-                        METRICS.delivery_seconds.observe(routed_at.elapsed().as_secs_f64());
+                progressed_at = Instant::now();
+                match step {
+                    Step::Ping => {
+                        ping_due = false;
+                        unflushed = true;
+                        if ping_sent.is_none() {
+                            let now = Instant::now();
+                            ping_sent = Some(now);
+                            pong_deadline.as_mut().reset(now + settings.pong_timeout);
+                        }
                     }
-                    METRICS.frames_sent.inc();
-                    unflushed = true;
+                    Step::Frame { seq, .. } => {
+                        if let Some(routed_at) = outbox.pop_written(seq) {
+                            METRICS.delivery_seconds.observe(routed_at.elapsed().as_secs_f64());
+                        }
+                        METRICS.frames_sent.inc();
+                        unflushed = true;
+                    }
+                    Step::Flush => unflushed = false,
+                    Step::Idle => {}
                 }
-                Ok(false) => unflushed = false,
-                Err(_) => return,
-            },
-            _ = outbox.changed() => {}
+            }
+            () = outbox.changed() => {}
         }
     }
 }
 
+/// When a token expiring at `exp` (plus the leeway) ends the session. Any
+/// `exp`, however far out, gives an instant that exists.
 fn expiry_instant(expires_at: Option<u64>, leeway: Duration) -> Instant {
-    // A token without `exp` never verifies (it is a required claim); the far
-    // future keeps the type simple.
-    let Some(exp) = expires_at else { return Instant::now() + Duration::from_secs(86400 * 365) };
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    let remaining = (exp + leeway.as_secs()).saturating_sub(now);
-    Instant::now() + Duration::from_secs(remaining)
+    let remaining = match expires_at {
+        // A token without `exp` never verifies (it is a required claim).
+        None => FAR_FUTURE,
+        Some(exp) => Duration::from_secs(exp.saturating_add(leeway.as_secs()).saturating_sub(now)).min(FAR_FUTURE),
+    };
+    Instant::now() + remaining
+}
+
+/// Closes a socket that no shard will serve, on the thread that holds it.
+pub async fn close_unadopted(stream: std::net::TcpStream, code: CloseCode) {
+    let Ok(stream) = TcpStream::from_std(stream) else { return };
+    let socket = WebSocketStream::from_raw_socket(stream, Role::Server, None).await;
+    let (mut sink, _) = socket.split();
+    let _ = tokio::time::timeout(CLOSE_GRACE, send_close(&mut sink, code)).await;
 }
 
 async fn send_close(sink: &mut Sink, code: CloseCode) {
@@ -234,36 +312,42 @@ async fn send_close(sink: &mut Sink, code: CloseCode) {
     let _ = sink.send(Message::Close(Some(frame))).await;
 }
 
+/// Reads client frames until the peer closes or misbehaves. Every frame,
+/// control frames included, counts against the client's rate: a flood of
+/// pings would otherwise burn the shard thread every section on it shares.
 async fn read_client(
     mut stream: SplitStream<WebSocketStream<TcpStream>>,
     outbox: Rc<Outbox>,
-    heard: Rc<Cell<Instant>>,
+    last_pong: Rc<Cell<Option<Instant>>>,
     messages_per_second: u32,
 ) {
     let mut bucket = TokenBucket::new(messages_per_second);
     let count = |kind: &str| METRICS.client_messages.with_label_values(&[kind]).inc();
     while let Some(message) = stream.next().await {
-        heard.set(Instant::now());
         let refusal = match message {
+            Ok(Message::Close(_)) => break,
+            Ok(_) if !bucket.allow() => {
+                count("rate_limited");
+                Some(CloseCode::POLICY_VIOLATION)
+            }
             Ok(Message::Text(text)) => {
-                if !bucket.allow() {
-                    count("rate_limited");
-                    Some(CloseCode::POLICY_VIOLATION)
-                } else if protocol::is_application_ping(&text) {
+                if protocol::is_application_ping(&text) {
                     count("ping");
                     outbox.push_control(PONG);
-                    None
                 } else {
                     count("ignored");
-                    None
                 }
+                None
             }
             Ok(Message::Binary(_)) => {
                 count("binary");
                 Some(CloseCode::UNSUPPORTED_DATA)
             }
-            Ok(Message::Close(_)) => break,
-            // Pings are answered by tungstenite; pongs only prove liveness.
+            Ok(Message::Pong(_)) => {
+                last_pong.set(Some(Instant::now()));
+                None
+            }
+            // Pings are answered by tungstenite.
             Ok(_) => None,
             Err(WsError::Capacity(_)) => {
                 count("too_large");
@@ -285,5 +369,22 @@ async fn read_client(
             }
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn any_expiry_gives_an_instant_that_exists() {
+        let leeway = Duration::from_secs(5);
+        let far = Instant::now() + FAR_FUTURE;
+        assert_eq!(expiry_instant(Some(u64::MAX), leeway), far, "exp near u64::MAX saturates");
+        assert_eq!(expiry_instant(None, leeway), far);
+        assert_eq!(expiry_instant(Some(0), leeway), Instant::now(), "long expired: at once");
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let in_a_minute = expiry_instant(Some(now + 60), leeway) - Instant::now();
+        assert!((Duration::from_secs(64)..=Duration::from_secs(65)).contains(&in_a_minute), "{in_a_minute:?}");
     }
 }

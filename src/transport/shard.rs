@@ -1,150 +1,69 @@
 //! Shards: `SHARDS` threads, each a single-threaded tokio runtime that owns
-//! the subscribers of the sections hashed to it.
-//!
-//! A shard's mailbox is a crossbeam channel plus a `Notify`: the ingest
-//! thread and other shards push without blocking, the shard drains in
-//! batches. Messages are either a delivery (event bytes for a section) or an
-//! adoption (an upgraded socket handed over by whichever shard accepted it).
+//! the subscribers of the sections hashed to it. Its loop accepts HTTP
+//! connections on the shared listener, fans routed events out to its
+//! sections, and adopts the sockets that other shards upgraded for it.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use bytes::Bytes;
-use crossbeam_channel::{Receiver, Sender};
-use prometheus::IntCounter;
-use tokio::sync::{Notify, mpsc, watch};
+use crossbeam_channel::Sender;
+use tokio::sync::mpsc;
 
-use crate::application::authorize::Authorizer;
-use crate::application::delivery::Delivery;
-use crate::application::hub::SectionHub;
-use crate::application::outbox::Outbox;
-use crate::application::ports::{DeliverySink, SnapshotSource};
-use crate::application::readiness::Readiness;
-use crate::application::router::LearnedTables;
-use crate::domain::access::Claims;
-use crate::domain::ids::SectionId;
-use crate::infrastructure::config::SessionSettings;
+use crate::application::connect;
+use crate::application::ports::LearnedSection;
+use crate::application::ports::SnapshotSource;
+use crate::domain::protocol::CloseCode;
+use crate::shutdown::Running;
 use crate::telemetry::METRICS;
 
+use super::context::{ServerContext, ShardState};
+use super::mailbox::{HandedOff, Inbox};
+use super::section_reports::ShardSectionReports;
 use super::{http, session};
 
-/// At most this many mailbox messages per turn, so sessions get to write.
+/// At most this many events per turn, so sessions get to write.
 const MAILBOX_BATCH: usize = 1024;
+/// How soon a shard retries table reports the ingest thread had no room for.
+const REPORT_RETRY: Duration = Duration::from_millis(50);
 
-/// Everything shards share, read-only or atomic.
-pub struct ServerContext {
-    pub authorizer: Authorizer,
-    pub readiness: Arc<Readiness>,
-    pub draining: AtomicBool,
-    pub shards: Shards,
-    pub session: SessionSettings,
-    pub drain_timeout: Duration,
-    /// Clock leeway for `exp`: a session ends at `exp` + leeway (4401).
-    pub token_leeway: Duration,
-    pub learned_tables: Sender<LearnedTables>,
-    pub shutdown: watch::Receiver<bool>,
-}
-
-/// An upgraded socket on its way to the shard that owns its section.
-pub struct HandedOff {
-    pub stream: std::net::TcpStream,
-    /// Bytes the HTTP parser read past the handshake (a client may pipeline
-    /// its first frame).
-    pub read_buf: Bytes,
-    pub section: SectionId,
-    pub token: String,
-    pub claims: Claims,
-}
-
-pub enum ShardMessage {
-    Deliver(SectionId, Arc<Delivery>),
-    Adopt(Box<HandedOff>),
-}
-
-#[derive(Clone)]
-pub struct Mailbox {
-    tx: Sender<ShardMessage>,
-    wake: Arc<Notify>,
-    /// Resolved once: `send` is on the per-event path.
-    pushed: IntCounter,
-}
-
-pub struct Inbox {
-    rx: Receiver<ShardMessage>,
-    wake: Arc<Notify>,
-}
-
-pub fn mailbox(shard: usize) -> (Mailbox, Inbox) {
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let wake = Arc::new(Notify::new());
-    let pushed = METRICS.shard_mailbox_pushed.with_label_values(&[&shard.to_string()]);
-    (Mailbox { tx, wake: Arc::clone(&wake), pushed }, Inbox { rx, wake })
-}
-
-impl Mailbox {
-    pub fn send(&self, message: ShardMessage) {
-        // Fails only once the shard has stopped, during shutdown.
-        if self.tx.send(message).is_ok() {
-            self.pushed.inc();
-            self.wake.notify_one();
-        }
-    }
-}
-
-/// All shards' mailboxes: where a section's traffic goes.
-#[derive(Clone)]
-pub struct Shards(Arc<[Mailbox]>);
-
-impl Shards {
-    pub fn new(mailboxes: Vec<Mailbox>) -> Self {
-        Self(mailboxes.into())
-    }
-
-    pub fn owner(&self, section: SectionId) -> &Mailbox {
-        &self.0[section.shard(self.0.len())]
-    }
-}
-
-impl DeliverySink for Shards {
-    fn deliver(&self, section: SectionId, delivery: Arc<Delivery>) {
-        self.owner(section).send(ShardMessage::Deliver(section, delivery));
-    }
-}
-
-/// A shard's own state, shared by its tasks on its one thread.
-pub struct ShardState<S> {
+/// What a shard thread is made of.
+pub struct ShardParts<F> {
     pub index: usize,
-    pub hub: RefCell<SectionHub>,
-    pub snapshots: S,
+    pub inbox: Inbox,
+    pub listener: std::net::TcpListener,
     pub ctx: Arc<ServerContext>,
+    pub make_snapshot_source: F,
+    pub section_reports: Sender<LearnedSection>,
+    pub running: Running,
 }
 
-pub fn spawn<S, F>(
-    index: usize,
-    inbox: Inbox,
-    listener: std::net::TcpListener,
-    ctx: Arc<ServerContext>,
-    make_snapshot_source: F,
-) -> std::io::Result<JoinHandle<()>>
+pub fn spawn<S, F>(parts: ShardParts<F>) -> std::io::Result<()>
 where
     S: SnapshotSource + 'static,
     F: FnOnce() -> S + Send + 'static,
 {
+    let ShardParts { index, inbox, listener, ctx, make_snapshot_source, section_reports, running } = parts;
     std::thread::Builder::new().name(format!("shard-{index}")).spawn(move || {
+        let _running = running;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("building a current-thread runtime only fails on OS resource exhaustion");
         let local = tokio::task::LocalSet::new();
         local.block_on(&runtime, async move {
-            let state = Rc::new(ShardState { index, hub: RefCell::default(), snapshots: make_snapshot_source(), ctx });
+            let state = Rc::new(ShardState {
+                index,
+                hub: Rc::new(RefCell::default()),
+                snapshots: make_snapshot_source(),
+                section_reports: ShardSectionReports::new(section_reports),
+                ctx,
+            });
             run(state, inbox, listener).await
         });
-    })
+    })?;
+    Ok(())
 }
 
 async fn run<S: SnapshotSource + 'static>(state: Rc<ShardState<S>>, inbox: Inbox, listener: std::net::TcpListener) {
@@ -160,47 +79,55 @@ async fn run<S: SnapshotSource + 'static>(state: Rc<ShardState<S>>, inbox: Inbox
     // Each session holds a clone of `sessions`; when all are dropped, every
     // session has ended (the mini-redis shutdown pattern).
     let (sessions, mut sessions_done) = mpsc::channel::<()>(1);
-    drain_mailbox(&state, &inbox, sessions).await;
+    tokio::select! {
+        () = handle_mailbox(&state, &inbox, sessions.clone()) => {}
+        () = state.ctx.shutdown.triggered() => {}
+    }
+    // Sockets handed over but not adopted yet still hear why they go.
+    for handed_off in inbox.sockets.try_iter() {
+        let session_guard = sessions.clone();
+        tokio::task::spawn_local(async move {
+            session::close_unadopted(handed_off.stream, CloseCode::GOING_AWAY).await;
+            drop(session_guard);
+        });
+    }
+    drop(sessions);
 
-    // Shutdown: sessions see the same signal, flush and close with 1001.
+    // Sessions see the same signal, flush and close with 1001.
     if tokio::time::timeout(state.ctx.drain_timeout, sessions_done.recv()).await.is_err() {
         tracing::warn!(shard = state.index, "drain timeout: dropping remaining connections");
     }
     accept.abort();
 }
 
-/// Handles mailbox messages until shutdown.
-async fn drain_mailbox<S: SnapshotSource + 'static>(
+/// Handles mailbox messages, in batches, for as long as it is polled.
+async fn handle_mailbox<S: SnapshotSource + 'static>(
     state: &Rc<ShardState<S>>,
     inbox: &Inbox,
     sessions: mpsc::Sender<()>,
 ) {
-    let mut shutdown = state.ctx.shutdown.clone();
     let popped = METRICS.shard_mailbox_popped.with_label_values(&[&state.index.to_string()]);
     loop {
-        if *shutdown.borrow_and_update() {
-            return;
-        }
         let mut handled = 0;
-        for message in inbox.rx.try_iter().take(MAILBOX_BATCH) {
+        for handed_off in inbox.sockets.try_iter() {
             handled += 1;
-            match message {
-                ShardMessage::Deliver(section, delivery) => {
-                    let report = state.hub.borrow_mut().deliver(section, &delivery);
-                    METRICS.frames_conflated.inc_by(report.conflated as u64);
-                    METRICS.slow_consumer_closes.inc_by(report.slow_closed as u64);
-                }
-                ShardMessage::Adopt(handed_off) => adopt(state, *handed_off, sessions.clone()),
-            }
+            adopt(state, *handed_off, sessions.clone());
         }
+        let mut events = 0;
+        for (section, delivery) in inbox.events.try_iter().take(MAILBOX_BATCH) {
+            events += 1;
+            let report = state.hub.borrow_mut().fan_out(section, &delivery);
+            METRICS.frames_conflated.inc_by(report.conflated as u64);
+        }
+        handled += events;
         popped.inc_by(handled as u64);
-        if handled == MAILBOX_BATCH {
+        let reports_waiting = state.section_reports.flush();
+        if events == MAILBOX_BATCH {
             tokio::task::yield_now().await;
-            continue;
-        }
-        tokio::select! {
-            _ = inbox.wake.notified() => {}
-            _ = shutdown.changed() => {}
+        } else if reports_waiting {
+            let _ = tokio::time::timeout(REPORT_RETRY, inbox.woken()).await;
+        } else {
+            inbox.woken().await;
         }
     }
 }
@@ -208,7 +135,6 @@ async fn drain_mailbox<S: SnapshotSource + 'static>(
 /// Registers the client on its section *before* the snapshot call starts,
 /// so that every event arriving from now on is held for it.
 fn adopt<S: SnapshotSource + 'static>(state: &Rc<ShardState<S>>, handed_off: HandedOff, sessions: mpsc::Sender<()>) {
-    let outbox = Rc::new(Outbox::new(state.ctx.session.queue));
-    state.hub.borrow_mut().subscribe(handed_off.section, Rc::clone(&outbox));
-    tokio::task::spawn_local(session::run(Rc::clone(state), handed_off, outbox, sessions));
+    let registration = connect::register(&state.hub, handed_off.section, state.ctx.session.queue);
+    tokio::task::spawn_local(session::run(Rc::clone(state), handed_off, registration, sessions));
 }

@@ -1,10 +1,14 @@
-//! Reading an upgrade request: the section, the token and its source
-//! (SPEC §1.1). The token is never logged; only its source is.
+//! Reading an upgrade request: the section, the token and its source. The
+//! token is never logged; only its source is, and the kind of route the
+//! request came on instead of its path.
 
 use http::header::{
     AUTHORIZATION, CONNECTION, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, UPGRADE,
 };
-use http::{HeaderMap, Method, Uri};
+use std::net::IpAddr;
+
+use http::{HeaderMap, HeaderName, Method, Uri};
+use ipnet::IpNet;
 
 const PREFIX: &str = "/ws/restaurant/";
 
@@ -97,12 +101,49 @@ pub fn websocket_key<'h>(method: &Method, headers: &'h HeaderMap) -> Option<&'h 
     ok.then(|| headers.get(SEC_WEBSOCKET_KEY).map(|k| k.as_bytes())).flatten()
 }
 
-/// The path as it may be logged: the token segment replaced.
-pub fn redacted_path(uri: &Uri) -> String {
-    match uri.path().strip_prefix(PREFIX).and_then(|rest| rest.split_once('/')) {
-        Some((section, _)) => format!("{PREFIX}{section}/<redacted>"),
-        None => uri.path().to_string(),
+/// What may be logged of a WebSocket path: its kind. Any segment may be a
+/// token, on our route and on the earlier service's (`/ws/tables/…`), so
+/// the path itself never is.
+pub fn route_kind(uri: &Uri) -> &'static str {
+    let path = uri.path();
+    if path.starts_with(PREFIX) {
+        "restaurant"
+    } else if path.starts_with("/ws/tables/") {
+        "legacy_tables"
+    } else {
+        "other"
     }
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// The client's address: the TCP peer, or, when the peer is a trusted
+/// proxy, the right-most `X-Forwarded-For` address that is not itself a
+/// trusted proxy. Never the left-most: the client writes that one itself.
+pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |addr: &IpAddr| trusted.iter().any(|net| net.contains(addr));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let forwarded: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .collect();
+    // Walk back from the proxy nearest to us: the first hop that is not one
+    // of ours is the client. What stands before it is the client's word, and
+    // an entry that is not an address ends what we can believe.
+    let mut client = peer;
+    for entry in forwarded.iter().rev() {
+        let Ok(addr) = entry.parse::<IpAddr>() else { break };
+        client = addr;
+        if !is_trusted(&addr) {
+            break;
+        }
+    }
+    client
 }
 
 #[cfg(test)]
@@ -149,9 +190,38 @@ mod tests {
     }
 
     #[test]
-    fn redacts_path_tokens() {
-        assert_eq!(redacted_path(&"/ws/restaurant/s1/secret.jwt".parse().unwrap()), "/ws/restaurant/s1/<redacted>");
-        assert_eq!(redacted_path(&"/ws/restaurant/s1".parse().unwrap()), "/ws/restaurant/s1");
+    fn client_address_believes_only_trusted_proxies_and_never_the_left_most_entry() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let xff = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(X_FORWARDED_FOR.clone(), HeaderValue::from_str(value).unwrap());
+            headers
+        };
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        let proxy = ip("10.1.2.3");
+        let untrusted_peer = ip("198.51.100.7");
+
+        assert_eq!(client_address(untrusted_peer, &xff("1.2.3.4"), &trusted), untrusted_peer, "a spoofer's header");
+        assert_eq!(client_address(proxy, &HeaderMap::new(), &trusted), proxy, "no header: the proxy itself");
+        assert_eq!(client_address(proxy, &xff("203.0.113.5"), &trusted), ip("203.0.113.5"));
+        assert_eq!(
+            client_address(proxy, &xff("6.6.6.6, 203.0.113.5, 10.9.9.9"), &trusted),
+            ip("203.0.113.5"),
+            "right-most untrusted, past our own proxies"
+        );
+        assert_eq!(client_address(proxy, &xff("10.5.5.5"), &trusted), ip("10.5.5.5"), "only proxies: the first");
+        assert_eq!(client_address(proxy, &xff("garbage"), &trusted), proxy);
+        assert_eq!(client_address(proxy, &xff("6.6.6.6, junk, 10.7.7.7"), &trusted), ip("10.7.7.7"));
+        assert_eq!(client_address(proxy, &xff("2001:db8::1"), &trusted), ip("2001:db8::1"));
+    }
+
+    #[test]
+    fn routes_are_logged_by_kind_only() {
+        let kind = |path: &str| route_kind(&path.parse().unwrap());
+        assert_eq!(kind("/ws/restaurant/s1/secret.jwt"), "restaurant");
+        assert_eq!(kind("/ws/restaurant/secret.jwt/s1"), "restaurant");
+        assert_eq!(kind("/ws/tables/s1/secret.jwt"), "legacy_tables");
+        assert_eq!(kind("/ws/secret.jwt"), "other");
     }
 
     #[test]

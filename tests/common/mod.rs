@@ -5,14 +5,21 @@
 use std::path::Path;
 use std::time::Duration;
 
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
 use mesaya_testkit::api::StandInApi;
 use mesaya_testkit::broker::Broker;
 use mesaya_testkit::fixtures;
 use mesaya_testkit::gateway::{self, Gateway};
 use mesaya_testkit::producer::EventProducer;
 use mesaya_testkit::tokens::TokenBuilder;
-use mesaya_testkit::ws::WsClient;
-use serde_json::Value;
+use mesaya_testkit::wait;
+use mesaya_testkit::ws::{ABNORMAL_CLOSURE, WsClient};
+use serde_json::{Value, json};
 
 pub const SECRET: &str = "integration-test-secret-0123456789";
 /// Upper bound for anything that should happen "now"; generous for 2 cores.
@@ -117,4 +124,86 @@ pub fn metric_value(body: &str, name: &str, labels: &str) -> f64 {
         .filter(|line| line.contains(labels))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// The `updatedAt` of version `n`: `n` ms after 16:00, so versions order as
+/// their numbers do (and as their strings do).
+pub fn version(n: u64) -> String {
+    format!("2026-01-10T16:{:02}:{:02}.{:03}Z", n / 60_000, (n / 1000) % 60, n % 1000)
+}
+
+pub fn table(id: &str, section: &str, n: u64) -> Value {
+    fixtures::table_json(id, section, &version(n))
+}
+
+/// A table carrying `bytes` of padding, so that few events fill a socket.
+pub fn big_table(id: &str, section: &str, n: u64, bytes: usize) -> Value {
+    let mut table = table(id, section, n);
+    table["notes"] = json!("x".repeat(bytes));
+    table
+}
+
+pub fn frame_json(message: &Message) -> Value {
+    match message {
+        Message::Text(text) => serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}")),
+        other => panic!("expected a JSON text frame, got {other:?}"),
+    }
+}
+
+pub async fn wait_metric(stack: &Stack, name: &str, what: &str, done: impl Fn(f64) -> bool) -> f64 {
+    wait::until_some(WAIT, what, || async {
+        let value = stack.metric(name, "").await;
+        done(value).then_some(value)
+    })
+    .await
+}
+
+/// Polls `/readyz` until it answers `status`.
+pub async fn wait_readyz(gateway: &Gateway, status: u16, timeout: Duration) {
+    wait::until_some(timeout, &format!("/readyz {status}"), || async {
+        (gateway.get("/readyz").await.0 == status).then_some(())
+    })
+    .await
+}
+
+// --- a bare tokio-tungstenite client, for what WsClient hides or forbids:
+// --- server pings, sends that may fail, frames that are not valid messages.
+
+pub type Raw = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub async fn raw_connect(url: &str) -> Raw {
+    let connecting = tokio_tungstenite::connect_async(url);
+    let (mut ws, _) = tokio::time::timeout(WAIT, connecting).await.expect("connect timed out").expect("upgrade");
+    let snapshot = raw_next(&mut ws, WAIT).await.expect("the snapshot");
+    assert_eq!(frame_json(&snapshot)["event"], "section.snapshot");
+    ws
+}
+
+/// The next frame of any kind, pings included; `None` on timeout. Panics if
+/// the connection ends.
+pub async fn raw_next(ws: &mut Raw, timeout: Duration) -> Option<Message> {
+    match tokio::time::timeout(timeout, ws.next()).await {
+        Err(_) => None,
+        Ok(Some(Ok(message))) => Some(message),
+        Ok(end) => panic!("the connection ended: {end:?}"),
+    }
+}
+
+/// Reads until the server's close frame; its code, or 1006 when the
+/// connection ends without one.
+pub async fn raw_close_code(ws: &mut Raw) -> u16 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => panic!("no close within {WAIT:?}"),
+            Ok(Some(Ok(Message::Close(frame)))) => return frame.map_or(1005, |f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(_)) | None) => return ABNORMAL_CLOSURE,
+        }
+    }
+}
+
+/// Sends without panicking: the server may close while a flood is going out.
+pub async fn raw_send(ws: &mut Raw, message: Message) -> bool {
+    ws.send(message).await.is_ok()
 }

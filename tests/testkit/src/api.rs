@@ -53,6 +53,9 @@ pub struct RecordedCall {
     pub query: Option<String>,
     /// The raw `Authorization` header, e.g. `Bearer eyJ…`.
     pub authorization: Option<String>,
+    /// `X-Forwarded-For`: who the caller says the client is.
+    pub forwarded_for: Option<String>,
+    pub request_id: Option<String>,
 }
 
 #[derive(Default)]
@@ -147,14 +150,15 @@ impl Drop for HeldReplies {
 async fn answer(state: Arc<State>, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let uri = request.uri();
     let path = uri.path().to_owned();
+    let header =
+        |name: &str| request.headers().get(name).map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
     lock(&state.calls).push(RecordedCall {
         method: request.method().to_string(),
         path: path.clone(),
         query: uri.query().map(str::to_owned),
-        authorization: request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned()),
+        authorization: header(header::AUTHORIZATION.as_str()),
+        forwarded_for: header("x-forwarded-for"),
+        request_id: header("x-request-id"),
     });
 
     let section_id = path.strip_prefix(SECTION_PREFIX).filter(|id| !id.is_empty() && !id.contains('/'));
@@ -248,6 +252,8 @@ mod tests {
                 path: format!("/api/v1/sections/{ID}"),
                 query: None,
                 authorization: Some("Bearer abc".into()),
+                forwarded_for: None,
+                request_id: None,
             }]
         );
         assert_eq!(api.call_count(ID), 1);

@@ -143,6 +143,30 @@ pub fn v1_table_selection(action: &str, table_id: &str, section_id: &str) -> Val
     })
 }
 
+/// A restaurant as in `mesa-ya.restaurants.events` (`RestaurantResponseDto`: `status` is
+/// `ACTIVE|SUSPENDED|ARCHIVED`; `sections` is empty unless the service loaded them).
+pub fn restaurant_json(id: &str) -> Value {
+    json!({
+        "id": id,
+        "name": "La Terraza",
+        "description": "Cocina de mercado",
+        "location": "Av. Amazonas N24-03, Quito",
+        "openTime": "12:00",
+        "closeTime": "23:00",
+        "daysOpen": ["TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY", "SUNDAY"],
+        "totalCapacity": 80,
+        "subscriptionId": "3c4d5e6f-7777-4a8b-9c0d-1e2f3a4b5c6d",
+        "imageId": null,
+        "status": "ACTIVE",
+        "adminNote": null,
+        "active": true,
+        "ownerId": USER_ID,
+        "createdAt": CREATED_AT,
+        "updatedAt": CREATED_AT,
+        "sections": [],
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

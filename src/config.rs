@@ -1,16 +1,26 @@
-//! Configuration from the environment (SPEC §1.5; names kept compatible with
-//! the earlier Go service). Any problem is one [`ConfigError`] that names the
+//! Configuration from the environment (names kept compatible with the
+//! earlier Go service). Any problem is one [`ConfigError`] that names the
 //! variable, and the process stops at start.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
+use ipnet::IpNet;
+
 use crate::application::outbox::QueueLimits;
 
-/// The default `KAFKA_TOPICS`: the v1 and v2 topics of every section-related
-/// domain (CONTRACT.md §1.3, §1.5), including the v1 `tables.selecting` /
-/// `tables.released` hints, so that they are counted as skipped (SPEC §2.3).
-pub const DEFAULT_TOPICS: &str = r"^mesa-ya\.(sections|tables|objects|section-objects|reservations)\.(events|created|updated|deleted|selecting|released)$";
+/// The default `KAFKA_TOPICS`: the v1 (`mesa-ya.<domain>.<verb>`) and v2
+/// (`mesa-ya.<domain>.events`) topics of every section-related domain,
+/// including the v1 `tables.selecting` / `tables.released` hints, so that
+/// they are counted as skipped rather than silently unseen.
+pub const DEFAULT_TOPICS: &str = r"^mesa-ya\.(sections|tables|objects|section-objects|reservations|restaurants)\.(events|created|updated|deleted|selecting|released)$";
+
+/// The longest any duration setting may be.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// Descriptors kept free of WebSocket sessions by default: the listener,
+/// Kafka and API connections, logs.
+const RESERVED_FILES: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("configuration error: {variable}: {problem}")]
@@ -59,6 +69,21 @@ pub struct SessionSettings {
     pub max_frame_bytes: usize,
     /// Client messages allowed per second (sustained); bursts up to twice.
     pub client_messages_per_second: u32,
+    /// Clock leeway for `exp`: a session ends at `exp` + leeway (4401), as
+    /// the upgrade accepted tokens up to `exp` + leeway.
+    pub token_leeway: Duration,
+    /// A socket that takes no bytes for this long is dropped.
+    pub write_timeout: Duration,
+}
+
+/// Who may connect, and how many at once, decided before the upgrade.
+#[derive(Debug, Clone)]
+pub struct AdmissionSettings {
+    pub max_connections: usize,
+    /// `0`: no cap.
+    pub max_connections_per_user: usize,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 #[derive(Debug, Clone)]
@@ -72,6 +97,8 @@ pub struct Config {
     pub rest_base_url: String,
     pub snapshot_path: String,
     pub rest_timeout: Duration,
+    pub snapshot_concurrency: usize,
+    pub admission: AdmissionSettings,
     pub shards: usize,
     pub session: SessionSettings,
     pub drain_timeout: Duration,
@@ -106,12 +133,21 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         Ok(value)
     }
 
+    /// A whole number, zero allowed.
+    fn count(&self, name: &'static str, default: usize) -> Result<usize, ConfigError> {
+        self.parsed(name, default, "a whole number")
+    }
+
     fn duration(&self, name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
         let Some(raw) = self.get(name) else { return Ok(default) };
         let duration = humantime::parse_duration(&raw)
             .map_err(|e| ConfigError::new(name, format!("expected a duration like 5s or 800ms, got {raw:?} ({e})")))?;
         if duration.is_zero() {
             return Err(ConfigError::new(name, "must be longer than 0"));
+        }
+        // Deadlines are instants: a duration of centuries would overflow one.
+        if duration > MAX_DURATION {
+            return Err(ConfigError::new(name, format!("must be at most 24h, got {raw:?}")));
         }
         Ok(duration)
     }
@@ -126,12 +162,37 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
     }
 }
 
+fn client_rate<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<u32, ConfigError> {
+    let rate: u32 = env.parsed("WS_CLIENT_RATE", 10, "a positive whole number up to 4294967295")?;
+    if rate == 0 {
+        return Err(ConfigError::new("WS_CLIENT_RATE", "must be greater than 0"));
+    }
+    Ok(rate)
+}
+
+fn trusted_proxies<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Vec<IpNet>, ConfigError> {
+    env.list("TRUSTED_PROXIES", "")
+        .iter()
+        .map(|entry| {
+            // A bare address is a network of one.
+            entry.parse::<IpNet>().or_else(|_| entry.parse::<IpAddr>().map(IpNet::from)).map_err(|_| {
+                ConfigError::new(
+                    "TRUSTED_PROXIES",
+                    format!("expected CIDRs like 10.0.0.0/8 or addresses, got {entry:?}"),
+                )
+            })
+        })
+        .collect()
+}
+
 impl Config {
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+    /// Reads the process environment. `open_files` is the process's limit
+    /// on open descriptors, which bounds the default `WS_MAX_CONNECTIONS`.
+    pub fn from_env(open_files: usize) -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok(), open_files)
     }
 
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>, open_files: usize) -> Result<Self, ConfigError> {
         let env = Env(lookup);
 
         let jwt = JwtSettings {
@@ -144,6 +205,7 @@ impl Config {
             issuer: env.get("JWT_ISSUER"),
             leeway: env.duration("JWT_LEEWAY", Duration::from_secs(5))?,
         };
+        let token_leeway = jwt.leeway;
         if jwt.secret.is_none() && jwt.public_key_pem.is_none() {
             return Err(ConfigError::new(
                 "JWT_SECRET",
@@ -216,6 +278,13 @@ impl Config {
             rest_base_url,
             snapshot_path,
             rest_timeout: env.duration("REST_TIMEOUT", Duration::from_secs(5))?,
+            snapshot_concurrency: env.positive("SNAPSHOT_CONCURRENCY", 256)?,
+            admission: AdmissionSettings {
+                max_connections: env
+                    .positive("WS_MAX_CONNECTIONS", open_files.saturating_sub(RESERVED_FILES).max(1))?,
+                max_connections_per_user: env.count("WS_MAX_CONNECTIONS_PER_USER", 64)?,
+                trusted_proxies: trusted_proxies(&env)?,
+            },
             shards: env.positive("SHARDS", cores)?,
             session: SessionSettings {
                 queue: QueueLimits {
@@ -225,7 +294,9 @@ impl Config {
                 ping_interval: env.duration("WS_PING_INTERVAL", Duration::from_secs(20))?,
                 pong_timeout: env.duration("WS_PONG_TIMEOUT", Duration::from_secs(10))?,
                 max_frame_bytes: env.positive("WS_MAX_FRAME_BYTES", 64 << 10)?,
-                client_messages_per_second: env.positive("WS_CLIENT_RATE", 10)? as u32,
+                client_messages_per_second: client_rate(&env)?,
+                token_leeway,
+                write_timeout: env.duration("WS_WRITE_TIMEOUT", Duration::from_secs(10))?,
             },
             drain_timeout: env.duration("DRAIN_TIMEOUT", Duration::from_secs(10))?,
             log_level,
@@ -240,7 +311,7 @@ mod tests {
 
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Config::from_lookup(move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+        Config::from_lookup(move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()), 20_000)
     }
 
     #[test]
@@ -253,6 +324,16 @@ mod tests {
         assert_eq!(config.snapshot_path, "/api/section/{id}");
         assert_eq!(config.rest_timeout, Duration::from_secs(5));
         assert!(config.shards >= 1);
+        assert_eq!(config.admission.max_connections, 20_000 - 1024, "the open-file limit minus 1024");
+        assert_eq!(config.admission.max_connections_per_user, 64);
+        assert_eq!(config.session.write_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn trusted_proxies_take_cidrs_and_bare_addresses() {
+        let config = config(&[("JWT_SECRET", "k"), ("TRUSTED_PROXIES", "10.0.0.0/8, 192.168.1.7,::1")]).unwrap();
+        let nets: Vec<String> = config.admission.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(nets, vec!["10.0.0.0/8", "192.168.1.7/32", "::1/128"]);
     }
 
     #[test]
@@ -281,6 +362,16 @@ mod tests {
             (&[key, ("LOG_FORMAT", "xml")], "LOG_FORMAT"),
             (&[key, ("LOG_LEVEL", "info,=[")], "LOG_LEVEL"),
             (&[key, ("WS_QUEUE_MAX_FRAMES", "-1")], "WS_QUEUE_MAX_FRAMES"),
+            // Values that would overflow an instant or a counter later.
+            (&[key, ("WS_PING_INTERVAL", "1000000000years")], "WS_PING_INTERVAL"),
+            (&[key, ("DRAIN_TIMEOUT", "25h")], "DRAIN_TIMEOUT"),
+            (&[key, ("WS_CLIENT_RATE", "4294967296")], "WS_CLIENT_RATE"),
+            (&[key, ("WS_CLIENT_RATE", "0")], "WS_CLIENT_RATE"),
+            (&[key, ("WS_MAX_CONNECTIONS", "0")], "WS_MAX_CONNECTIONS"),
+            (&[key, ("WS_MAX_CONNECTIONS_PER_USER", "-3")], "WS_MAX_CONNECTIONS_PER_USER"),
+            (&[key, ("SNAPSHOT_CONCURRENCY", "0")], "SNAPSHOT_CONCURRENCY"),
+            (&[key, ("TRUSTED_PROXIES", "10.0.0.0/33")], "TRUSTED_PROXIES"),
+            (&[key, ("WS_WRITE_TIMEOUT", "never")], "WS_WRITE_TIMEOUT"),
         ];
         for (vars, variable) in cases {
             let error = config(vars).unwrap_err();

@@ -1,6 +1,9 @@
 //! Metrics, exposed as Prometheus text on `/metrics`. Cross-cutting, like
 //! logging: any layer may count into it. Label values are fixed sets
-//! (reasons, outcomes, shard numbers), never ids.
+//! (reasons, outcomes, shard numbers), never ids. What is both logged and
+//! counted is an internal event in [`events`].
+
+pub mod events;
 
 use std::sync::LazyLock;
 
@@ -22,6 +25,7 @@ pub struct Metrics {
     pub snapshot_seconds: HistogramVec,
     pub delivery_seconds: Histogram,
     pub snapshot_outcomes: IntCounterVec,
+    pub snapshot_calls_in_flight: IntGauge,
     pub handoff_skipped: IntCounter,
     pub consumer_lag: IntGaugeVec,
     pub shard_mailbox_pushed: IntCounterVec,
@@ -70,6 +74,12 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(delivery_seconds.clone())).expect("unique metric");
+        let snapshot_calls_in_flight = IntGauge::new(
+            "mesaya_snapshot_calls_in_flight",
+            "Snapshot calls waiting for the API now (at most SNAPSHOT_CONCURRENCY)",
+        )
+        .expect("valid metric");
+        r.register(Box::new(snapshot_calls_in_flight.clone())).expect("unique metric");
         let kafka_ready =
             IntGauge::new("mesaya_kafka_ready", "1 when the consumer is connected and assigned").expect("valid metric");
         r.register(Box::new(kafka_ready.clone())).expect("unique metric");
@@ -99,6 +109,7 @@ impl Metrics {
                 "Snapshot calls by outcome",
                 &["outcome"],
             ),
+            snapshot_calls_in_flight,
             handoff_skipped: counter(
                 &r,
                 "mesaya_handoff_skipped_total",

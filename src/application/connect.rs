@@ -1,0 +1,319 @@
+//! The connect use case: a client on its section, from registration to live.
+//!
+//! 1. [`register`]: the client's outbox joins its section's subscribers
+//!    *before* the snapshot call starts, so every event routed from then on
+//!    is held for it.
+//! 2. [`fetch_snapshot`]: the connection's one REST call, with the client's
+//!    own token, through the [`SnapshotSource`] port. A body without
+//!    `objects` gets the section's objects as Kafka told them
+//!    ([`FloorPlan`]). A snapshot reports its tables and restaurant
+//!    (reservations and restaurant events for them become routable), then
+//!    ends the holding phase: the snapshot frame goes first, followed by the
+//!    held events it does not already cover. A failed call asks for the
+//!    close code that tells the client why.
+//!
+//! The writer (transport) then sends whatever the outbox holds.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::rc::Rc;
+
+use tokio::time::Instant;
+
+use crate::domain::ids::SectionId;
+use crate::domain::protocol::CloseCode;
+use crate::telemetry::events::SnapshotFetched;
+
+use super::hub::SectionHub;
+use super::outbox::{Outbox, QueueLimits};
+use super::ports::{FloorPlan, LearnedSection, SectionReporter, SnapshotError, SnapshotRequest, SnapshotSource};
+
+/// A client's place among its section's subscribers. Dropping it leaves,
+/// however the session ends (a panicking session included), so the hub
+/// never keeps a dead client.
+pub struct Registration {
+    hub: Rc<RefCell<SectionHub>>,
+    section: SectionId,
+    outbox: Rc<Outbox>,
+}
+
+impl Registration {
+    pub fn outbox(&self) -> &Rc<Outbox> {
+        &self.outbox
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        // A panic while the hub was borrowed leaves it borrowed: panicking
+        // again here would abort the whole shard.
+        if let Ok(mut hub) = self.hub.try_borrow_mut() {
+            hub.unsubscribe(self.section, &self.outbox);
+        }
+    }
+}
+
+/// Subscribes a new client to its section, holding.
+pub fn register(hub: &Rc<RefCell<SectionHub>>, section: SectionId, limits: QueueLimits) -> Registration {
+    let outbox = Rc::new(Outbox::new(limits));
+    hub.borrow_mut().subscribe(section, Rc::clone(&outbox));
+    Registration { hub: Rc::clone(hub), section, outbox }
+}
+
+/// Why a snapshot call was abandoned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interruption {
+    /// The server is shutting down: the client is told (1001).
+    Shutdown,
+    /// The client went away: nobody to tell, and its place among the calls
+    /// in flight is freed at once.
+    ClientGone,
+}
+
+/// How a connection's snapshot phase ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Connected {
+    /// The snapshot frame is queued first; this many held events were
+    /// dropped because the snapshot already had them.
+    Live { skipped: usize },
+    /// The API refused or failed; the client is closed with its code.
+    Refused(SnapshotError),
+    /// `interrupted` resolved first.
+    Interrupted(Interruption),
+}
+
+/// Runs the snapshot call for a registered client and leaves its outbox
+/// either live or closing. `interrupted` abandons the call when it resolves.
+pub async fn fetch_snapshot<S: SnapshotSource, R: SectionReporter, F: FloorPlan>(
+    snapshots: &S,
+    reports: &R,
+    floor: &F,
+    outbox: &Outbox,
+    request: SnapshotRequest<'_>,
+    interrupted: impl Future<Output = Interruption>,
+) -> Connected {
+    let started = Instant::now();
+    let fetched = tokio::select! {
+        fetched = snapshots.fetch(request) => Ok(fetched),
+        interruption = interrupted => Err(interruption),
+    };
+    let connected = match fetched {
+        Ok(Ok(mut snapshot)) => {
+            if snapshot.lacks_objects() {
+                snapshot.add_objects(floor.section_objects(request.section));
+            }
+            // Before the snapshot frame can reach the client: a reservation
+            // for one of these tables, consumed after the client saw the
+            // table, must find its section (and one held for them goes out).
+            reports.report(LearnedSection {
+                section: request.section,
+                restaurant: snapshot.restaurant_id.clone(),
+                table_ids: snapshot.table_ids.clone(),
+            });
+            Connected::Live { skipped: outbox.go_live(&snapshot) }
+        }
+        Ok(Err(error)) => {
+            outbox.request_close(error.close_code(), false);
+            Connected::Refused(error)
+        }
+        Err(interruption) => {
+            if interruption == Interruption::Shutdown {
+                outbox.request_close(CloseCode::GOING_AWAY, false);
+            }
+            Connected::Interrupted(interruption)
+        }
+    };
+    SnapshotFetched { connected: &connected, elapsed: started.elapsed() }.emit();
+    connected
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::application::delivery::Delivery;
+    use crate::domain::entity::{Action, EntityKey, EntityKind};
+    use crate::domain::frame::Frame;
+    use crate::domain::ids::EntityId;
+    use crate::domain::snapshot::{SectionObjects, Snapshot};
+
+    const S1: &str = "11111111-1111-4111-8111-111111111111";
+    const BODY: &str = r#"{"data":{"id":"11111111-1111-4111-8111-111111111111","restaurantId":"r1","tables":[
+        {"id":"t1","updatedAt":"2026-01-10T16:00:00.000Z"},{"id":"t2","updatedAt":"2026-01-10T16:00:00.000Z"}]}}"#;
+
+    type Answer = fn() -> Result<Snapshot, SnapshotError>;
+
+    /// A snapshot source that answers as told, after `delay`.
+    struct FakeApi {
+        answer: Answer,
+        delay: Duration,
+        calls: RefCell<Vec<String>>,
+    }
+
+    impl FakeApi {
+        fn answering(answer: Answer) -> Self {
+            Self { answer, delay: Duration::ZERO, calls: RefCell::default() }
+        }
+    }
+
+    impl SnapshotSource for FakeApi {
+        async fn fetch(&self, request: SnapshotRequest<'_>) -> Result<Snapshot, SnapshotError> {
+            let SnapshotRequest { section, token, client_addr, request_id } = request;
+            self.calls.borrow_mut().push(format!("{section} {token} {client_addr} {request_id}"));
+            tokio::time::sleep(self.delay).await;
+            (self.answer)()
+        }
+    }
+
+    #[derive(Default)]
+    struct RecordedTables(RefCell<Vec<LearnedSection>>);
+
+    impl SectionReporter for RecordedTables {
+        fn report(&self, learned: LearnedSection) {
+            self.0.borrow_mut().push(learned);
+        }
+    }
+
+    /// One link, known from Kafka, in every section.
+    struct OneLink;
+
+    impl FloorPlan for OneLink {
+        fn section_objects(&self, _section: SectionId) -> SectionObjects {
+            SectionObjects { json: r#"[{"id":"so1","object":{"id":"o1"}}]"#.into(), versions: vec![] }
+        }
+    }
+
+    fn section() -> SectionId {
+        SectionId::parse(S1).unwrap()
+    }
+
+    fn held_update(table: &str, updated_at: &str) -> Arc<Delivery> {
+        Arc::new(Delivery {
+            frame: Frame::event(EntityKind::Table, Action::Updated, &format!(r#"{{"id":"{table}"}}"#)),
+            key: EntityKey::new(EntityKind::Table, table),
+            action: Action::Updated,
+            updated_at: crate::domain::timestamp::parse_millis(updated_at),
+            ends_section: false,
+            routed_at: std::time::Instant::now(),
+        })
+    }
+
+    fn request() -> SnapshotRequest<'static> {
+        SnapshotRequest {
+            section: section(),
+            token: "the-token",
+            client_addr: "203.0.113.9".parse().unwrap(),
+            request_id: "req-1",
+        }
+    }
+
+    /// Registers a client on a fresh hub and runs its snapshot phase, which
+    /// `interruption` ends after 30 s.
+    async fn connect_until(
+        api: &FakeApi,
+        tables: &RecordedTables,
+        held: &[Arc<Delivery>],
+        interruption: Interruption,
+    ) -> (Rc<Outbox>, Connected) {
+        let hub = Rc::new(RefCell::new(SectionHub::default()));
+        let registration = register(&hub, section(), QueueLimits { max_frames: 16, max_bytes: 1 << 20 });
+        for delivery in held {
+            hub.borrow_mut().fan_out(section(), delivery);
+        }
+        let interrupted = async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            interruption
+        };
+        let outbox = registration.outbox();
+        let connected = fetch_snapshot(api, tables, &OneLink, outbox, request(), interrupted).await;
+        (Rc::clone(outbox), connected)
+    }
+
+    async fn connect(api: &FakeApi, tables: &RecordedTables, held: &[Arc<Delivery>]) -> (Rc<Outbox>, Connected) {
+        connect_until(api, tables, held, Interruption::Shutdown).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_snapshot_goes_first_reports_its_tables_and_drops_held_events_it_covers() {
+        let api = FakeApi::answering(|| Ok(Snapshot::parse(BODY.as_bytes()).unwrap()));
+        let tables = RecordedTables::default();
+        let stale = held_update("t1", "2026-01-10T15:00:00.000Z");
+        let fresh = held_update("t2", "2026-01-10T17:00:00.000Z");
+        let (outbox, connected) = connect(&api, &tables, &[stale, Arc::clone(&fresh)]).await;
+
+        assert_eq!(connected, Connected::Live { skipped: 1 });
+        assert_eq!(
+            *api.calls.borrow(),
+            vec![format!("{S1} the-token 203.0.113.9 req-1")],
+            "one call, with the client's token, address and request id"
+        );
+        let learned = LearnedSection {
+            section: section(),
+            restaurant: Some("r1".into()),
+            table_ids: vec![EntityId::from("t1"), EntityId::from("t2")],
+        };
+        assert_eq!(*tables.0.borrow(), vec![learned]);
+        let first = outbox.front().unwrap();
+        let frame: serde_json::Value = serde_json::from_slice(first.frame.utf8_bytes()).unwrap();
+        assert_eq!(frame["event"], "section.snapshot");
+        assert_eq!(
+            frame["payload"]["objects"],
+            serde_json::json!([{"id": "so1", "object": {"id": "o1"}}]),
+            "added from Kafka"
+        );
+        outbox.pop_written(first.seq);
+        assert_eq!(outbox.front().map(|next| next.frame), Some(fresh.frame.clone()));
+        assert!(outbox.close_request().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn api_refusals_close_with_their_codes_and_report_nothing() {
+        let cases: [(Answer, u16); 4] = [
+            (|| Err(SnapshotError::NotFound), 4404),
+            (|| Err(SnapshotError::RateLimited), 1013),
+            (|| Err(SnapshotError::Forbidden), 4403),
+            (|| Err(SnapshotError::Unparseable), 1014),
+        ];
+        for (answer, code) in cases {
+            let api = FakeApi::answering(answer);
+            let tables = RecordedTables::default();
+            let (outbox, connected) = connect(&api, &tables, &[held_update("t1", "2026-01-10T17:00:00.000Z")]).await;
+            assert!(matches!(connected, Connected::Refused(_)), "{connected:?}");
+            assert_eq!(outbox.close_request().unwrap().code.code, code);
+            assert_eq!(outbox.front(), None, "held events are never written to a refused client");
+            assert!(tables.0.borrow().is_empty());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_api_is_abandoned_at_shutdown_with_1001_and_silently_when_the_client_leaves() {
+        let api = FakeApi { delay: Duration::from_secs(3600), ..FakeApi::answering(|| Err(SnapshotError::TimedOut)) };
+        let tables = RecordedTables::default();
+        let (outbox, connected) = connect(&api, &tables, &[]).await;
+        assert_eq!(connected, Connected::Interrupted(Interruption::Shutdown));
+        assert_eq!(outbox.close_request().unwrap().code, CloseCode::GOING_AWAY);
+
+        let (outbox, connected) = connect_until(&api, &tables, &[], Interruption::ClientGone).await;
+        assert_eq!(connected, Connected::Interrupted(Interruption::ClientGone));
+        assert_eq!(outbox.close_request(), None, "nobody left to send a close frame to");
+        assert_eq!(outbox.front(), None);
+    }
+
+    #[tokio::test]
+    async fn a_session_that_panics_leaves_its_section() {
+        let hub = Rc::new(RefCell::new(SectionHub::default()));
+        let local = tokio::task::LocalSet::new();
+        let session = local.spawn_local({
+            let hub = Rc::clone(&hub);
+            async move {
+                let _registration = register(&hub, section(), QueueLimits { max_frames: 4, max_bytes: 1 << 20 });
+                panic!("a bug in a session");
+            }
+        });
+        local.await;
+        assert!(session.await.unwrap_err().is_panic());
+        assert_eq!(hub.borrow().subscribers(section()), 0);
+    }
+}

@@ -1,0 +1,105 @@
+//! Internal events: one struct per thing worth both logging and counting, so
+//! the log line and the metric can never drift apart, and every metric is
+//! bumped from this one file.
+
+use std::time::Duration;
+
+use crate::application::connect::{Connected, Interruption};
+use crate::domain::protocol::CloseCode;
+
+use super::METRICS;
+
+/// A Kafka record that was consumed but reached no client.
+pub struct RecordSkipped<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub reason: &'static str,
+}
+
+impl RecordSkipped<'_> {
+    pub fn emit(self) {
+        METRICS.events_dropped.with_label_values(&[self.reason]).inc();
+        tracing::debug!(
+            topic = self.topic,
+            partition = self.partition,
+            offset = self.offset,
+            reason = self.reason,
+            "record skipped"
+        );
+    }
+}
+
+/// An upgrade answered with an HTTP error instead of a WebSocket.
+pub struct UpgradeRefused<'a> {
+    pub status: u16,
+    pub why: &'a str,
+    /// Which kind of path it came on; never the path itself, which may hold
+    /// a token.
+    pub route: &'static str,
+}
+
+impl UpgradeRefused<'_> {
+    pub fn emit(self) {
+        METRICS.upgrades_refused.with_label_values(&[&self.status.to_string()]).inc();
+        tracing::info!(status = self.status, why = self.why, route = self.route, "upgrade refused");
+    }
+}
+
+/// The snapshot phase of a connection ended.
+pub struct SnapshotFetched<'a> {
+    pub connected: &'a Connected,
+    pub elapsed: Duration,
+}
+
+impl SnapshotFetched<'_> {
+    pub fn emit(self) {
+        let label = match self.connected {
+            Connected::Live { .. } => "ok",
+            Connected::Refused(error) => error.label(),
+            Connected::Interrupted(Interruption::Shutdown) => "cancelled",
+            Connected::Interrupted(Interruption::ClientGone) => "client_gone",
+        };
+        METRICS.snapshot_outcomes.with_label_values(&[label]).inc();
+        METRICS.snapshot_seconds.with_label_values(&[label]).observe(self.elapsed.as_secs_f64());
+        match self.connected {
+            Connected::Live { skipped } => {
+                METRICS.handoff_skipped.inc_by(*skipped as u64);
+                tracing::info!(elapsed = ?self.elapsed, skipped, "session live");
+            }
+            Connected::Refused(error) => {
+                tracing::info!(%error, close = error.close_code().code, elapsed = ?self.elapsed, "snapshot failed")
+            }
+            Connected::Interrupted(why) => tracing::info!(elapsed = ?self.elapsed, ?why, "snapshot call abandoned"),
+        }
+    }
+}
+
+/// The server closed a client with a close frame.
+pub struct SessionClosed {
+    pub code: CloseCode,
+}
+
+impl SessionClosed {
+    pub fn emit(self) {
+        if self.code == CloseCode::SLOW_CONSUMER {
+            METRICS.slow_consumer_closes.inc();
+        }
+        tracing::info!(close = self.code.code, reason = self.code.reason, "session closed");
+    }
+}
+
+/// Reservations held for a table that no snapshot or table event showed in
+/// time.
+pub struct ReservationsExpired {
+    pub count: usize,
+}
+
+impl ReservationsExpired {
+    pub fn emit(self) {
+        if self.count > 0 {
+            METRICS.events_dropped.with_label_values(&["held_expired"]).inc_by(self.count as u64);
+            tracing::debug!(count = self.count, "held reservations expired: their tables never showed up");
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! What the tasks of the server share: [`ServerContext`] across every shard
+//! thread (read-only or atomic), [`ShardState`] among the tasks of one shard.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::application::admission::Admission;
+use crate::application::authorize::Authorizer;
+use crate::application::floor::SharedFloor;
+use crate::application::hub::SectionHub;
+use crate::application::readiness::Readiness;
+use crate::config::SessionSettings;
+use crate::shutdown::Shutdown;
+
+use super::mailbox::Shards;
+use super::section_reports::ShardSectionReports;
+
+pub struct ServerContext {
+    pub authorizer: Authorizer,
+    pub admission: Arc<Admission>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    pub readiness: Arc<Readiness>,
+    pub shutdown: Shutdown,
+    pub shards: Shards,
+    pub session: SessionSettings,
+    /// How long sessions get, once shutdown is triggered, to write what is
+    /// queued and their 1001.
+    pub drain_timeout: Duration,
+    /// Every section's objects as Kafka told them, for snapshots.
+    pub floor: SharedFloor,
+}
+
+/// A shard's own state, shared by its tasks on its one thread.
+pub struct ShardState<S> {
+    pub index: usize,
+    pub hub: Rc<RefCell<SectionHub>>,
+    pub snapshots: S,
+    pub section_reports: ShardSectionReports,
+    pub ctx: Arc<ServerContext>,
+}
