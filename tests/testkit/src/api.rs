@@ -1,4 +1,4 @@
-//! A real HTTP/1 server standing in for the MesaYa Nest API's section endpoint (CONTRACT.md §2.2).
+//! A real HTTP/1 server standing in for the MesaYa Nest API's section endpoint (`GET /api/v1/sections/{id}`).
 //!
 //! It runs on its own thread and runtime ([`crate::server`]), so it keeps answering whatever the
 //! test's runtime is doing. Every request is recorded when it arrives, before any hold or delay.

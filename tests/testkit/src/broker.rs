@@ -18,7 +18,7 @@ use tokio::time::{Instant, sleep};
 use crate::process::{LogFile, free_port};
 
 /// The v2 (per-domain) and v1 (per-action) topics of the section-related entities, as the MesaYa
-/// API publishes them (CONTRACT.md §1.3, §1.5).
+/// API publishes them (the v2 `.events` topics and the v1 per-verb ones).
 pub const SECTION_TOPICS: [&str; 22] = [
     "mesa-ya.sections.events",
     "mesa-ya.tables.events",

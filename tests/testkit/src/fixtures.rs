@@ -1,4 +1,4 @@
-//! Upstream messages shaped exactly like the MesaYa API's (CONTRACT.md §1.4-1.9), by id.
+//! Upstream messages shaped exactly like the MesaYa API's (v2 and v1 envelopes, entity DTOs), by id.
 //!
 //! Ids, timestamps and field values follow the contract's examples; pass the ids and
 //! `updatedAt`s a test cares about and patch anything else on the returned `Value`.

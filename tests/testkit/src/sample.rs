@@ -1,7 +1,7 @@
 //! A sample restaurant as the MesaYa API would hold it — two sections with their tables and
 //! decorative objects — and a simulator of the upstream traffic of a busy evening on it.
 //!
-//! Entities keep the shapes of CONTRACT.md §1.8 (they are built from [`crate::fixtures`]);
+//! Entities keep the upstream's shapes (they are built from [`crate::fixtures`]);
 //! events are v2 envelopes (§1.4) for the per-domain topics, which [`crate::producer`] sends with
 //! null keys and no headers, as Nest does.
 
@@ -22,7 +22,7 @@ pub const TABLES_TOPIC: &str = "mesa-ya.tables.events";
 pub const OBJECTS_TOPIC: &str = "mesa-ya.objects.events";
 pub const SECTION_OBJECTS_TOPIC: &str = "mesa-ya.section-objects.events";
 pub const RESERVATIONS_TOPIC: &str = "mesa-ya.reservations.events";
-/// Every topic the sample's events go to: the section-related v2 topics (CONTRACT.md §1.3).
+/// Every topic the sample's events go to: the section-related v2 topics.
 pub const TOPICS: [&str; 5] = [SECTIONS_TOPIC, TABLES_TOPIC, OBJECTS_TOPIC, SECTION_OBJECTS_TOPIC, RESERVATIONS_TOPIC];
 
 /// Each section with the two names a rename switches between.
@@ -148,7 +148,7 @@ impl Floor {
     }
 
     /// What `GET /api/v1/sections/{id}` answers inside `data`: the section with its `tables`, plus
-    /// the `objects` array the gateway's snapshot carries (SPEC §1.2: each link with its object
+    /// the `objects` array the gateway's snapshot carries (as the README's protocol shows: each link with its object
     /// under `object`), which the gateway passes through as it is.
     pub fn snapshot(&self, section_id: &str) -> Option<Value> {
         let mut body = self.sections.get(section_id)?.clone();
@@ -534,7 +534,7 @@ fn now() -> String {
 }
 
 /// The v2 envelope of `data`, stamped now; `entity_id` is `data.id`, as for every section-related
-/// create, update and delete (CONTRACT.md §1.4).
+/// create, update and delete.
 fn envelope(event_type: &str, data: Value) -> Value {
     let id = str_field(&data, "id");
     let mut envelope = fixtures::v2(event_type, &id, data);
@@ -546,7 +546,7 @@ fn updated(entity: Value) -> Value {
     envelope("updated", entity)
 }
 
-/// Reservation events carry the acting user in `metadata` (CONTRACT.md §1.4).
+/// Reservation events carry the acting user in `metadata`, as upstream's do.
 fn with_user(mut envelope: Value) -> Value {
     envelope["metadata"] = json!({ "user_id": envelope["data"]["userId"] });
     envelope

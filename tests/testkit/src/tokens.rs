@@ -1,4 +1,4 @@
-//! Minting JWTs shaped like the MesaYa Auth MS's (CONTRACT.md §3.1), signed with HMAC secrets or
+//! Minting JWTs shaped like the MesaYa Auth MS's (`sub`, `email`, `roles`, `permissions`, `iss`, `exp`), signed with HMAC secrets or
 //! with the test-only key pairs under `keys/`.
 
 use std::time::{SystemTime, UNIX_EPOCH};

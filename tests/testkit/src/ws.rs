@@ -152,7 +152,7 @@ fn describe(frame: CloseFrame) -> (u16, String) {
 
 /// The code of the first close frame the server sends on `url`, read off the
 /// wire (1005 for a close without a code). tungstenite 0.30 predates 1014
-/// (Bad Gateway, registered with IANA after RFC 6455, and SPEC §1.3's code
+/// (Bad Gateway, registered with IANA after RFC 6455, and the protocol's code
 /// for an unavailable API): it reports a close frame carrying 1014 as 1002,
 /// so neither [`WsClient`] nor a tokio-tungstenite stream can see it. Hence
 /// a hand-made client: the upgrade request, then unmasked server frames.
