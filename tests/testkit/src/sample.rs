@@ -147,24 +147,11 @@ impl Floor {
         self.links.values().filter(|link| link["sectionId"] == section_id).collect()
     }
 
-    /// What `GET /api/v1/sections/{id}` answers inside `data`: the section with its `tables`, plus
-    /// the `objects` array the gateway's snapshot carries (as the README's protocol shows: each link with its object
-    /// under `object`), which the gateway passes through as it is.
+    /// What `GET /api/v1/sections/{id}` answers inside `data`, as the real API does: the section
+    /// with its `tables` and no objects. The gateway adds `objects` from what Kafka told it.
     pub fn snapshot(&self, section_id: &str) -> Option<Value> {
         let mut body = self.sections.get(section_id)?.clone();
         body["tables"] = json!(self.tables_of(section_id));
-        let objects: Vec<Value> = self
-            .links_of(section_id)
-            .into_iter()
-            .map(|link| {
-                let mut link = link.clone();
-                if let Some(object) = link["objectId"].as_str().and_then(|id| self.objects.get(id)) {
-                    link["object"] = object.clone();
-                }
-                link
-            })
-            .collect();
-        body["objects"] = json!(objects);
         Some(body)
     }
 
@@ -562,17 +549,13 @@ mod tests {
     }
 
     #[test]
-    fn snapshots_hold_each_sections_tables_and_linked_objects() {
+    fn snapshots_hold_each_sections_tables_and_no_objects_as_the_real_api() {
         let floor = Floor::sample();
         let salon = floor.snapshot(SALON).unwrap();
         assert_eq!(salon["name"], "Salón principal");
         assert_eq!(salon["tables"].as_array().unwrap().len(), 6);
-        let objects = salon["objects"].as_array().unwrap();
-        assert_eq!(objects.len(), 2);
-        for link in objects {
-            assert_eq!(link["sectionId"], SALON);
-            assert_eq!(link["object"]["id"], link["objectId"]);
-        }
+        assert!(salon.get("objects").is_none(), "the gateway adds them");
+        assert_eq!(floor.links_of(SALON).len(), 2);
         let terraza = floor.snapshot(TERRAZA).unwrap();
         assert_eq!(terraza["tables"].as_array().unwrap().len(), 4);
         assert!(terraza.get("tables").is_some() && terraza["restaurantId"] == fixtures::RESTAURANT_ID);
