@@ -188,6 +188,25 @@ impl Outbox {
         state.queue.front().map(|queued| Next { seq: queued.seq, frame: queued.item.frame().clone() })
     }
 
+    /// Up to `max` frames from the front, for one batched write; the same
+    /// rules as [`Outbox::front`]. `into` is cleared first.
+    pub fn fill_batch(&self, into: &mut Vec<Next>, max: usize) {
+        into.clear();
+        let state = self.state.borrow();
+        let closing_now = state.close.is_some_and(|close| !close.after_drain);
+        if !state.live || closing_now {
+            return;
+        }
+        let frames = state.queue.iter().take(max);
+        into.extend(frames.map(|queued| Next { seq: queued.seq, frame: queued.item.frame().clone() }));
+    }
+
+    /// Wakes the writer without queueing anything (the reader has a pong
+    /// for it to send).
+    pub fn nudge(&self) {
+        self.wake.notify_one();
+    }
+
     /// Removes the frame numbered `seq`, once written; returns when it was
     /// routed, if it was an event. Conflation may have dropped it while it
     /// was being written (a newer state of its entity is queued): then

@@ -10,6 +10,8 @@ pub struct CloseCode {
 
 impl CloseCode {
     pub const NORMAL: Self = Self { code: 1000, reason: "section deleted" };
+    /// The answer to a client's own close frame.
+    pub const CLOSE_ACKNOWLEDGED: Self = Self { code: 1000, reason: "" };
     pub const GOING_AWAY: Self = Self { code: 1001, reason: "server shutting down" };
     pub const UNSUPPORTED_DATA: Self = Self { code: 1003, reason: "binary frames are not accepted" };
     pub const INVALID_PAYLOAD: Self = Self { code: 1007, reason: "text frame is not valid UTF-8" };

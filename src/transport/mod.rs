@@ -16,3 +16,4 @@ pub mod section_reports;
 pub mod session;
 pub mod shard;
 pub mod upgrade;
+pub mod wire;

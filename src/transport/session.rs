@@ -3,21 +3,19 @@
 //! reader (a child task, started before the snapshot call so that a client
 //! who leaves early cancels it).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::pending;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
 use tracing::Instrument;
 
 use crate::application::connect::{self, Connected, Interruption, Registration};
@@ -31,27 +29,17 @@ use crate::telemetry::events::SessionClosed;
 use super::context::ShardState;
 use super::mailbox::HandedOff;
 use super::rate::TokenBucket;
-
-type Sink = SplitSink<WebSocketStream<TcpStream>, Message>;
+use super::wire::{ReadOnly, WireWriter};
 
 /// How long a close handshake may take before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// A deadline that never comes in practice, without overflowing `Instant`.
 const FAR_FUTURE: Duration = Duration::from_secs(365 * 24 * 3600);
-/// tungstenite allocates its read buffer eagerly, 128 KiB by default: 250 MiB
-/// per thousand clients with the write buffer. Clients here only send pings,
-/// and the buffer still grows for a larger message (up to the frame cap).
-const READ_BUFFER_BYTES: usize = 4 << 10;
-/// Frames are written out once this much is buffered, and at every flush
-/// (the writer flushes whenever its queue runs empty).
-const WRITE_BUFFER_BYTES: usize = 16 << 10;
+/// tungstenite allocates its read buffer eagerly, 128 KiB by default: 125 MiB
+/// per thousand clients. Clients here only send the occasional ping, and
+/// the buffer still grows for a larger message (up to the frame cap).
+const READ_BUFFER_BYTES: usize = 256;
 const PONG: Frame = Frame::from_static(protocol::PONG_FRAME);
-
-fn text(frame: &Frame) -> Message {
-    // SAFETY: `Frame` is only ever built from `&str`, so its bytes are UTF-8;
-    // skipping re-validation keeps the shared bytes a refcount bump per client.
-    Message::Text(unsafe { Utf8Bytes::from_bytes_unchecked(frame.utf8_bytes().clone()) })
-}
 
 pub async fn run<S: SnapshotSource + 'static>(
     state: Rc<ShardState<S>>,
@@ -75,16 +63,18 @@ pub async fn run<S: SnapshotSource + 'static>(
     let result = async {
         let stream = TcpStream::from_std(stream)?;
         stream.set_nodelay(true)?;
+        let (read_half, write_half) = stream.into_split();
         let settings = &state.ctx.session;
         let config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER_BYTES)
-            .write_buffer_size(WRITE_BUFFER_BYTES)
             .max_message_size(Some(settings.max_frame_bytes))
             .max_frame_size(Some(settings.max_frame_bytes));
-        let socket = WebSocketStream::from_partially_read(stream, read_buf.to_vec(), Role::Server, Some(config)).await;
+        let incoming =
+            WebSocketStream::from_partially_read(ReadOnly(read_half), read_buf.to_vec(), Role::Server, Some(config))
+                .await;
         let request =
             SnapshotRequest { section, token: &token, client_addr: client.addr, request_id: &client.request_id };
-        serve(&state, socket, registration.outbox(), request, claims.expires_at).await;
+        serve(&state, incoming, WireWriter::new(write_half), registration.outbox(), request, claims.expires_at).await;
         Ok::<(), std::io::Error>(())
     }
     .instrument(span)
@@ -97,17 +87,17 @@ pub async fn run<S: SnapshotSource + 'static>(
 
 async fn serve<S: SnapshotSource>(
     state: &ShardState<S>,
-    socket: WebSocketStream<TcpStream>,
+    incoming: WebSocketStream<ReadOnly>,
+    mut writer: WireWriter,
     outbox: &Rc<Outbox>,
     request: SnapshotRequest<'_>,
     expires_at: Option<u64>,
 ) {
-    let (mut sink, stream) = socket.split();
-    let last_pong = Rc::new(Cell::new(None));
+    let heard = Rc::new(Heard::default());
     let mut reader = tokio::task::spawn_local(read_client(
-        stream,
+        incoming,
         Rc::clone(outbox),
-        Rc::clone(&last_pong),
+        Rc::clone(&heard),
         state.ctx.session.client_messages_per_second,
     ));
     // Dropping a JoinHandle detaches the task: a reader still waiting on a
@@ -125,42 +115,44 @@ async fn serve<S: SnapshotSource>(
     let (reports, floor) = (&state.section_reports, &state.ctx.floor);
     let connected = connect::fetch_snapshot(&state.snapshots, reports, floor, outbox, request, interrupted).await;
     if connected != Connected::Interrupted(Interruption::ClientGone) {
-        let liveness = Liveness { last_pong: &last_pong, expires_at };
-        write_live(state, &mut sink, outbox, liveness, reader).await;
+        write_live(state, &mut writer, outbox, &heard, expires_at, reader).await;
     }
     reader_abort.abort();
 }
 
-/// What tells the writer that its client is still there and still allowed.
-struct Liveness<'a> {
-    /// When the reader last saw a pong.
-    last_pong: &'a Cell<Option<Instant>>,
-    /// The token's `exp`, in seconds since the epoch.
-    expires_at: Option<u64>,
+/// What the reader heard that the writer must act on.
+#[derive(Default)]
+struct Heard {
+    /// When the last pong came.
+    last_pong: Cell<Option<Instant>>,
+    /// The payload of the latest unanswered ping (only the latest needs an
+    /// answer).
+    ping: RefCell<Option<Bytes>>,
 }
 
-/// One I/O step of the writer. Pings and frames are buffered (`feed`) and
-/// flushed once nothing is left to buffer.
-enum Step {
-    Ping,
-    Frame { seq: u64, frame: Frame },
-    Flush,
-    Idle,
+/// How the reader ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReaderEnd {
+    /// The client sent a close frame: it gets one back.
+    PeerClosed,
+    /// The connection broke, or the close handshake the server began ended.
+    Done,
 }
 
 /// Writes queued frames until a close is requested or the peer goes away.
 ///
-/// Nothing here waits on the socket outside the one I/O step per turn, and
-/// every timer stays armed while that step waits, so a client that stops
-/// reading cannot stall the pings, the pong deadline, the token's expiry, a
-/// requested close or shutdown. A step that makes no progress for
-/// `WS_WRITE_TIMEOUT` drops the client.
+/// Nothing here waits on the socket outside the one I/O step per turn
+/// (waiting until it takes bytes), and every timer stays armed while that
+/// step waits, so a client that stops reading cannot stall the pings, the
+/// pong deadline, the token's expiry, a requested close or shutdown. A
+/// socket that takes no bytes for `WS_WRITE_TIMEOUT` drops the client.
 async fn write_live<S>(
     state: &ShardState<S>,
-    sink: &mut Sink,
+    writer: &mut WireWriter,
     outbox: &Outbox,
-    liveness: Liveness<'_>,
-    mut reader: JoinHandle<()>,
+    heard: &Heard,
+    expires_at: Option<u64>,
+    mut reader: JoinHandle<ReaderEnd>,
 ) {
     let settings = &state.ctx.session;
     let shutdown = &state.ctx.shutdown;
@@ -168,24 +160,21 @@ async fn write_live<S>(
     tokio::pin!(shutdown_triggered);
     let mut ping = tokio::time::interval_at(Instant::now() + settings.ping_interval, settings.ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let expiry = sleep_until(expiry_instant(liveness.expires_at, settings.token_leeway));
+    let expiry = sleep_until(expiry_instant(expires_at, settings.token_leeway));
     tokio::pin!(expiry);
-    // When the oldest unanswered ping was buffered, and when that ping's
-    // pong is due.
+    // When the oldest unanswered ping was queued, and when its pong is due.
     let mut ping_sent: Option<Instant> = None;
     let pong_deadline = sleep_until(Instant::now() + FAR_FUTURE);
     tokio::pin!(pong_deadline);
     // Armed while there is something to write. Progress only moves
     // `progressed_at`; the timer catches up when it fires, so a busy
-    // connection does not touch the timer wheel once per frame.
+    // connection does not touch the timer wheel once per write.
     let write_deadline = sleep_until(Instant::now() + FAR_FUTURE);
     tokio::pin!(write_deadline);
     let mut writing = false;
     let mut progressed_at = Instant::now();
-    let mut ping_due = false;
-    let mut reader_done = false;
+    let mut reader_end = None;
     let mut shutting_down = false;
-    let mut unflushed = false;
 
     loop {
         if !shutting_down && shutdown.is_triggered() {
@@ -193,50 +182,37 @@ async fn write_live<S>(
             outbox.request_close(CloseCode::GOING_AWAY, true);
         }
         if let Some(close) = outbox.close_request()
-            && (!close.after_drain || outbox.front().is_none())
+            && (!close.after_drain || (outbox.front().is_none() && !writer.has_started()))
         {
             SessionClosed { code: close.code }.emit();
-            let _ = tokio::time::timeout(CLOSE_GRACE, send_close(sink, close.code)).await;
-            if !reader_done {
+            let _ = tokio::time::timeout(CLOSE_GRACE, writer.close(close.code)).await;
+            if reader_end.is_none() {
                 let _ = tokio::time::timeout(CLOSE_GRACE, &mut reader).await;
             }
             return;
         }
-        if reader_done {
-            return; // the peer is gone and nothing asked for a close frame
-        }
-        let step = if ping_due {
-            Step::Ping
-        } else if let Some(next) = outbox.front() {
-            Step::Frame { seq: next.seq, frame: next.frame }
-        } else if unflushed {
-            Step::Flush
-        } else {
-            Step::Idle
-        };
-        match (&step, writing) {
-            (Step::Idle, _) => writing = false,
-            (_, false) => {
-                writing = true;
-                progressed_at = Instant::now();
-                write_deadline.as_mut().reset(progressed_at + settings.write_timeout);
+        match reader_end {
+            // Nothing asked for a close frame; the peer's own gets its answer.
+            Some(ReaderEnd::PeerClosed) => {
+                let _ = tokio::time::timeout(CLOSE_GRACE, writer.close(CloseCode::CLOSE_ACKNOWLEDGED)).await;
+                return;
             }
-            (_, true) => {}
+            Some(ReaderEnd::Done) => return,
+            None => {}
         }
-        // `feed` takes a message only once it is buffered, and a flush
-        // resumes where it stopped, so losing a race to another branch
-        // drops nothing.
-        let io_step = async {
-            match &step {
-                Step::Ping => sink.feed(Message::Ping(Bytes::new())).await,
-                Step::Frame { frame, .. } => sink.feed(text(frame)).await,
-                Step::Flush => sink.flush().await,
-                Step::Idle => pending().await,
-            }
-        };
+        if let Some(payload) = heard.ping.take() {
+            writer.queue_pong(payload);
+        }
+        let has_output = writer.has_started() || outbox.front().is_some();
+        if has_output && !writing {
+            progressed_at = Instant::now();
+            write_deadline.as_mut().reset(progressed_at + settings.write_timeout);
+        }
+        writing = has_output;
+        let io_step = async { if has_output { writer.writable().await } else { pending().await } };
         tokio::select! {
             biased;
-            _ = &mut reader, if !reader_done => reader_done = true,
+            end = &mut reader, if reader_end.is_none() => reader_end = Some(end.unwrap_or(ReaderEnd::Done)),
             () = &mut shutdown_triggered, if !shutting_down => {}
             () = &mut expiry => outbox.request_close(CloseCode::TOKEN_EXPIRED, false),
             () = &mut write_deadline, if writing => {
@@ -249,38 +225,35 @@ async fn write_live<S>(
                 }
             }
             () = &mut pong_deadline, if ping_sent.is_some() => {
-                if liveness.last_pong.get() < ping_sent {
+                if heard.last_pong.get() < ping_sent {
                     tracing::info!("peer stopped answering pings; dropping");
                     return;
                 }
                 ping_sent = None;
             }
-            _ = ping.tick() => ping_due = true,
-            written = io_step => {
-                if written.is_err() {
+            _ = ping.tick() => {
+                writer.queue_ping();
+                if ping_sent.is_none() {
+                    let now = Instant::now();
+                    ping_sent = Some(now);
+                    pong_deadline.as_mut().reset(now + settings.pong_timeout);
+                }
+            }
+            ready = io_step => {
+                if ready.is_err() {
                     return;
                 }
-                progressed_at = Instant::now();
-                match step {
-                    Step::Ping => {
-                        ping_due = false;
-                        unflushed = true;
-                        if ping_sent.is_none() {
-                            let now = Instant::now();
-                            ping_sent = Some(now);
-                            pong_deadline.as_mut().reset(now + settings.pong_timeout);
-                        }
-                    }
-                    Step::Frame { seq, .. } => {
-                        if let Some(routed_at) = outbox.pop_written(seq) {
-                            METRICS.delivery_seconds.observe(routed_at.elapsed().as_secs_f64());
-                        }
-                        METRICS.frames_sent.inc();
-                        unflushed = true;
-                    }
-                    Step::Flush => unflushed = false,
-                    Step::Idle => {}
+                let written = match writer.write_ready(outbox) {
+                    Ok(written) => written,
+                    Err(_) => return,
+                };
+                if written.bytes > 0 {
+                    progressed_at = Instant::now();
                 }
+                for routed_at in written.routed_at {
+                    METRICS.delivery_seconds.observe(routed_at.elapsed().as_secs_f64());
+                }
+                METRICS.frames_sent.inc_by(written.frames as u64);
             }
             () = outbox.changed() => {}
         }
@@ -302,30 +275,24 @@ fn expiry_instant(expires_at: Option<u64>, leeway: Duration) -> Instant {
 /// Closes a socket that no shard will serve, on the thread that holds it.
 pub async fn close_unadopted(stream: std::net::TcpStream, code: CloseCode) {
     let Ok(stream) = TcpStream::from_std(stream) else { return };
-    let socket = WebSocketStream::from_raw_socket(stream, Role::Server, None).await;
-    let (mut sink, _) = socket.split();
-    let _ = tokio::time::timeout(CLOSE_GRACE, send_close(&mut sink, code)).await;
-}
-
-async fn send_close(sink: &mut Sink, code: CloseCode) {
-    let frame = CloseFrame { code: code.code.into(), reason: code.reason.into() };
-    let _ = sink.send(Message::Close(Some(frame))).await;
+    let (_, write_half) = stream.into_split();
+    let _ = tokio::time::timeout(CLOSE_GRACE, WireWriter::new(write_half).close(code)).await;
 }
 
 /// Reads client frames until the peer closes or misbehaves. Every frame,
 /// control frames included, counts against the client's rate: a flood of
 /// pings would otherwise burn the shard thread every section on it shares.
 async fn read_client(
-    mut stream: SplitStream<WebSocketStream<TcpStream>>,
+    mut stream: WebSocketStream<ReadOnly>,
     outbox: Rc<Outbox>,
-    last_pong: Rc<Cell<Option<Instant>>>,
+    heard: Rc<Heard>,
     messages_per_second: u32,
-) {
+) -> ReaderEnd {
     let mut bucket = TokenBucket::new(messages_per_second);
     let count = |kind: &str| METRICS.client_messages.with_label_values(&[kind]).inc();
     while let Some(message) = stream.next().await {
         let refusal = match message {
-            Ok(Message::Close(_)) => break,
+            Ok(Message::Close(_)) => return ReaderEnd::PeerClosed,
             Ok(_) if !bucket.allow() => {
                 count("rate_limited");
                 Some(CloseCode::POLICY_VIOLATION)
@@ -343,12 +310,16 @@ async fn read_client(
                 count("binary");
                 Some(CloseCode::UNSUPPORTED_DATA)
             }
-            Ok(Message::Pong(_)) => {
-                last_pong.set(Some(Instant::now()));
+            Ok(Message::Ping(payload)) => {
+                heard.ping.replace(Some(payload));
+                outbox.nudge();
                 None
             }
-            // Pings are answered by tungstenite.
-            Ok(_) => None,
+            Ok(Message::Pong(_)) => {
+                heard.last_pong.set(Some(Instant::now()));
+                None
+            }
+            Ok(Message::Frame(_)) => None,
             Err(WsError::Capacity(_)) => {
                 count("too_large");
                 Some(CloseCode::TOO_LARGE)
@@ -367,9 +338,10 @@ async fn read_client(
                     break;
                 }
             }
-            return;
+            return ReaderEnd::Done;
         }
     }
+    ReaderEnd::Done
 }
 
 #[cfg(test)]
