@@ -399,6 +399,23 @@ async fn application_pings_get_pongs_and_server_pings_keep_a_live_client() {
     assert_eq!(pong, json!({"event": "pong"}));
 }
 
+/// The protocol's own control frames: a WebSocket ping gets a pong with the
+/// same payload, and a client's close frame gets a close frame back.
+#[tokio::test]
+async fn websocket_pings_get_pongs_and_a_client_close_is_answered() {
+    let stack = Stack::start().await;
+    let section = new_id();
+    stack.serve_section(&section, vec![]);
+    let mut ws = raw_connect(&stack.ws_url(&section, &token())).await;
+    assert!(raw_send(&mut ws, Message::Ping(b"are you there".to_vec().into())).await);
+    match raw_next(&mut ws, WAIT).await.expect("a pong") {
+        Message::Pong(payload) => assert_eq!(&payload[..], b"are you there"),
+        other => panic!("expected a pong, got {other:?}"),
+    }
+    assert!(raw_send(&mut ws, Message::Close(None)).await);
+    assert_eq!(raw_close_code(&mut ws).await, 1000, "the close is answered");
+}
+
 /// A client that stops answering pings (tungstenite answers only while
 /// reading) is dropped after the ping interval plus the pong timeout; a
 /// client that answers is kept.
