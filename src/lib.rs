@@ -18,8 +18,9 @@
 //!    queues the same bytes on every subscriber of the section.
 //! 6. **queue** — `application/outbox.rs`: per client, bounded, conflating;
 //!    held until the client's snapshot is out.
-//! 7. **write** — `transport/session.rs`: the client's writer task puts it
-//!    on the socket.
+//! 7. **write** — `transport/session.rs` with `transport/wire.rs`: the
+//!    client's writer task puts it on the socket, header and shared payload
+//!    in one `writev` with the frames queued behind it.
 //!
 //! # The life of a connection
 //! 1. **accept** — `transport/http.rs`: any shard accepts on the shared
