@@ -1,15 +1,19 @@
-//! The hot path, stage by stage: parse a Kafka record, route it, fan the
-//! frame out to a section's subscribers. Run with `cargo bench --bench pipeline`.
+//! The hot path, stage by stage: parse a Kafka record, route it, build its
+//! frame, fan the frame out to a section's subscribers, and conflate a slow
+//! client's queue. Run with `cargo bench --bench pipeline`.
 
 use std::hint::black_box;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use mesaya_realtime::application::delivery::Delivery;
 use mesaya_realtime::application::hub::SectionHub;
 use mesaya_realtime::application::outbox::{Outbox, QueueLimits};
 use mesaya_realtime::application::router::EventRouter;
+use mesaya_realtime::domain::entity::{Action, EntityKey, EntityKind};
 use mesaya_realtime::domain::envelope;
+use mesaya_realtime::domain::frame::Frame;
 use mesaya_realtime::domain::ids::SectionId;
 use mesaya_realtime::domain::snapshot::Snapshot;
 
@@ -73,5 +77,48 @@ fn fan_out(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parse_and_route, fan_out);
+/// Building the frame bytes of an event: once per event, whatever the
+/// number of subscribers.
+fn frame(c: &mut Criterion) {
+    let event = envelope::parse("mesa-ya.tables.events", TABLE_UPDATED.as_bytes(), 1 << 20).unwrap();
+    let mut group = c.benchmark_group("frame");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("table_updated", |b| {
+        b.iter(|| Frame::event(EntityKind::Table, Action::Updated, black_box(&event.payload)))
+    });
+    group.finish();
+}
+
+/// A slow client's full queue: each push conflates it back to the newest
+/// frame of each of its 16 entities (the cost a slow client puts on its
+/// shard, per event).
+fn conflation(c: &mut Criterion) {
+    let snapshot = Snapshot::parse(br#"{"data":{"id":"s"}}"#).unwrap();
+    let deliveries: Vec<Arc<Delivery>> = (0..16)
+        .map(|n| {
+            Arc::new(Delivery {
+                frame: Frame::event(EntityKind::Table, Action::Updated, TABLE_UPDATED),
+                key: EntityKey::new(EntityKind::Table, format!("table-{n}")),
+                action: Action::Updated,
+                updated_at: None,
+                ends_section: false,
+                routed_at: std::time::Instant::now(),
+            })
+        })
+        .collect();
+    let mut group = c.benchmark_group("outbox");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("push_into_a_full_queue_of_16_entities", |b| {
+        let outbox = Outbox::new(QueueLimits { max_frames: 64, max_bytes: 4 << 20 });
+        outbox.go_live(&snapshot);
+        let mut n = 0;
+        b.iter(|| {
+            n += 1;
+            outbox.push_event(Arc::clone(&deliveries[n % deliveries.len()]))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, parse_and_route, frame, fan_out, conflation);
 criterion_main!(benches);
