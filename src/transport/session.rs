@@ -5,6 +5,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::pending;
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,6 +23,7 @@ use crate::application::connect::{self, Connected, Interruption, Registration};
 use crate::application::outbox::Outbox;
 use crate::application::ports::{SnapshotRequest, SnapshotSource};
 use crate::domain::frame::Frame;
+use crate::domain::ids::SectionId;
 use crate::domain::protocol::{self, CloseCode};
 use crate::telemetry::METRICS;
 use crate::telemetry::events::SessionClosed;
@@ -50,16 +52,19 @@ pub async fn run<S: SnapshotSource + 'static>(
     // Held to the end: the registration leaves the hub and the permit frees
     // the session's place when this task ends, however it ends.
     let HandedOff { stream, read_buf, section, token, claims, client, permit: _permit } = handed_off;
+    // A copy of the few pipelined bytes, so that hyper's whole read buffer,
+    // which `read_buf` is a slice of, is freed now and not at the session's end.
+    let pipelined = read_buf.to_vec();
+    drop(read_buf);
     let connections = METRICS.connections.with_label_values(&[&state.index.to_string()]);
     connections.inc();
-    let span = tracing::info_span!(
-        "session",
-        %section,
-        shard = state.index,
-        sub = %claims.subject,
-        client = %client.addr,
-        request_id = %client.request_id,
-    );
+    let log = SessionLog {
+        section,
+        shard: state.index,
+        sub: claims.subject,
+        client: client.addr,
+        request_id: client.request_id,
+    };
     let result = async {
         let stream = TcpStream::from_std(stream)?;
         stream.set_nodelay(true)?;
@@ -70,19 +75,42 @@ pub async fn run<S: SnapshotSource + 'static>(
             .max_message_size(Some(settings.max_frame_bytes))
             .max_frame_size(Some(settings.max_frame_bytes));
         let incoming =
-            WebSocketStream::from_partially_read(ReadOnly(read_half), read_buf.to_vec(), Role::Server, Some(config))
-                .await;
-        let request =
-            SnapshotRequest { section, token: &token, client_addr: client.addr, request_id: &client.request_id };
-        serve(&state, incoming, WireWriter::new(write_half), registration.outbox(), request, claims.expires_at).await;
+            WebSocketStream::from_partially_read(ReadOnly(read_half), pipelined, Role::Server, Some(config)).await;
+        let request = SnapshotRequest { section, token: &token, client_addr: log.client, request_id: &log.request_id };
+        let writer = WireWriter::new(write_half);
+        serve(&state, incoming, writer, registration.outbox(), request, claims.expires_at, &log).await;
         Ok::<(), std::io::Error>(())
     }
-    .instrument(span)
     .await;
     if let Err(error) = result {
-        tracing::warn!(%error, "could not adopt the socket");
+        log.span().in_scope(|| tracing::warn!(%error, "could not adopt the socket"));
     }
     connections.dec();
+}
+
+/// Who a session's log lines are about. A span is made around each line
+/// (and around the snapshot call) rather than kept for the session's life:
+/// a span the subscriber holds costs kilobytes per connection.
+struct SessionLog {
+    section: SectionId,
+    shard: usize,
+    sub: String,
+    client: IpAddr,
+    /// Also sent to the API as `X-Request-Id`.
+    request_id: String,
+}
+
+impl SessionLog {
+    fn span(&self) -> tracing::Span {
+        tracing::info_span!(
+            "session",
+            section = %self.section,
+            shard = self.shard,
+            sub = %self.sub,
+            client = %self.client,
+            request_id = %self.request_id,
+        )
+    }
 }
 
 async fn serve<S: SnapshotSource>(
@@ -92,6 +120,7 @@ async fn serve<S: SnapshotSource>(
     outbox: &Rc<Outbox>,
     request: SnapshotRequest<'_>,
     expires_at: Option<u64>,
+    log: &SessionLog,
 ) {
     let heard = Rc::new(Heard::default());
     let mut reader = tokio::task::spawn_local(read_client(
@@ -113,9 +142,13 @@ async fn serve<S: SnapshotSource>(
         }
     };
     let (reports, floor) = (&state.section_reports, &state.ctx.floor);
-    let connected = connect::fetch_snapshot(&state.snapshots, reports, floor, outbox, request, interrupted).await;
+    // Boxed: the HTTP call's future is large and lives only until the
+    // snapshot arrives, while the session's own future lives for hours.
+    let connected = Box::pin(connect::fetch_snapshot(&state.snapshots, reports, floor, outbox, request, interrupted))
+        .instrument(log.span())
+        .await;
     if connected != Connected::Interrupted(Interruption::ClientGone) {
-        write_live(state, &mut writer, outbox, &heard, expires_at, reader).await;
+        write_live(state, &mut writer, outbox, &heard, expires_at, reader, log).await;
     }
     reader_abort.abort();
 }
@@ -153,6 +186,7 @@ async fn write_live<S>(
     heard: &Heard,
     expires_at: Option<u64>,
     mut reader: JoinHandle<ReaderEnd>,
+    log: &SessionLog,
 ) {
     let settings = &state.ctx.session;
     let shutdown = &state.ctx.shutdown;
@@ -184,7 +218,7 @@ async fn write_live<S>(
         if let Some(close) = outbox.close_request()
             && (!close.after_drain || (outbox.front().is_none() && !writer.has_started()))
         {
-            SessionClosed { code: close.code }.emit();
+            log.span().in_scope(|| SessionClosed { code: close.code }.emit());
             let _ = tokio::time::timeout(CLOSE_GRACE, writer.close(close.code)).await;
             if reader_end.is_none() {
                 let _ = tokio::time::timeout(CLOSE_GRACE, &mut reader).await;
@@ -220,13 +254,14 @@ async fn write_live<S>(
                 if due > Instant::now() {
                     write_deadline.as_mut().reset(due);
                 } else {
-                    tracing::info!(timeout = ?settings.write_timeout, "socket took no bytes; dropping");
+                    let timeout = settings.write_timeout;
+                    log.span().in_scope(|| tracing::info!(?timeout, "socket took no bytes; dropping"));
                     return;
                 }
             }
             () = &mut pong_deadline, if ping_sent.is_some() => {
                 if heard.last_pong.get() < ping_sent {
-                    tracing::info!("peer stopped answering pings; dropping");
+                    log.span().in_scope(|| tracing::info!("peer stopped answering pings; dropping"));
                     return;
                 }
                 ping_sent = None;
