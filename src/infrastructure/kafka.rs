@@ -49,6 +49,7 @@ use crate::telemetry::events::{RecordSkipped, ReservationsExpired};
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 const RETRY_DELAY: Duration = Duration::from_secs(2);
+const RETENTION_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
 type PartitionKey = (String, i32);
 
@@ -334,7 +335,9 @@ impl<D: Dispatch> KafkaIngest<D> {
         let asked = || -> KafkaResult<Vec<(String, String)>> {
             let admin: AdminClient<DefaultClientContext> = self.client_config(&self.group_id).create()?;
             let specifiers: Vec<ResourceSpecifier<'_>> = topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
-            let options = AdminOptions::new().request_timeout(Some(METADATA_TIMEOUT));
+            // Short: a broker that does not answer (librdkafka's mock cluster)
+            // must not hold readiness back for long.
+            let options = AdminOptions::new().request_timeout(Some(RETENTION_QUERY_TIMEOUT));
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_time()
                 .build()
