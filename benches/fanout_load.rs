@@ -1,23 +1,52 @@
-//! Load harness: does one client that never reads hurt anybody else?
+//! Load harness: the gateway beside a raw pre-framed writer.
 //!
-//! Starts the real stack (tansu, the stand-in API, the release gateway),
-//! connects reading clients to section A and to section B (which shares A's
-//! shard, the hardest case), and publishes `LOAD_EVENTS` (20 000) events of
-//! ~`LOAD_EVENT_BYTES` (1 KiB) to A at `LOAD_RATE`/s, with one event in ten
-//! going to B. Each payload carries its send time, so every client measures
-//! produce → receive latency. It runs twice on one gateway: a baseline, then
-//! with a client on A that reads its snapshot and then stops reading. It
-//! prints latency percentiles per run and the gateway's peak RSS. Events
-//! cycle over `LOAD_TABLES` (500) tables: with few, conflation keeps the
-//! stalled client's queue small; with one per event, it is closed with 4408.
+//! One run reports, for the real stack (tansu, the stand-in API, the release gateway) and for a
+//! raw writer built into this harness, the figures of the performance table in BENCHMARKS.md:
+//!
+//! - `idle`: gateway RSS per idle connection at `LOAD_IDLE_CONNS` (19 000) connections that got
+//!   their snapshot: (VmRSS after − VmRSS before) / N, next to the raw server's RSS per
+//!   connection (handshake only, sockets held).
+//! - `connect`: connects/s to those N connections (with the snapshot call for the gateway,
+//!   handshake only for the raw server), at most `LOAD_CONNECT_CONCURRENCY` (100) in flight
+//!   (the gateway listens with std's backlog of 128: more in flight overflow it, and each overflow
+//!   costs a one-second SYN retransmit; the harness prints the kernel's overflow count).
+//! - `latency`: the gateway's own route → socket latency (`mesaya_delivery_seconds`, bucket
+//!   deltas over the measured window), 2 000 connections in 10 sections, `LOAD_OFFERED` (100 000)
+//!   deliveries/s offered; end-to-end latency seen by the clients for both.
+//! - `cpu`: deliveries per CPU-second of the server process (utime + stime from /proc), 10 000
+//!   connections in 10 sections, 100 000 deliveries/s offered.
+//! - `closed`: closed-loop deliveries/s, 10 000 connections in 1 section: events are published
+//!   while fewer than `LOAD_WINDOW` (64) are outstanding at the slowest client.
+//!
+//! Select with `LOAD_ROWS=idle,connect,latency,cpu,closed` (`idle` and `connect` share one
+//! connection phase) and `LOAD_TARGETS=gateway,raw`. Each row starts a fresh server (and, for the
+//! gateway, a fresh broker and API), measures for `LOAD_SECS` (20) after `LOAD_WARMUP` (2) s, and
+//! stops by itself. Every event carries a per-section sequence number and its send time; every
+//! client checks that each expected frame arrived exactly once (loss and duplicates are counted
+//! per row).
+//!
+//! The clients run in this process (a minimal WebSocket client: one task and one read buffer per
+//! connection, answering pings). The raw writer runs in a child process (this executable with
+//! `LOAD_ROLE=raw`), so its RSS and CPU are its own: it accepts the WebSocket handshake, holds the
+//! sockets, and writes each pre-framed event it receives on its stdin to every socket of the
+//! section, directly when the socket takes the bytes and queued only on would-block, on
+//! `SHARDS` (default: cores) threads.
+//!
+//! Gateway variables forwarded when set: `SHARDS`, `WS_QUEUE_MAX_FRAMES`, `WS_QUEUE_MAX_BYTES`,
+//! `KAFKA_FETCH_WAIT_MAX` (default 10ms here), `SNAPSHOT_CONCURRENCY`, `WS_MAX_CONNECTIONS`
+//! (default 19500 here), `WS_PING_INTERVAL`, `WS_WRITE_TIMEOUT`, `LOG_LEVEL` (default warn).
 //!
 //! `cargo bench --bench fanout_load` (needs tansu; `scripts/ensure-tansu.sh`).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use bytes::{Buf, Bytes, BytesMut};
 use mesaya_realtime::domain::ids::SectionId;
 use mesaya_testkit::api::StandInApi;
 use mesaya_testkit::broker::Broker;
@@ -25,294 +54,1759 @@ use mesaya_testkit::fixtures;
 use mesaya_testkit::gateway::{self, Gateway};
 use mesaya_testkit::tokens::TokenBuilder;
 use rdkafka::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 const SECRET: &str = "load-harness-secret-0123456789";
+const TOPIC: &str = "mesa-ya.tables.events";
+/// Distinct tables per section that events cycle over: more than a client queue holds, so
+/// conflation can never merge two frames and hide a loss.
+const TABLES_PER_SECTION: u64 = 4096;
 
 fn setting(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.trim().replace('_', "").parse().ok()).unwrap_or(default)
 }
 
-struct Load {
-    events: usize,
-    event_bytes: usize,
-    rate: usize,
-    readers: usize,
-    /// Distinct tables the events cycle over: few let conflation keep a
-    /// stalled client's queue small; as many as events force a 4408.
-    tables: usize,
+fn list_setting(name: &str, default: &str) -> Vec<String> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.to_string())
+        .split(',')
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
-/// Two section ids that hash to the same shard of `shards`.
-fn sections_on_one_shard(shards: usize) -> (String, String) {
-    let a = uuid::Uuid::new_v4().to_string();
-    let shard = SectionId::parse(&a).unwrap().shard(shards);
-    loop {
-        let b = uuid::Uuid::new_v4().to_string();
-        if SectionId::parse(&b).unwrap().shard(shards) == shard {
-            return (a, b);
-        }
-    }
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
+// ---------------------------------------------------------------------------------------------
+// /proc readings
 
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-/// Reads until `expected` events arrived (or `deadline`); returns latencies in µs.
-/// Counts itself in `live` once its snapshot has arrived.
-async fn read_latencies(
-    url: String,
-    epoch: Instant,
-    expected: usize,
-    deadline: Instant,
-    live: Arc<AtomicUsize>,
-) -> Vec<u64> {
-    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
-    socket.next().await.expect("a snapshot").expect("a snapshot");
-    live.fetch_add(1, Ordering::Relaxed);
-    let mut latencies = Vec::with_capacity(expected);
-    while latencies.len() < expected {
-        let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline.into(), socket.next()).await else { break };
-        if let Message::Text(text) = message {
-            let frame: Value = serde_json::from_str(&text).expect("JSON frame");
-            if let Some(sent) = frame["payload"]["sentMicros"].as_u64() {
-                latencies.push((epoch.elapsed().as_micros() as u64).saturating_sub(sent));
-            }
-        }
-    }
-    latencies
-}
-
-struct RunReport {
-    a: Vec<u64>,
-    b: Vec<u64>,
-    expected_a: usize,
-    expected_b: usize,
-    peak_rss_kib: u64,
-    stalled_close: Option<String>,
-}
-
-/// p50/p99/p99.9 of `mesaya_delivery_seconds`, as the upper bound of the
-/// histogram bucket each falls in.
-fn delivery_quantiles(metrics: &str) -> String {
-    let buckets: Vec<(f64, f64)> = metrics
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
         .lines()
-        .filter_map(|line| line.strip_prefix("mesaya_delivery_seconds_bucket{le=\""))
-        .filter_map(|rest| {
-            let (bound, count) = rest.split_once("\"} ")?;
-            Some((bound.parse().ok()?, count.trim().parse().ok()?))
-        })
-        .collect();
-    let total = buckets.last().map_or(0.0, |(_, count)| *count);
-    let at = |q: f64| {
-        buckets
-            .iter()
-            .find(|(_, count)| *count >= q * total)
-            .map_or("?".to_string(), |(bound, _)| format!("≤ {} ms", bound * 1000.0))
-    };
-    format!("p50 {} p99 {} p99.9 {} ({total} frames)", at(0.5), at(0.99), at(0.999))
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
-fn summary(name: &str, latencies: &mut [u64], expected: usize) -> String {
-    latencies.sort_unstable();
+/// utime + stime of every thread of `pid`, in seconds.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some(close) = stat.rfind(')') else { return 0.0 };
+    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf only reads a constant of the system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz.max(1.0)
+}
+
+/// Busy CPU-seconds of the whole machine (all cores; everything but idle and iowait).
+fn machine_busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().find(|l| l.starts_with("cpu ")) else { return 0.0 };
+    let v: Vec<f64> = cpu.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let total: f64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    // SAFETY: sysconf only reads a constant of the system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (total - idle) / hz.max(1.0)
+}
+
+/// Waits (at most `LOAD_QUIET_MAX` seconds, 60 by default) until the rest of the machine uses
+/// less than a quarter of a core, so that a row does not start while something else (a build)
+/// holds the cores it is about to measure.
+async fn wait_for_quiet() {
+    let max = Duration::from_secs(setting("LOAD_QUIET_MAX", 60) as u64);
+    let started = Instant::now();
+    loop {
+        let (machine, own) = (machine_busy_seconds(), cpu_seconds("self"));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let busy = (machine_busy_seconds() - machine) - (cpu_seconds("self") - own);
+        if busy < 0.25 || started.elapsed() >= max {
+            if started.elapsed() > Duration::from_secs(2) {
+                println!(
+                    "  (waited {:.0} s for a quiet machine; others use {busy:.2} cores now)",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            return;
+        }
+    }
+}
+
+/// The kernel's count of connections dropped because a listen queue was full (`TcpExt:
+/// ListenOverflows`): each costs the client a SYN retransmit, one second later.
+fn listen_overflows() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+    let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+    let [names, values] = rows[..] else { return 0 };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "ListenOverflows")
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The commit of the gateway's source (cargo rebuilt the binary from it), `+changes` when `src/`
+/// differs from it.
+fn source_version() -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(env!("CARGO_MANIFEST_DIR"))
+            .args(args)
+            .output()
+            .ok()
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let commit = git(&["log", "-1", "--format=%h %s"]);
+    let changed = !git(&["status", "--porcelain", "--", "src"]).is_empty();
+    let commit: String = commit.chars().take(90).collect();
+    format!("{commit}{}", if changed { " (+ uncommitted changes in src/)" } else { "" })
+}
+
+fn machine() -> String {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kib: u64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map_or("?".to_string(), |m| m.trim().to_string());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we pass.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
     format!(
-        "{name}: received {}/{} p50 {:.2} ms p99 {:.2} ms max {:.2} ms",
-        latencies.len(),
-        expected,
-        percentile(latencies, 0.50) as f64 / 1000.0,
-        percentile(latencies, 0.99) as f64 / 1000.0,
-        latencies.last().copied().unwrap_or(0) as f64 / 1000.0
+        "nproc {}, {:.1} GiB RAM, {model}, Linux {}, open files {}/{}",
+        cores(),
+        mem_kib as f64 / 1024.0 / 1024.0,
+        kernel.trim(),
+        limit.rlim_cur,
+        limit.rlim_max
     )
 }
 
-async fn run(
-    load: &Load,
-    gateway: &Gateway,
-    producer: &FutureProducer,
-    (section_a, section_b): (&str, &str),
-    with_stalled_client: bool,
-) -> RunReport {
-    let token = TokenBuilder::new().expires_in(3600).hs256(SECRET);
-    let url = |section: &str| gateway.ws_url(&format!("/ws/restaurant/{section}/{token}"));
-    let epoch = Instant::now();
-    let expected_b = load.events / 10;
-    let expected_a = load.events - expected_b;
-    let deadline = Instant::now() + Duration::from_secs((load.events / load.rate) as u64 + 60);
+// ---------------------------------------------------------------------------------------------
+// Prometheus text
 
-    let live = Arc::new(AtomicUsize::new(0));
-    let mut readers = Vec::new();
-    for _ in 0..load.readers {
-        readers.push(tokio::spawn(read_latencies(url(section_a), epoch, expected_a, deadline, Arc::clone(&live))));
-        readers.push(tokio::spawn(read_latencies(url(section_b), epoch, expected_b, deadline, Arc::clone(&live))));
-    }
-    let stalled = if with_stalled_client {
-        let (mut socket, _) = tokio_tungstenite::connect_async(url(section_a)).await.expect("connect");
-        socket.next().await; // the snapshot: from here on it never reads
-        Some(socket)
-    } else {
-        None
-    };
-    // Every reader must be live (snapshot received) before the first event.
-    let all_live = Instant::now() + Duration::from_secs(120);
-    while live.load(Ordering::Relaxed) < 2 * load.readers {
-        assert!(
-            Instant::now() < all_live,
-            "only {} of {} readers got a snapshot",
-            live.load(Ordering::Relaxed),
-            2 * load.readers
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{')))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
 
-    let sampling = Arc::new(AtomicBool::new(true));
-    let sampler = {
-        let sampling = Arc::clone(&sampling);
-        let pid = gateway.pid();
-        tokio::spawn(async move {
-            let mut peak = 0;
-            while sampling.load(Ordering::Relaxed) {
-                peak = peak.max(rss_kib(pid).unwrap_or(0));
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            peak
+/// `(upper bound, cumulative count)` of a histogram's buckets.
+fn histogram(text: &str, name: &str) -> Vec<(f64, f64)> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(prefix.as_str()))
+        .filter_map(|rest| {
+            let (bound, count) = rest.split_once("\"} ")?;
+            let bound = if bound.contains("Inf") { f64::INFINITY } else { bound.parse().ok()? };
+            Some((bound, count.trim().parse().ok()?))
         })
-    };
+        .collect()
+}
 
-    let padding = "x".repeat(load.event_bytes.saturating_sub(420));
-    let interval = Duration::from_secs_f64(1.0 / load.rate as f64);
-    let started = Instant::now();
-    let mut in_flight = Vec::new();
-    for i in 0..load.events {
-        let on_b = i % 10 == 9;
-        let section = if on_b { section_b } else { section_a };
-        let table = format!("00000000-0000-4000-8000-{:012}", i % load.tables);
-        let mut data = fixtures::table_json(&table, section, "2026-01-10T16:00:00.000Z");
-        data["notes"] = json!(padding);
-        data["sentMicros"] = json!(epoch.elapsed().as_micros() as u64);
-        let record = fixtures::v2("updated", &table, data).to_string();
-        let producer = producer.clone();
-        in_flight.push(tokio::spawn(async move {
-            producer
-                .send(FutureRecord::<(), _>::to("mesa-ya.tables.events").payload(&record), Duration::from_secs(30))
-                .await
-                .map(|_| ())
-                .map_err(|(e, _)| e)
-        }));
-        let due = started + interval * (i as u32 + 1);
-        if due > Instant::now() {
-            tokio::time::sleep_until(due.into()).await;
-        }
+/// The q-quantile of cumulative buckets, interpolated linearly inside its bucket; with the bucket's
+/// upper bound.
+fn bucket_quantile(buckets: &[(f64, f64)], q: f64) -> Option<(f64, f64)> {
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
     }
-    for send in in_flight {
-        send.await.expect("send task").expect("delivery");
-    }
-
-    let mut a = Vec::new();
-    let mut b = Vec::new();
-    for (i, reader) in readers.into_iter().enumerate() {
-        let latencies = reader.await.expect("reader");
-        if i % 2 == 0 { a.extend(latencies) } else { b.extend(latencies) }
-    }
-    sampling.store(false, Ordering::Relaxed);
-    let peak_rss_kib = sampler.await.expect("sampler");
-
-    let stalled_close = match stalled {
-        None => None,
-        Some(mut socket) => {
-            let mut outcome = "still open".to_string();
-            while let Ok(Some(next)) = tokio::time::timeout(Duration::from_secs(5), socket.next()).await {
-                match next {
-                    Ok(Message::Close(frame)) => {
-                        outcome = format!("closed {:?}", frame.map(|f| u16::from(f.code)));
-                        break;
-                    }
-                    Ok(_) => continue,
-                    Err(e) => {
-                        outcome = format!("connection ended: {e}");
-                        break;
-                    }
-                }
+    let target = q * total;
+    let (mut lower, mut below) = (0.0, 0.0);
+    for &(bound, count) in buckets {
+        if count >= target {
+            if bound.is_infinite() {
+                return Some((lower, bound));
             }
-            Some(outcome)
+            let inside = if count > below { (target - below) / (count - below) } else { 1.0 };
+            return Some((lower + inside * (bound - lower), bound));
         }
-    };
-    RunReport {
-        a,
-        b,
-        expected_a: expected_a * load.readers,
-        expected_b: expected_b * load.readers,
-        peak_rss_kib,
-        stalled_close,
+        (lower, below) = (bound, count);
+    }
+    None
+}
+
+fn delta_histogram(before: &[(f64, f64)], after: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    after
+        .iter()
+        .map(|&(bound, count)| {
+            let earlier = before.iter().find(|(b, _)| *b == bound).map_or(0.0, |(_, c)| *c);
+            (bound, count - earlier)
+        })
+        .collect()
+}
+
+fn ms(seconds: f64) -> String {
+    if seconds.is_infinite() { "∞".into() } else { format!("{:.2} ms", seconds * 1000.0) }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A log-linear latency histogram (µs, 16 sub-buckets per power of two: ≤ 6 % error)
+
+struct Latencies {
+    buckets: Vec<AtomicU64>,
+}
+
+impl Latencies {
+    fn new() -> Self {
+        Self { buckets: (0..16 + 60 * 16).map(|_| AtomicU64::new(0)).collect() }
+    }
+
+    fn index(us: u64) -> usize {
+        if us < 16 {
+            return us as usize;
+        }
+        let msb = 63 - us.leading_zeros() as usize;
+        16 + (msb - 4) * 16 + ((us >> (msb - 4)) & 15) as usize
+    }
+
+    fn upper(index: usize) -> u64 {
+        if index < 16 {
+            return index as u64;
+        }
+        let msb = (index - 16) / 16 + 4;
+        let sub = ((index - 16) % 16) as u64;
+        ((16 + sub + 1) << (msb - 4)) - 1
+    }
+
+    fn record(&self, us: u64) {
+        self.buckets[Self::index(us).min(self.buckets.len() - 1)].fetch_add(1, Relaxed);
+    }
+
+    fn quantile_ms(&self, q: f64) -> Option<f64> {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let target = (q * total as f64).ceil() as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= target.max(1) {
+                return Some(Self::upper(i) as f64 / 1000.0);
+            }
+        }
+        None
     }
 }
 
-fn main() {
-    // `cargo bench` passes `--bench`; this harness takes its settings from the environment.
-    let load = Load {
-        events: setting("LOAD_EVENTS", 20_000),
-        event_bytes: setting("LOAD_EVENT_BYTES", 1024),
-        rate: setting("LOAD_RATE", 2_000),
-        readers: setting("LOAD_READERS", 10),
-        tables: setting("LOAD_TABLES", 500).max(1),
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    runtime.block_on(async {
-        println!(
-            "fanout_load: {} events of ~{} B over {} tables at {}/s, {} readers on A and {} on B (same shard), SHARDS=2",
-            load.events, load.event_bytes, load.tables, load.rate, load.readers, load.readers
-        );
-        // Each run gets a fresh broker and gateway, so neither inherits the
-        // other's topic size or process state.
-        for stalled in [false, true] {
-            let broker = Broker::start_memory().await;
-            let api = StandInApi::start();
-            let sections = sections_on_one_shard(2);
-            for section in [&sections.0, &sections.1] {
-                api.set_section(section, fixtures::nest_snapshot(section, vec![]));
-            }
-            let mut env = gateway::wiring(&broker, &api, SECRET);
-            env.extend([("SHARDS", "2".to_string()), ("LOG_LEVEL", "warn".to_string())]);
-            let mut gateway = Gateway::start(std::path::Path::new(env!("CARGO_BIN_EXE_mesaya-realtime")), &env);
-            gateway.wait_ready(Duration::from_secs(30)).await;
-            let producer: FutureProducer = ClientConfig::new()
-                .set("bootstrap.servers", broker.bootstrap())
-                .set("linger.ms", "1")
-                .create()
-                .expect("producer");
-            let start_rss = rss_kib(gateway.pid()).unwrap_or(0);
+// ---------------------------------------------------------------------------------------------
+// Events: the same bytes for Kafka (a v2 `table.updated` record) and for the raw writer (the
+// WebSocket text frame the gateway makes of it)
 
-            let mut report = run(&load, &gateway, &producer, (&sections.0, &sections.1), stalled).await;
-            let label = if stalled { "with a client on A that stopped reading" } else { "baseline" };
-            println!("== {label}");
-            println!("  {}", summary("section A readers", &mut report.a, report.expected_a));
-            println!("  {}", summary("section B readers", &mut report.b, report.expected_b));
-            println!(
-                "  gateway RSS: {start_rss} KiB at start, {} KiB peak, {} KiB at end",
-                report.peak_rss_kib,
-                rss_kib(gateway.pid()).unwrap_or(0)
-            );
-            if let Some(outcome) = report.stalled_close {
-                println!("  stalled client: {outcome}");
+struct Events {
+    sections: Vec<String>,
+    padding: String,
+    epoch: Instant,
+}
+
+impl Events {
+    fn new(sections: Vec<String>, event_bytes: usize, epoch: Instant) -> Self {
+        let mut events = Self { sections, padding: String::new(), epoch };
+        let base = events.record(0, 0, 0).len();
+        events.padding = "x".repeat(event_bytes.saturating_sub(base));
+        events
+    }
+
+    fn data(&self, section: usize, seq: u64, sent_us: u64) -> String {
+        let table = format!("00000000-0000-4000-8{section:03x}-{:012x}", seq % TABLES_PER_SECTION);
+        let secs = seq / 1000;
+        let updated =
+            format!("2026-01-10T{:02}:{:02}:{:02}.{:03}Z", 16 + secs / 3600 % 8, secs / 60 % 60, secs % 60, seq % 1000);
+        format!(
+            concat!(
+                r#"{{"loadSeq":{seq},"loadSent":{sent},"id":"{table}","sectionId":"{section_id}","number":1,"#,
+                r#""capacity":4,"posX":10,"posY":10,"width":2,"height":2,"#,
+                r#""tableImageId":"0f7d2c8e-1111-4a2b-9c3d-4e5f60718293","#,
+                r#""chairImageId":"6a1b2c3d-2222-4e5f-8a9b-0c1d2e3f4a5b","status":"AVAILABLE","isAvailable":true,"#,
+                r#""createdAt":"2026-01-10T15:04:05.101Z","updatedAt":"{updated}","notes":"{padding}"}}"#
+            ),
+            seq = seq,
+            sent = sent_us,
+            table = table,
+            section_id = self.sections[section],
+            updated = updated,
+            padding = self.padding,
+        )
+    }
+
+    fn record(&self, section: usize, seq: u64, sent_us: u64) -> String {
+        let data = self.data(section, seq, sent_us);
+        let table = format!("00000000-0000-4000-8{section:03x}-{:012x}", seq % TABLES_PER_SECTION);
+        format!(
+            r#"{{"timestamp":"2026-01-10T16:00:00.500Z","event_type":"updated","entity_id":"{table}","data":{data}}}"#
+        )
+    }
+
+    /// The gateway's frame for this event, WebSocket-framed (server frames are not masked).
+    fn frame(&self, section: usize, seq: u64, sent_us: u64) -> Vec<u8> {
+        let text = format!(r#"{{"event":"table.updated","payload":{}}}"#, self.data(section, seq, sent_us));
+        let mut frame = Vec::with_capacity(text.len() + 10);
+        frame.push(0x81);
+        match text.len() {
+            n if n < 126 => frame.push(n as u8),
+            n if n <= 0xffff => {
+                frame.push(126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
             }
-            let (_, metrics) = gateway.get("/metrics").await;
-            println!("  gateway's own latency, route → client socket: {}", delivery_quantiles(&metrics));
-            for line in metrics.lines().filter(|l| {
-                l.starts_with("mesaya_slow_consumer_closes_total") || l.starts_with("mesaya_frames_conflated_total")
-            }) {
-                println!("  {line}");
+            n => {
+                frame.push(127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
             }
         }
+        frame.extend_from_slice(text.as_bytes());
+        frame
+    }
+
+    fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+}
+
+/// `count` section ids spread evenly over the gateway's `shards`.
+fn balanced_sections(count: usize, shards: usize) -> Vec<String> {
+    let mut sections = Vec::new();
+    while sections.len() < count {
+        let want = sections.len() % shards;
+        let id = uuid::Uuid::new_v4().to_string();
+        if SectionId::parse(&id).expect("a UUID").shard(shards) == want {
+            sections.push(id);
+        }
+    }
+    sections
+}
+
+// ---------------------------------------------------------------------------------------------
+// The raw writer (child process, LOAD_ROLE=raw)
+
+#[derive(Default)]
+struct RawStats {
+    conns: AtomicU64,
+    frames: AtomicU64,
+    slow_drops: AtomicU64,
+    write_errors: AtomicU64,
+    handshake_errors: AtomicU64,
+}
+
+enum ShardMsg {
+    Conn([u8; 36], TcpStream),
+    Event([u8; 36], Bytes),
+}
+
+struct RawConn {
+    stream: Option<TcpStream>,
+    pending: BytesMut,
+}
+
+/// Minimal server side of the WebSocket handshake: returns the section of the path.
+async fn raw_handshake(stream: &mut TcpStream) -> Option<[u8; 36]> {
+    let mut buf = [0u8; 2048];
+    let mut n = 0;
+    let end = loop {
+        let read = stream.read(&mut buf[n..]).await.ok()?;
+        if read == 0 {
+            return None;
+        }
+        n += read;
+        if let Some(end) = find(&buf[..n], b"\r\n\r\n") {
+            break end;
+        }
+        if n == buf.len() {
+            return None;
+        }
+    };
+    let head = std::str::from_utf8(&buf[..end]).ok()?;
+    let path = head.lines().next()?.split(' ').nth(1)?;
+    let section: [u8; 36] = path.strip_prefix("/ws/restaurant/")?.as_bytes().get(..36)?.try_into().ok()?;
+    let key = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.trim().eq_ignore_ascii_case("sec-websocket-key").then(|| value.trim())
+    })?;
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    );
+    stream.write_all(response.as_bytes()).await.ok()?;
+    Some(section)
+}
+
+/// One writer thread's sockets: every event is written to each socket of its section at once;
+/// only what a socket does not take is queued, and flushed when it becomes writable.
+async fn raw_shard(mut rx: mpsc::UnboundedReceiver<ShardMsg>, stats: Arc<RawStats>, max_pending: usize) {
+    let mut conns: Vec<RawConn> = Vec::new();
+    let mut sections: HashMap<[u8; 36], Vec<usize>> = HashMap::new();
+    let mut blocked: Vec<usize> = Vec::new();
+    enum Step {
+        Msg(Option<ShardMsg>),
+        Writable,
+    }
+    loop {
+        let step = std::future::poll_fn(|cx| {
+            for &i in &blocked {
+                if let Some(stream) = &conns[i].stream
+                    && stream.poll_write_ready(cx).is_ready()
+                {
+                    return Poll::Ready(Step::Writable);
+                }
+            }
+            rx.poll_recv(cx).map(Step::Msg)
+        })
+        .await;
+        match step {
+            Step::Msg(None) => return,
+            Step::Msg(Some(ShardMsg::Conn(section, stream))) => {
+                sections.entry(section).or_default().push(conns.len());
+                conns.push(RawConn { stream: Some(stream), pending: BytesMut::new() });
+                stats.conns.fetch_add(1, Relaxed);
+            }
+            Step::Msg(Some(ShardMsg::Event(section, frame))) => {
+                let Some(members) = sections.get(&section) else { continue };
+                let mut delivered = 0;
+                for &i in members {
+                    let conn = &mut conns[i];
+                    let Some(stream) = &conn.stream else { continue };
+                    if conn.pending.is_empty() {
+                        match stream.try_write(&frame) {
+                            Ok(n) if n == frame.len() => {}
+                            Ok(n) => {
+                                conn.pending.extend_from_slice(&frame[n..]);
+                                blocked.push(i);
+                            }
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                                conn.pending.extend_from_slice(&frame);
+                                blocked.push(i);
+                            }
+                            Err(_) => {
+                                conn.stream = None;
+                                stats.write_errors.fetch_add(1, Relaxed);
+                                stats.conns.fetch_sub(1, Relaxed);
+                                continue;
+                            }
+                        }
+                    } else {
+                        conn.pending.extend_from_slice(&frame);
+                        if conn.pending.len() > max_pending {
+                            conn.stream = None;
+                            conn.pending = BytesMut::new();
+                            stats.slow_drops.fetch_add(1, Relaxed);
+                            stats.conns.fetch_sub(1, Relaxed);
+                            continue;
+                        }
+                    }
+                    delivered += 1;
+                }
+                stats.frames.fetch_add(delivered, Relaxed);
+            }
+            Step::Writable => blocked.retain(|&i| {
+                let conn = &mut conns[i];
+                loop {
+                    let Some(stream) = &conn.stream else { return false };
+                    if conn.pending.is_empty() {
+                        conn.pending = BytesMut::new();
+                        return false;
+                    }
+                    match stream.try_write(&conn.pending) {
+                        Ok(n) => conn.pending.advance(n),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                        Err(_) => {
+                            conn.stream = None;
+                            stats.write_errors.fetch_add(1, Relaxed);
+                            stats.conns.fetch_sub(1, Relaxed);
+                            return false;
+                        }
+                    }
+                }
+            }),
+        }
+    }
+}
+
+/// The raw writer's process: prints `PORT <port>`, then serves. Its stdin carries messages
+/// `[kind u8][len u32 LE][body]`: kind 0 an event (36-byte section id, then the frame's bytes),
+/// kind 1 a stats request, answered with one `STATS …` line on stdout. Exits when stdin closes.
+fn raw_main() {
+    let shards = setting("LOAD_RAW_SHARDS", cores()).max(1);
+    let max_pending = setting("LOAD_RAW_MAX_PENDING", 4 << 20);
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(shards).enable_all().build().expect("runtime");
+    let stats = Arc::new(RawStats::default());
+    let owners: Arc<Mutex<HashMap<[u8; 36], usize>>> = Arc::default();
+    let owner = {
+        let owners = Arc::clone(&owners);
+        move |section: [u8; 36]| {
+            let mut owners = owners.lock().unwrap();
+            let next = owners.len() % shards;
+            *owners.entry(section).or_insert(next)
+        }
+    };
+    let mut senders = Vec::new();
+    for _ in 0..shards {
+        let (tx, rx) = mpsc::unbounded_channel();
+        runtime.spawn(raw_shard(rx, Arc::clone(&stats), max_pending));
+        senders.push(tx);
+    }
+    let listener = runtime.block_on(async {
+        let socket = TcpSocket::new_v4().expect("socket");
+        socket.set_reuseaddr(true).expect("reuseaddr");
+        socket.bind("127.0.0.1:0".parse().unwrap()).expect("bind");
+        socket.listen(4096).expect("listen")
     });
+    let port = listener.local_addr().expect("address").port();
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "PORT {port}").unwrap();
+        out.flush().unwrap();
+    }
+    {
+        let senders = senders.clone();
+        let stats = Arc::clone(&stats);
+        let owner = owner.clone();
+        runtime.spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else { continue };
+                let senders = senders.clone();
+                let stats = Arc::clone(&stats);
+                let owner = owner.clone();
+                tokio::spawn(async move {
+                    let _ = stream.set_nodelay(true);
+                    match tokio::time::timeout(Duration::from_secs(10), raw_handshake(&mut stream)).await {
+                        Ok(Some(section)) => {
+                            let _ = senders[owner(section)].send(ShardMsg::Conn(section, stream));
+                        }
+                        _ => {
+                            stats.handshake_errors.fetch_add(1, Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+    }
+    let mut input = std::io::stdin().lock();
+    loop {
+        let mut head = [0u8; 5];
+        if input.read_exact(&mut head).is_err() {
+            std::process::exit(0);
+        }
+        let len = u32::from_le_bytes(head[1..5].try_into().unwrap()) as usize;
+        let mut body = vec![0u8; len];
+        if input.read_exact(&mut body).is_err() {
+            std::process::exit(0);
+        }
+        match head[0] {
+            0 => {
+                let section: [u8; 36] = body[..36].try_into().unwrap();
+                let frame = Bytes::from(body).slice(36..);
+                let _ = senders[owner(section)].send(ShardMsg::Event(section, frame));
+            }
+            _ => {
+                let mut out = std::io::stdout().lock();
+                writeln!(
+                    out,
+                    "STATS {} {} {} {} {}",
+                    stats.conns.load(Relaxed),
+                    stats.frames.load(Relaxed),
+                    stats.slow_drops.load(Relaxed),
+                    stats.write_errors.load(Relaxed),
+                    stats.handshake_errors.load(Relaxed)
+                )
+                .unwrap();
+                out.flush().unwrap();
+            }
+        }
+    }
+}
+
+/// The harness's handle on its raw-writer child.
+struct RawServer {
+    child: Child,
+    stdin: BufWriter<ChildStdin>,
+    lines: std::sync::mpsc::Receiver<String>,
+    port: u16,
+}
+
+struct RawSnapshot {
+    conns: u64,
+    frames: u64,
+    slow_drops: u64,
+    write_errors: u64,
+    handshake_errors: u64,
+}
+
+impl RawServer {
+    fn start(shards: usize) -> Self {
+        let mut child = Command::new(std::env::current_exe().expect("own path"))
+            .env("LOAD_ROLE", "raw")
+            .env("LOAD_RAW_SHARDS", shards.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("cannot start the raw writer");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let first = lines.recv_timeout(Duration::from_secs(10)).expect("the raw writer's port");
+        let port = first.strip_prefix("PORT ").and_then(|p| p.parse().ok()).expect("PORT line");
+        let stdin = BufWriter::with_capacity(1 << 16, child.stdin.take().unwrap());
+        Self { child, stdin, lines, port }
+    }
+
+    fn send_event(&mut self, section: &str, frame: &[u8]) {
+        let len = (36 + frame.len()) as u32;
+        self.stdin.write_all(&[0]).unwrap();
+        self.stdin.write_all(&len.to_le_bytes()).unwrap();
+        self.stdin.write_all(section.as_bytes()).unwrap();
+        self.stdin.write_all(frame).unwrap();
+    }
+
+    fn stats(&mut self) -> RawSnapshot {
+        self.stdin.write_all(&[1, 0, 0, 0, 0]).unwrap();
+        self.stdin.flush().unwrap();
+        let line = self.lines.recv_timeout(Duration::from_secs(10)).expect("a STATS line");
+        let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+        RawSnapshot { conns: v[0], frames: v[1], slow_drops: v[2], write_errors: v[3], handshake_errors: v[4] }
+    }
+}
+
+impl Drop for RawServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The gateway stack
+
+struct Stack {
+    // Field order is drop order: the gateway goes before the broker and the API.
+    gateway: Gateway,
+    producer: FutureProducer,
+    deliveries: Vec<DeliveryFuture>,
+    produce_errors: usize,
+    _api: StandInApi,
+    _broker: Broker,
+}
+
+/// Gateway variables the harness forwards when they are set in its own environment.
+const FORWARDED: [&str; 9] = [
+    "SHARDS",
+    "WS_QUEUE_MAX_FRAMES",
+    "WS_QUEUE_MAX_BYTES",
+    "KAFKA_FETCH_WAIT_MAX",
+    "SNAPSHOT_CONCURRENCY",
+    "WS_MAX_CONNECTIONS",
+    "WS_PING_INTERVAL",
+    "WS_WRITE_TIMEOUT",
+    "LOG_LEVEL",
+];
+
+fn gateway_env_summary() -> String {
+    let mut parts = vec![
+        "WS_MAX_CONNECTIONS=19500".to_string(),
+        "WS_MAX_CONNECTIONS_PER_USER=0".to_string(),
+        "KAFKA_FETCH_WAIT_MAX=10ms".to_string(),
+        "LOG_LEVEL=warn".to_string(),
+    ];
+    for name in FORWARDED {
+        if let Ok(value) = std::env::var(name) {
+            parts.retain(|p| !p.starts_with(&format!("{name}=")));
+            parts.push(format!("{name}={value}"));
+        }
+    }
+    parts.join(" ")
+}
+
+impl Stack {
+    async fn start(sections: &[String], snapshot_tables: usize) -> Stack {
+        let broker = Broker::start_memory().await;
+        let api = StandInApi::start();
+        for (s, section) in sections.iter().enumerate() {
+            let tables = (0..snapshot_tables)
+                .map(|k| {
+                    let id = format!("00000000-0000-4000-9{s:03x}-{k:012x}");
+                    fixtures::table_json(&id, section, fixtures::CREATED_AT)
+                })
+                .collect();
+            api.set_section(section, fixtures::nest_snapshot(section, tables));
+        }
+        let mut env = gateway::wiring(&broker, &api, SECRET);
+        env.extend([
+            ("WS_MAX_CONNECTIONS", "19500".to_string()),
+            ("WS_MAX_CONNECTIONS_PER_USER", "0".to_string()),
+            ("LOG_LEVEL", "warn".to_string()),
+        ]);
+        for name in FORWARDED {
+            if let Ok(value) = std::env::var(name) {
+                env.retain(|(n, _)| *n != name);
+                env.push((name, value));
+            }
+        }
+        let mut gateway = Gateway::start(std::path::Path::new(env!("CARGO_BIN_EXE_mesaya-realtime")), &env);
+        gateway.wait_ready(Duration::from_secs(60)).await;
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", broker.bootstrap())
+            .set("linger.ms", std::env::var("LOAD_LINGER_MS").unwrap_or_else(|_| "1".into()))
+            .set("message.timeout.ms", "30000")
+            .create()
+            .expect("producer");
+        Stack { gateway, producer, deliveries: Vec::new(), produce_errors: 0, _api: api, _broker: broker }
+    }
+
+    async fn metrics(&self) -> String {
+        self.gateway.get("/metrics").await.1
+    }
+}
+
+enum Server {
+    Gateway(Box<Stack>),
+    Raw(RawServer),
+}
+
+impl Server {
+    async fn start(kind: Kind, sections: &[String], settings: &Settings) -> Server {
+        match kind {
+            Kind::Gateway => Server::Gateway(Box::new(Stack::start(sections, settings.snapshot_tables).await)),
+            Kind::Raw => Server::Raw(RawServer::start(settings.shards)),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        match self {
+            Server::Gateway(stack) => stack.gateway.pid(),
+            Server::Raw(raw) => raw.child.id(),
+        }
+    }
+
+    fn port(&self) -> u16 {
+        match self {
+            Server::Gateway(stack) => stack.gateway.port(),
+            Server::Raw(raw) => raw.port,
+        }
+    }
+
+    fn publish(&mut self, events: &Events, section: usize, seq: u64) {
+        let sent = events.now_us();
+        match self {
+            Server::Gateway(stack) => {
+                let record = events.record(section, seq, sent);
+                loop {
+                    match stack.producer.send_result(FutureRecord::<(), _>::to(TOPIC).payload(&record)) {
+                        Ok(delivery) => {
+                            stack.deliveries.push(delivery);
+                            break;
+                        }
+                        Err((
+                            rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                            _,
+                        )) => std::thread::sleep(Duration::from_millis(1)),
+                        Err(_) => {
+                            stack.produce_errors += 1;
+                            break;
+                        }
+                    }
+                }
+            }
+            Server::Raw(raw) => raw.send_event(&events.sections[section], &events.frame(section, seq, sent)),
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Server::Raw(raw) = self {
+            raw.stdin.flush().expect("the raw writer's stdin");
+        }
+    }
+
+    /// Waits for every produced record's acknowledgement; the number that failed.
+    async fn settle(&mut self) -> usize {
+        match self {
+            Server::Gateway(stack) => {
+                for delivery in std::mem::take(&mut stack.deliveries) {
+                    if !matches!(delivery.await, Ok(Ok(_))) {
+                        stack.produce_errors += 1;
+                    }
+                }
+                stack.produce_errors
+            }
+            Server::Raw(_) => 0,
+        }
+    }
+
+    /// Frames the server has written (gateway: `mesaya_frames_sent_total`; raw: written or
+    /// queued on a socket).
+    async fn frames_sent(&mut self) -> u64 {
+        match self {
+            Server::Gateway(stack) => metric_sum(&stack.metrics().await, "mesaya_frames_sent_total") as u64,
+            Server::Raw(raw) => raw.stats().frames,
+        }
+    }
+
+    /// Connections the server holds (gateway: `mesaya_connections`).
+    async fn connections(&mut self) -> u64 {
+        match self {
+            Server::Gateway(stack) => metric_sum(&stack.metrics().await, "mesaya_connections") as u64,
+            Server::Raw(raw) => raw.stats().conns,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients
+
+struct Shared {
+    started: Instant,
+    epoch: Instant,
+    live: AtomicUsize,
+    last_live_us: AtomicU64,
+    failed: AtomicUsize,
+    ended: AtomicUsize,
+    outcomes: Mutex<BTreeMap<String, usize>>,
+    frames: AtomicU64,
+    other_frames: AtomicU64,
+    dups: AtomicU64,
+    gaps: AtomicU64,
+    /// Per client: the next sequence number it expects (= how many it has in order).
+    progress: Vec<AtomicU64>,
+    /// Per client: still connected and reading.
+    alive: Vec<AtomicBool>,
+    latency: Latencies,
+}
+
+impl Shared {
+    fn outcome(&self, what: String) {
+        *self.outcomes.lock().unwrap().entry(what).or_default() += 1;
+    }
+}
+
+struct Fleet {
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+    section_of: Vec<usize>,
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn number_after(hay: &[u8], key: &[u8]) -> Option<(u64, usize)> {
+    let at = find(hay, key)? + key.len();
+    let digits = hay[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 {
+        return None;
+    }
+    let value = hay[at..at + digits].iter().fold(0u64, |v, b| v * 10 + u64::from(b - b'0'));
+    Some((value, at + digits))
+}
+
+/// `(opcode, header length, payload length)` of the first complete frame in `buf`.
+fn frame_at(buf: &[u8]) -> Option<(u8, usize, usize)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    let opcode = buf[0] & 0x0f;
+    let masked = buf[1] & 0x80 != 0;
+    let (mut header, len) = match buf[1] & 0x7f {
+        126 => (4, u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as usize),
+        127 => (10, u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize),
+        n => (2, n as usize),
+    };
+    if masked {
+        header += 4;
+    }
+    (buf.len() >= header + len).then_some((opcode, header, len))
+}
+
+/// Next local port to try for a client socket; see [`connect`].
+static NEXT_LOCAL_PORT: AtomicU64 = AtomicU64::new(0);
+const LOCAL_PORTS: std::ops::Range<u64> = 20_000..61_000;
+
+/// Connects from a local port the harness picks itself. Left to the kernel, `connect` takes
+/// longer and longer once about 14 000 of its ephemeral ports are taken (it searches the even
+/// half of `ip_local_port_range` first): connects/s would measure that search, not the server.
+async fn connect(port: u16) -> Result<TcpStream, String> {
+    let mut last = String::new();
+    for _ in 0..1000 {
+        let offset = NEXT_LOCAL_PORT.fetch_add(1, Relaxed) % (LOCAL_PORTS.end - LOCAL_PORTS.start);
+        let local = std::net::SocketAddr::from(([127, 0, 0, 1], (LOCAL_PORTS.start + offset) as u16));
+        let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {:?}", e.kind()))?;
+        let _ = socket.set_reuseaddr(true);
+        if let Err(e) = socket.bind(local) {
+            last = format!("bind: {:?}", e.kind());
+            continue;
+        }
+        match socket.connect(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AddrNotAvailable) => {
+                last = format!("connect: {:?}", e.kind());
+            }
+            Err(e) => return Err(format!("connect: {:?}", e.kind())),
+        }
+    }
+    Err(format!("no free local port ({last})"))
+}
+
+async fn open(port: u16, path: &str, buf_cap: usize) -> Result<(TcpStream, BytesMut), String> {
+    let mut stream = connect(port).await?;
+    let _ = stream.set_nodelay(true);
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.map_err(|e| format!("send request: {:?}", e.kind()))?;
+    let mut buf = BytesMut::with_capacity(buf_cap.max(4096));
+    loop {
+        let read = stream.read_buf(&mut buf).await.map_err(|e| format!("handshake: {:?}", e.kind()))?;
+        if read == 0 {
+            return Err("closed during the handshake".into());
+        }
+        if let Some(end) = find(&buf, b"\r\n\r\n") {
+            let status = std::str::from_utf8(&buf[..end])
+                .ok()
+                .and_then(|head| head.split(' ').nth(1))
+                .unwrap_or("?")
+                .to_string();
+            if status != "101" {
+                return Err(format!("HTTP {status}"));
+            }
+            buf.advance(end + 4);
+            return Ok((stream, buf));
+        }
+        if buf.len() > 16 << 10 {
+            return Err("oversized handshake answer".into());
+        }
+    }
+}
+
+/// One client: connects (holding a permit until it is live), then reads every frame, checking
+/// sequence numbers, answering pings.
+async fn client(
+    id: usize,
+    port: u16,
+    path: String,
+    expect_snapshot: bool,
+    buf_cap: usize,
+    shared: Arc<Shared>,
+    permits: Arc<Semaphore>,
+) {
+    let mut permit = Some(permits.acquire_owned().await.expect("semaphore"));
+    let opened = tokio::time::timeout(Duration::from_secs(30), open(port, &path, buf_cap)).await;
+    let (mut stream, mut buf) = match opened {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(why)) => {
+            shared.failed.fetch_add(1, Relaxed);
+            shared.outcome(why);
+            return;
+        }
+        Err(_) => {
+            shared.failed.fetch_add(1, Relaxed);
+            shared.outcome("no handshake within 30 s".into());
+            return;
+        }
+    };
+    let mut live = false;
+    let go_live = |permit: &mut Option<tokio::sync::OwnedSemaphorePermit>| {
+        *permit = None;
+        shared.alive[id].store(true, Relaxed);
+        shared.live.fetch_add(1, Relaxed);
+        shared.last_live_us.fetch_max(shared.started.elapsed().as_micros() as u64, Relaxed);
+    };
+    if !expect_snapshot {
+        live = true;
+        go_live(&mut permit);
+    }
+    let mut next = 0u64;
+    let mut reply = Vec::new();
+    let end = loop {
+        let (mut frames, mut others) = (0u64, 0u64);
+        let mut closed = None;
+        while let Some((opcode, header, len)) = frame_at(&buf) {
+            let payload = &buf[header..header + len];
+            match opcode {
+                1 if !live => {
+                    if find(&payload[..payload.len().min(64)], b"section.snapshot").is_some() {
+                        live = true;
+                        go_live(&mut permit);
+                    } else {
+                        others += 1;
+                    }
+                }
+                1 => match number_after(payload, b"\"loadSeq\":") {
+                    Some((seq, at)) => {
+                        frames += 1;
+                        if seq == next {
+                            next += 1;
+                        } else if seq < next {
+                            shared.dups.fetch_add(1, Relaxed);
+                        } else {
+                            shared.gaps.fetch_add(seq - next, Relaxed);
+                            next = seq + 1;
+                        }
+                        if let Some((sent, _)) = number_after(&payload[at..], b"\"loadSent\":") {
+                            shared.latency.record((shared.epoch.elapsed().as_micros() as u64).saturating_sub(sent));
+                        }
+                    }
+                    None => others += 1,
+                },
+                8 => {
+                    let code = payload.get(..2).map_or(1005, |c| u16::from_be_bytes([c[0], c[1]]));
+                    closed = Some(format!("closed by the server with {code}"));
+                }
+                9 => {
+                    // A pong with the ping's payload, masked as a client must.
+                    let mask = [0x12u8, 0x34, 0x56, 0x78];
+                    reply.push(0x8a);
+                    reply.push(0x80 | len as u8);
+                    reply.extend_from_slice(&mask);
+                    reply.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+                }
+                _ => {}
+            }
+            buf.advance(header + len);
+            if closed.is_some() {
+                break;
+            }
+        }
+        if frames > 0 {
+            shared.frames.fetch_add(frames, Relaxed);
+            shared.progress[id].store(next, Relaxed);
+        }
+        if others > 0 {
+            shared.other_frames.fetch_add(others, Relaxed);
+        }
+        if let Some(closed) = closed {
+            break closed;
+        }
+        if !reply.is_empty() {
+            if stream.write_all(&reply).await.is_err() {
+                break "write failed".into();
+            }
+            reply.clear();
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(buf_cap.max(4096));
+        }
+        match stream.read_buf(&mut buf).await {
+            Ok(0) => break "connection closed by the server".into(),
+            Ok(_) => {}
+            Err(e) => break format!("read: {:?}", e.kind()),
+        }
+    };
+    shared.alive[id].store(false, Relaxed);
+    if !live {
+        shared.failed.fetch_add(1, Relaxed);
+    } else {
+        shared.ended.fetch_add(1, Relaxed);
+    }
+    shared.outcome(end);
+}
+
+impl Fleet {
+    /// Starts `paths.len()` clients, at most `concurrency` connecting at a time.
+    fn start(
+        port: u16,
+        paths: Vec<String>,
+        section_of: Vec<usize>,
+        expect_snapshot: bool,
+        concurrency: usize,
+        buf_cap: usize,
+        epoch: Instant,
+    ) -> Fleet {
+        let n = paths.len();
+        let shared = Arc::new(Shared {
+            started: Instant::now(),
+            epoch,
+            live: AtomicUsize::new(0),
+            last_live_us: AtomicU64::new(0),
+            failed: AtomicUsize::new(0),
+            ended: AtomicUsize::new(0),
+            outcomes: Mutex::default(),
+            frames: AtomicU64::new(0),
+            other_frames: AtomicU64::new(0),
+            dups: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
+            progress: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            alive: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            latency: Latencies::new(),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+        let handles = paths
+            .into_iter()
+            .enumerate()
+            .map(|(id, path)| {
+                let shared = Arc::clone(&shared);
+                let permits = Arc::clone(&permits);
+                let mut stopped = stopped.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = client(id, port, path, expect_snapshot, buf_cap, shared, permits) => {}
+                        _ = stopped.changed() => {}
+                    }
+                })
+            })
+            .collect();
+        Fleet { shared, stop, handles, section_of }
+    }
+
+    /// Waits until every client is live or failed (or `timeout`); returns the seconds from the
+    /// start to the last client going live.
+    async fn wait_live(&self, timeout: Duration) -> f64 {
+        let deadline = Instant::now() + timeout;
+        let n = self.section_of.len();
+        while self.shared.live.load(Relaxed) + self.shared.failed.load(Relaxed) < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.shared.last_live_us.load(Relaxed) as f64 / 1e6
+    }
+
+    fn live(&self) -> usize {
+        self.shared.live.load(Relaxed)
+    }
+
+    /// The smallest progress among the clients still alive.
+    fn slowest(&self) -> u64 {
+        let s = &self.shared;
+        (0..s.progress.len())
+            .filter(|&i| s.alive[i].load(Relaxed))
+            .map(|i| s.progress[i].load(Relaxed))
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Frames received in order, clamped to what was expected.
+    fn received_in_order(&self, expected: &[u64]) -> u64 {
+        (0..self.section_of.len())
+            .map(|i| self.shared.progress[i].load(Relaxed).min(expected[self.section_of[i]]))
+            .sum()
+    }
+
+    fn expected_total(&self, expected: &[u64]) -> u64 {
+        self.section_of.iter().map(|&s| expected[s]).sum()
+    }
+
+    async fn drain(&self, expected: &[u64], timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let total = self.expected_total(expected);
+        while self.received_in_order(expected) < total && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn exactness(&self, expected: &[u64]) -> Exactness {
+        let s = &self.shared;
+        let (mut tail, mut closed_tail) = (0, 0);
+        let mut beyond = 0;
+        for (i, &section) in self.section_of.iter().enumerate() {
+            let next = s.progress[i].load(Relaxed);
+            let missing = expected[section].saturating_sub(next);
+            if s.alive[i].load(Relaxed) {
+                tail += missing
+            } else {
+                closed_tail += missing
+            }
+            beyond += next.saturating_sub(expected[section]);
+        }
+        Exactness {
+            expected: self.expected_total(expected),
+            received: s.frames.load(Relaxed),
+            lost: s.gaps.load(Relaxed) + closed_tail,
+            undelivered: tail,
+            dups: s.dups.load(Relaxed),
+            unexpected: beyond,
+            others: s.other_frames.load(Relaxed),
+            ended_early: s.ended.load(Relaxed),
+        }
+    }
+
+    fn outcomes(&self) -> String {
+        let outcomes = self.shared.outcomes.lock().unwrap();
+        if outcomes.is_empty() {
+            return "none".into();
+        }
+        outcomes.iter().map(|(what, n)| format!("{n}× {what}")).collect::<Vec<_>>().join(", ")
+    }
+
+    async fn finish(self) {
+        let _ = self.stop.send(true);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for handle in self.handles {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let abort = handle.abort_handle();
+            if tokio::time::timeout(left, handle).await.is_err() {
+                abort.abort();
+            }
+        }
+        // Let both sides close the sockets before the next row opens new ones.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+struct Exactness {
+    expected: u64,
+    received: u64,
+    /// Frames missing before a later one arrived, or never arrived on a connection that ended:
+    /// lost for good.
+    lost: u64,
+    /// Frames not arrived on a live connection when the row ended (after its drain time): lost
+    /// or still queued.
+    undelivered: u64,
+    dups: u64,
+    unexpected: u64,
+    others: u64,
+    ended_early: usize,
+}
+
+impl std::fmt::Display for Exactness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "expected {} frames, received {}: lost {}, not arrived on a live connection by the end {}, duplicates {}, \
+             beyond the last published {}, other frames {}, connections ended by the server {}",
+            self.expected,
+            self.received,
+            self.lost,
+            self.undelivered,
+            self.dups,
+            self.unexpected,
+            self.others,
+            self.ended_early
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rows
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Gateway,
+    Raw,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Gateway => "gateway",
+            Kind::Raw => "raw writer",
+        }
+    }
+}
+
+struct Settings {
+    rows: Vec<String>,
+    kinds: Vec<Kind>,
+    shards: usize,
+    idle_conns: usize,
+    idle_sections: usize,
+    idle_settle: Duration,
+    connect_concurrency: usize,
+    latency_conns: usize,
+    stream_sections: usize,
+    cpu_conns: usize,
+    closed_conns: usize,
+    offered: usize,
+    warmup: Duration,
+    secs: Duration,
+    window: u64,
+    event_bytes: usize,
+    snapshot_tables: usize,
+    token: String,
+}
+
+fn paths(sections: &[String], n: usize, token: &str) -> (Vec<String>, Vec<usize>) {
+    let section_of: Vec<usize> = (0..n).map(|i| i % sections.len()).collect();
+    let paths = section_of.iter().map(|&s| format!("/ws/restaurant/{}/{token}", sections[s])).collect();
+    (paths, section_of)
+}
+
+struct IdleResult {
+    live: usize,
+    rss_per_conn_kib: f64,
+    connects_per_s: f64,
+}
+
+/// N connections, as fast as `LOAD_CONNECT_CONCURRENCY` allows; then RSS per idle connection.
+async fn idle_connect(settings: &Settings, kind: Kind) -> IdleResult {
+    let n = settings.idle_conns;
+    let sections = balanced_sections(settings.idle_sections, settings.shards);
+    wait_for_quiet().await;
+    let mut server = Server::start(kind, &sections, settings).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pid = server.pid();
+    let before = rss_kib(pid);
+    let (paths, section_of) = paths(&sections, n, &settings.token);
+    let overflows = listen_overflows();
+    let fleet = Fleet::start(
+        server.port(),
+        paths,
+        section_of,
+        kind == Kind::Gateway,
+        settings.connect_concurrency,
+        4096,
+        Instant::now(),
+    );
+    let elapsed = fleet.wait_live(Duration::from_secs(300)).await;
+    let live = fleet.live();
+    let connects_per_s = live as f64 / elapsed.max(1e-9);
+    let overflows = listen_overflows() - overflows;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut held = server.connections().await;
+    while held < live as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        held = server.connections().await;
+    }
+    tokio::time::sleep(settings.idle_settle).await;
+    let after = rss_kib(pid);
+    let rss_per_conn_kib = (after as f64 - before as f64) / live.max(1) as f64;
+    println!(
+        "  {}: {live}/{n} live in {elapsed:.2} s = {connects_per_s:.0} connects/s ({}), held by the server {held}, listen-queue overflows {overflows}; \
+         RSS {before} KiB before, {after} KiB after {:?} idle → {rss_per_conn_kib:.2} KiB per connection; \
+         failures/ends: {}",
+        kind.name(),
+        if kind == Kind::Gateway { "handshake + snapshot call + snapshot frame" } else { "handshake only" },
+        settings.idle_settle,
+        fleet.outcomes()
+    );
+    if let Server::Gateway(stack) = &server {
+        let metrics = stack.metrics().await;
+        for line in metrics.lines().filter(|l| {
+            l.starts_with("mesaya_upgrades_refused_total") || l.starts_with("mesaya_snapshot_outcomes_total")
+        }) {
+            println!("    {line}");
+        }
+    }
+    fleet.finish().await;
+    drop(server);
+    IdleResult { live, rss_per_conn_kib, connects_per_s }
+}
+
+enum Pace {
+    /// Deliveries per second offered, spread evenly over the sections.
+    Offered(usize),
+    /// At most this many events outstanding at the slowest client.
+    Window(u64),
+}
+
+struct StreamResult {
+    deliveries: u64,
+    cpu: f64,
+    /// This process: the clients (and the stand-in API and the producer for the gateway).
+    harness_cpu: f64,
+    machine_cpu: f64,
+    wall: f64,
+    offered: Option<f64>,
+    client_frames: u64,
+    exact: Exactness,
+    own_latency: Option<(f64, f64, f64, f64, f64)>,
+    e2e: (Option<f64>, Option<f64>),
+}
+
+async fn stream_row(settings: &Settings, kind: Kind, conns: usize, sections: usize, pace: Pace) -> StreamResult {
+    let epoch = Instant::now();
+    let section_ids = balanced_sections(sections, settings.shards);
+    wait_for_quiet().await;
+    let mut server = Server::start(kind, &section_ids, settings).await;
+    let (paths, section_of) = paths(&section_ids, conns, &settings.token);
+    let overflows = listen_overflows();
+    let fleet = Fleet::start(
+        server.port(),
+        paths,
+        section_of,
+        kind == Kind::Gateway,
+        settings.connect_concurrency,
+        32 << 10,
+        epoch,
+    );
+    let elapsed = fleet.wait_live(Duration::from_secs(120)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.connections().await < fleet.live() as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "  {}: {}/{conns} clients live in {elapsed:.2} s on {sections} sections (listen-queue overflows {})",
+        kind.name(),
+        fleet.live(),
+        listen_overflows() - overflows
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let events = Events::new(section_ids.clone(), settings.event_bytes, epoch);
+    let mut published = vec![0u64; sections];
+    let pid = server.pid().to_string();
+    let per_section = (conns / sections).max(1);
+    let start = Instant::now();
+    let total = settings.warmup + settings.secs;
+    let mut measured: Option<(Instant, [f64; 3], u64, u64, String)> = None;
+    let mut sent = 0u64;
+    while start.elapsed() < total {
+        if measured.is_none() && start.elapsed() >= settings.warmup {
+            let metrics = match &server {
+                Server::Gateway(stack) => stack.metrics().await,
+                Server::Raw(_) => String::new(),
+            };
+            measured = Some((
+                Instant::now(),
+                [cpu_seconds(&pid), cpu_seconds("self"), machine_busy_seconds()],
+                server.frames_sent().await,
+                fleet.shared.frames.load(Relaxed),
+                metrics,
+            ));
+        }
+        match pace {
+            Pace::Offered(offered) => {
+                let events_per_s = offered as f64 / per_section as f64;
+                let due = (start.elapsed().as_secs_f64() * events_per_s) as u64;
+                while sent < due {
+                    let s = (sent % sections as u64) as usize;
+                    server.publish(&events, s, published[s]);
+                    published[s] += 1;
+                    sent += 1;
+                }
+                server.flush();
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Pace::Window(window) => {
+                // One section: every client expects every event.
+                let slowest = fleet.slowest();
+                while published[0] < slowest + window {
+                    server.publish(&events, 0, published[0]);
+                    published[0] += 1;
+                }
+                server.flush();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+    let window_end = {
+        let metrics = match &server {
+            Server::Gateway(stack) => stack.metrics().await,
+            Server::Raw(_) => String::new(),
+        };
+        (
+            Instant::now(),
+            [cpu_seconds(&pid), cpu_seconds("self"), machine_busy_seconds()],
+            server.frames_sent().await,
+            fleet.shared.frames.load(Relaxed),
+            metrics,
+        )
+    };
+    let produce_errors = server.settle().await;
+    fleet.drain(&published, Duration::from_secs(30)).await;
+    let exact = fleet.exactness(&published);
+    let (t0, cpu0, sent0, recv0, metrics0) = measured.expect("a measured window");
+    let (t1, cpu1, sent1, recv1, metrics1) = window_end;
+    let wall = (t1 - t0).as_secs_f64();
+    let own_latency = match &server {
+        Server::Gateway(_) => {
+            let delta = delta_histogram(
+                &histogram(&metrics0, "mesaya_delivery_seconds"),
+                &histogram(&metrics1, "mesaya_delivery_seconds"),
+            );
+            let p50 = bucket_quantile(&delta, 0.5);
+            let p99 = bucket_quantile(&delta, 0.99);
+            let p999 = bucket_quantile(&delta, 0.999);
+            match (p50, p99, p999) {
+                (Some(a), Some(b), Some(c)) => Some((a.0, a.1, b.0, b.1, c.1)),
+                _ => None,
+            }
+        }
+        Server::Raw(_) => None,
+    };
+    let result = StreamResult {
+        deliveries: sent1 - sent0,
+        cpu: cpu1[0] - cpu0[0],
+        harness_cpu: cpu1[1] - cpu0[1],
+        machine_cpu: cpu1[2] - cpu0[2],
+        wall,
+        client_frames: recv1 - recv0,
+        exact,
+        own_latency,
+        e2e: (fleet.shared.latency.quantile_ms(0.5), fleet.shared.latency.quantile_ms(0.99)),
+        offered: match pace {
+            Pace::Offered(offered) => Some(offered as f64),
+            Pace::Window(_) => None,
+        },
+    };
+    println!(
+        "  {}: CPU over the window, in cores: server {:.2}, harness (clients{}) {:.2}, rest of the machine \
+         ({}anything else) {:.2}, machine {:.2} of {}",
+        kind.name(),
+        result.cpu / wall,
+        if kind == Kind::Gateway { ", API, producer" } else { "" },
+        result.harness_cpu / wall,
+        if kind == Kind::Gateway { "tansu, " } else { "" },
+        (result.machine_cpu - result.cpu - result.harness_cpu).max(0.0) / wall,
+        result.machine_cpu / wall,
+        cores()
+    );
+    println!(
+        "  {}: published {} events ({} produce errors); over {:.1} s: {} frames sent ({:.0}/s), {} received by the \
+         clients ({:.0}/s); server CPU {:.2} s ({:.0} % of one core) → {:.0} deliveries per CPU-second",
+        kind.name(),
+        published.iter().sum::<u64>(),
+        produce_errors,
+        result.wall,
+        result.deliveries,
+        result.deliveries as f64 / result.wall,
+        result.client_frames,
+        result.client_frames as f64 / result.wall,
+        result.cpu,
+        100.0 * result.cpu / result.wall,
+        result.deliveries as f64 / result.cpu.max(1e-9)
+    );
+    if let Some((p50, b50, p99, b99, b999)) = result.own_latency {
+        println!(
+            "  {}: own route → socket latency: p50 ≈ {} (bucket ≤ {}), p99 ≈ {} (bucket ≤ {}), p99.9 bucket ≤ {}",
+            kind.name(),
+            ms(p50),
+            ms(b50),
+            ms(p99),
+            ms(b99),
+            ms(b999)
+        );
+    }
+    println!(
+        "  {}: end to end (publish → client), whole run: p50 {} p99 {}",
+        kind.name(),
+        result.e2e.0.map_or("?".into(), |v| format!("{v:.2} ms")),
+        result.e2e.1.map_or("?".into(), |v| format!("{v:.2} ms"))
+    );
+    println!("  {}: {}; connection ends: {}", kind.name(), result.exact, fleet.outcomes());
+    if let Server::Gateway(stack) = &server {
+        let metrics = stack.metrics().await;
+        for name in ["mesaya_slow_consumer_closes_total", "mesaya_frames_conflated_total", "mesaya_events_routed_total"]
+        {
+            println!("    {name} {}", metric_sum(&metrics, name));
+        }
+    }
+    if let Server::Raw(raw) = &mut server {
+        let stats = raw.stats();
+        println!(
+            "    raw writer: {} conns, slow drops {}, write errors {}, handshake errors {}",
+            stats.conns, stats.slow_drops, stats.write_errors, stats.handshake_errors
+        );
+    }
+    fleet.finish().await;
+    drop(server);
+    result
+}
+
+fn fmt_opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    v.map_or("—".into(), f)
+}
+
+fn main() {
+    if std::env::var("LOAD_ROLE").as_deref() == Ok("raw") {
+        raw_main();
+        return;
+    }
+    // `cargo bench` passes `--bench`; this harness takes its settings from the environment.
+    let shards = setting("SHARDS", cores()).max(1);
+    let settings = Settings {
+        rows: list_setting("LOAD_ROWS", "idle,connect,latency,cpu,closed"),
+        kinds: list_setting("LOAD_TARGETS", "gateway,raw")
+            .iter()
+            .filter_map(|k| match k.as_str() {
+                "gateway" => Some(Kind::Gateway),
+                "raw" => Some(Kind::Raw),
+                _ => None,
+            })
+            .collect(),
+        shards,
+        idle_conns: setting("LOAD_IDLE_CONNS", 19_000),
+        idle_sections: setting("LOAD_IDLE_SECTIONS", 10).max(1),
+        idle_settle: Duration::from_secs(setting("LOAD_IDLE_SETTLE", 3) as u64),
+        connect_concurrency: setting("LOAD_CONNECT_CONCURRENCY", 100),
+        latency_conns: setting("LOAD_LATENCY_CONNS", 2_000),
+        stream_sections: setting("LOAD_SECTIONS", 10).max(1),
+        cpu_conns: setting("LOAD_CPU_CONNS", 10_000),
+        closed_conns: setting("LOAD_CLOSED_CONNS", 10_000),
+        offered: setting("LOAD_OFFERED", 100_000),
+        warmup: Duration::from_secs(setting("LOAD_WARMUP", 2) as u64),
+        secs: Duration::from_secs(setting("LOAD_SECS", 20) as u64),
+        window: setting("LOAD_WINDOW", 64) as u64,
+        event_bytes: setting("LOAD_EVENT_BYTES", 550),
+        snapshot_tables: setting("LOAD_SNAPSHOT_TABLES", 10),
+        token: TokenBuilder::new().expires_in(4 * 3600).hs256(SECRET),
+    };
+    let has = |row: &str| settings.rows.iter().any(|r| r == row);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let run_started = Instant::now();
+    println!("load harness: the gateway beside a raw pre-framed writer");
+    println!("machine: {}", machine());
+    println!("gateway under test: built by cargo from {}", source_version());
+    println!(
+        "gateway: {}; raw writer: {} threads; events ~{} B v2 table.updated on {TOPIC}; rows {:?}",
+        gateway_env_summary(),
+        settings.shards,
+        settings.event_bytes,
+        settings.rows
+    );
+    let mut table: Vec<(String, String, String)> = Vec::new();
+    runtime.block_on(async {
+        if has("idle") || has("connect") {
+            println!("== idle + connect: {} connections on {} sections", settings.idle_conns, settings.idle_sections);
+            let mut results = HashMap::new();
+            for &kind in &settings.kinds {
+                results.insert(kind.name(), idle_connect(&settings, kind).await);
+            }
+            let cell = |kind: Kind, f: &dyn Fn(&IdleResult) -> String| {
+                results.get(kind.name()).map_or("—".to_string(), f)
+            };
+            if has("idle") {
+                table.push((
+                    format!("RSS per idle connection at {} connections", settings.idle_conns),
+                    cell(Kind::Gateway, &|r| format!("{:.2} KiB ({} live)", r.rss_per_conn_kib, r.live)),
+                    cell(Kind::Raw, &|r| format!("{:.2} KiB ({} live)", r.rss_per_conn_kib, r.live)),
+                ));
+            }
+            if has("connect") {
+                table.push((
+                    format!(
+                        "connects/s, {} connections, ≤ {} connecting at once (gateway: with the snapshot call; raw: handshake only)",
+                        settings.idle_conns, settings.connect_concurrency
+                    ),
+                    cell(Kind::Gateway, &|r| format!("{:.0}", r.connects_per_s)),
+                    cell(Kind::Raw, &|r| format!("{:.0}", r.connects_per_s)),
+                ));
+            }
+        }
+        let exact_cell = |r: &StreamResult| {
+            let mut cell = format!("lost {}, dup {}", r.exact.lost, r.exact.dups);
+            if r.exact.undelivered > 0 {
+                cell += &format!(", {} still queued at the end", r.exact.undelivered);
+            }
+            cell
+        };
+        if has("latency") {
+            let (conns, sections) = (settings.latency_conns, settings.stream_sections);
+            println!(
+                "== latency: {conns} connections in {sections} sections, {} deliveries/s offered ({:.0} events/s)",
+                settings.offered,
+                settings.offered as f64 / (conns / sections) as f64
+            );
+            let mut results = HashMap::new();
+            for &kind in &settings.kinds {
+                results.insert(kind.name(), stream_row(&settings, kind, conns, sections, Pace::Offered(settings.offered)).await);
+            }
+            let gateway = results.get(Kind::Gateway.name());
+            let raw = results.get(Kind::Raw.name());
+            table.push((
+                format!(
+                    "gateway's own route → socket latency (mesaya_delivery_seconds), {conns} connections in {sections} sections, {} deliveries/s offered",
+                    settings.offered
+                ),
+                gateway.map_or("—".into(), |r| {
+                    r.own_latency.map_or("no deliveries".into(), |(p50, _, p99, b99, _)| {
+                        format!("p50 ≈ {}, p99 ≈ {} (bucket ≤ {})", ms(p50), ms(p99), ms(b99))
+                    })
+                }),
+                "—".into(),
+            ));
+            table.push((
+                "  end to end, publish → client (gateway: through tansu; raw: through a pipe)".into(),
+                gateway.map_or("—".into(), |r| {
+                    format!("p50 {} ms, p99 {} ms", fmt_opt(r.e2e.0, |v| format!("{v:.1}")), fmt_opt(r.e2e.1, |v| format!("{v:.1}")))
+                }),
+                raw.map_or("—".into(), |r| {
+                    format!("p50 {} ms, p99 {} ms", fmt_opt(r.e2e.0, |v| format!("{v:.1}")), fmt_opt(r.e2e.1, |v| format!("{v:.1}")))
+                }),
+            ));
+            table.push(("  exactly once (latency row)".into(), gateway.map_or("—".into(), exact_cell), raw.map_or("—".into(), exact_cell)));
+        }
+        if has("cpu") {
+            let (conns, sections) = (settings.cpu_conns, settings.stream_sections);
+            println!(
+                "== cpu: {conns} connections in {sections} sections, {} deliveries/s offered ({:.0} events/s)",
+                settings.offered,
+                settings.offered as f64 / (conns / sections) as f64
+            );
+            let mut results = HashMap::new();
+            for &kind in &settings.kinds {
+                results.insert(kind.name(), stream_row(&settings, kind, conns, sections, Pace::Offered(settings.offered)).await);
+            }
+            let cell = |kind: Kind| {
+                results.get(kind.name()).map_or("—".into(), |r: &StreamResult| {
+                    let rate = r.deliveries as f64 / r.wall;
+                    let saturated = r.offered.is_some_and(|offered| rate < 0.95 * offered);
+                    format!(
+                        "{:.0} ({:.0} deliveries/s{}, {:.0} % of a core)",
+                        r.deliveries as f64 / r.cpu.max(1e-9),
+                        rate,
+                        if saturated { ": could not keep up" } else { "" },
+                        100.0 * r.cpu / r.wall
+                    )
+                })
+            };
+            table.push((
+                format!("deliveries per server CPU-second, {conns} connections in {sections} sections, {} deliveries/s offered", settings.offered),
+                cell(Kind::Gateway),
+                cell(Kind::Raw),
+            ));
+            table.push((
+                "  exactly once (cpu row)".into(),
+                results.get(Kind::Gateway.name()).map_or("—".into(), exact_cell),
+                results.get(Kind::Raw.name()).map_or("—".into(), exact_cell),
+            ));
+        }
+        if has("closed") {
+            let conns = settings.closed_conns;
+            println!("== closed loop: {conns} connections in 1 section, window {} events", settings.window);
+            let mut results = HashMap::new();
+            for &kind in &settings.kinds {
+                results.insert(kind.name(), stream_row(&settings, kind, conns, 1, Pace::Window(settings.window)).await);
+            }
+            let cell = |kind: Kind| {
+                results.get(kind.name()).map_or("—".into(), |r: &StreamResult| {
+                    format!(
+                        "{:.0} ({:.0} per CPU-second)",
+                        r.client_frames as f64 / r.wall,
+                        r.deliveries as f64 / r.cpu.max(1e-9)
+                    )
+                })
+            };
+            table.push((format!("closed-loop deliveries/s, {conns} connections, 1 section"), cell(Kind::Gateway), cell(Kind::Raw)));
+            table.push((
+                "  exactly once (closed row)".into(),
+                results.get(Kind::Gateway.name()).map_or("—".into(), exact_cell),
+                results.get(Kind::Raw.name()).map_or("—".into(), exact_cell),
+            ));
+        }
+    });
+    println!();
+    println!("| figure | mesaya-realtime | raw pre-framed writer, same run |");
+    println!("|---|---|---|");
+    for (figure, gateway, raw) in table {
+        println!("| {figure} | {gateway} | {raw} |");
+    }
+    println!("(whole run: {:.0} s)", run_started.elapsed().as_secs_f64());
 }
