@@ -25,6 +25,10 @@ use tokio::sync::Semaphore;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Pending connections the kernel queues for `accept` (capped by
+/// `net.core.somaxconn`).
+const LISTEN_BACKLOG: i32 = 4096;
+
 /// Exit status for a configuration the process cannot start with.
 const EXIT_CONFIG: u8 = 78;
 /// Exit status when a second signal cut the drain short (128 + SIGINT, as
@@ -57,6 +61,11 @@ fn main() -> ExitCode {
         }
     };
     listener.set_nonblocking(true).expect("a bound listener accepts nonblocking mode");
+    // std listens with a backlog of 128: a reconnect storm overflows it, and
+    // each overflow costs a client a one-second SYN retry. Listening again
+    // on a listening socket only resizes the queue.
+    // SAFETY: listen(2) takes the descriptor we own and an integer.
+    unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), LISTEN_BACKLOG) };
 
     match run(config, verifier, listener) {
         Ok(code) => code,
