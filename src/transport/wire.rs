@@ -113,11 +113,18 @@ impl WireWriter {
     }
 
     pub fn queue_ping(&mut self) {
-        self.started.push_back(Outgoing::new(PING, Bytes::new(), None));
+        self.queue_control(Outgoing::new(PING, Bytes::new(), None));
     }
 
     pub fn queue_pong(&mut self, payload: Bytes) {
-        self.started.push_back(Outgoing::new(PONG, payload, None));
+        self.queue_control(Outgoing::new(PONG, payload, None));
+    }
+
+    /// Control frames go ahead of every frame not yet begun: a ping behind a
+    /// long backlog would reach even a reading client too late for its pong.
+    fn queue_control(&mut self, control: Outgoing) {
+        let first_unbegun = self.started.iter().position(|outgoing| outgoing.written == 0);
+        self.started.insert(first_unbegun.unwrap_or(self.started.len()), control);
     }
 
     /// Whether anything waits for the socket, besides the outbox's queue.
