@@ -1430,6 +1430,22 @@ struct StreamResult {
     e2e: (Option<f64>, Option<f64>),
 }
 
+/// One offered-load row (`latency` or `cpu`) for every target: `conns`
+/// connections over the stream sections at `LOAD_OFFERED` deliveries/s.
+async fn offered_rows(settings: &Settings, row: &str, conns: usize) -> HashMap<&'static str, StreamResult> {
+    let sections = settings.stream_sections;
+    println!(
+        "== {row}: {conns} connections in {sections} sections, {} deliveries/s offered ({:.0} events/s)",
+        settings.offered,
+        settings.offered as f64 / (conns / sections) as f64
+    );
+    let mut results = HashMap::new();
+    for &kind in &settings.kinds {
+        results.insert(kind.name(), stream_row(settings, kind, conns, sections, Pace::Offered(settings.offered)).await);
+    }
+    results
+}
+
 async fn stream_row(settings: &Settings, kind: Kind, conns: usize, sections: usize, pace: Pace) -> StreamResult {
     let epoch = Instant::now();
     let section_ids = balanced_sections(sections, settings.shards);
@@ -1709,15 +1725,7 @@ fn main() {
         };
         if has("latency") {
             let (conns, sections) = (settings.latency_conns, settings.stream_sections);
-            println!(
-                "== latency: {conns} connections in {sections} sections, {} deliveries/s offered ({:.0} events/s)",
-                settings.offered,
-                settings.offered as f64 / (conns / sections) as f64
-            );
-            let mut results = HashMap::new();
-            for &kind in &settings.kinds {
-                results.insert(kind.name(), stream_row(&settings, kind, conns, sections, Pace::Offered(settings.offered)).await);
-            }
+            let results = offered_rows(&settings, "latency", conns).await;
             let gateway = results.get(Kind::Gateway.name());
             let raw = results.get(Kind::Raw.name());
             table.push((
@@ -1745,15 +1753,7 @@ fn main() {
         }
         if has("cpu") {
             let (conns, sections) = (settings.cpu_conns, settings.stream_sections);
-            println!(
-                "== cpu: {conns} connections in {sections} sections, {} deliveries/s offered ({:.0} events/s)",
-                settings.offered,
-                settings.offered as f64 / (conns / sections) as f64
-            );
-            let mut results = HashMap::new();
-            for &kind in &settings.kinds {
-                results.insert(kind.name(), stream_row(&settings, kind, conns, sections, Pace::Offered(settings.offered)).await);
-            }
+            let results = offered_rows(&settings, "cpu", conns).await;
             let cell = |kind: Kind| {
                 results.get(kind.name()).map_or("—".into(), |r: &StreamResult| {
                     let rate = r.deliveries as f64 / r.wall;
