@@ -26,7 +26,7 @@ use crate::domain::frame::Frame;
 use crate::domain::ids::{EntityId, SectionId};
 
 use super::delivery::Delivery;
-use super::floor::{SharedFloor, remove_from};
+use super::floor::{Floor, SharedFloor, remove_from};
 use super::ports::LearnedSection;
 
 /// How long a reservation for a table no snapshot or table event has shown
@@ -47,6 +47,9 @@ pub struct EventRouter {
     restaurant_sections: HashMap<EntityId, HashSet<SectionId>>,
     section_restaurant: HashMap<SectionId, EntityId>,
     floor: SharedFloor,
+    /// (links, objects) on the floor as of this router's last change to it:
+    /// the router is its only writer, so the gauges need not take its lock.
+    floor_counts: (usize, usize),
     held: HeldReservations,
 }
 
@@ -176,14 +179,15 @@ impl EventRouter {
                 targets.sections.push(section);
             }
             EntityKind::SectionObject => {
-                let mut floor = self.floor.write();
-                targets.moved_from = floor.apply_link(event);
-                if !deleted {
-                    targets.payload = floor.link_with_object(&event.payload, event.object_id.as_ref());
-                }
+                (targets.moved_from, targets.payload) = self.change_floor(|floor| {
+                    let moved_from = floor.apply_link(event);
+                    let payload =
+                        if deleted { None } else { floor.link_with_object(&event.payload, event.object_id.as_ref()) };
+                    (moved_from, payload)
+                });
                 targets.sections.push(event.section_id.ok_or(Unroutable)?);
             }
-            EntityKind::Object => targets.sections = self.floor.write().apply_object(event),
+            EntityKind::Object => targets.sections = self.change_floor(|floor| floor.apply_object(event)),
             EntityKind::Reservation => {
                 let table = event.table_id.as_ref().ok_or(Unroutable)?;
                 targets.sections.extend(self.tables.get(table).copied());
@@ -247,12 +251,20 @@ impl EventRouter {
         if let Some(restaurant) = self.section_restaurant.remove(&section) {
             remove_from(&mut self.restaurant_sections, &restaurant, &section);
         }
-        self.floor.write().forget_section(section);
+        self.change_floor(|floor| floor.forget_section(section));
+    }
+
+    /// Changes the shared floor under its lock, keeping its counts.
+    fn change_floor<T>(&mut self, change: impl FnOnce(&mut Floor) -> T) -> T {
+        let mut floor = self.floor.write();
+        let result = change(&mut floor);
+        self.floor_counts = floor.counts();
+        result
     }
 
     /// How many entries the router's maps hold, per kind: exported as gauges.
     pub fn link_counts(&self) -> LinkCounts {
-        let (section_objects, objects) = self.floor.read().counts();
+        let (section_objects, objects) = self.floor_counts;
         LinkCounts {
             tables: self.tables.len(),
             section_objects,

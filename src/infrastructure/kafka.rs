@@ -200,12 +200,17 @@ impl<D: Dispatch> KafkaIngest<D> {
             }
         };
         while !self.stopped() {
-            // Every turn, not only when records come: on quiet topics or
-            // during a broker outage the shards' reports would pile up, and
-            // held reservations must expire on time.
+            let polled = consumer.poll(POLL_INTERVAL);
+            // After the poll, which may block for a whole interval, and
+            // before its record: a reservation published right after a client
+            // got a snapshot naming its table must find the table (a shard
+            // reports the tables before it writes the snapshot frame). And
+            // every turn, records or not: on quiet topics or during a broker
+            // outage the reports would pile up, and held reservations must
+            // expire on time.
             self.learn_sections();
             ReservationsExpired { count: self.ingest.expire_held() }.emit();
-            match consumer.poll(POLL_INTERVAL) {
+            match polled {
                 None => {}
                 Some(Ok(message)) => {
                     let payload = message.payload().unwrap_or_default();
@@ -240,12 +245,6 @@ impl<D: Dispatch> KafkaIngest<D> {
 
     fn handle_record(&mut self, topic: &str, partition: i32, offset: i64, payload: &[u8]) {
         METRICS.events_consumed.inc();
-        // Per record, not between polls: `poll` may block for a whole
-        // interval and then return a reservation published right after a
-        // client got a snapshot naming its table. A shard reports the tables
-        // before it writes the snapshot frame, so draining here routes every
-        // record consumed after that frame was seen.
-        self.learn_sections();
         match self.ingest.handle(topic, payload) {
             Ok(sections) => METRICS.events_routed.inc_by(sections as u64),
             Err(skip) => RecordSkipped { topic, partition, offset, reason: skip.label() }.emit(),
