@@ -156,13 +156,11 @@ impl WireWriter {
                 return Ok(written);
             }
             written.bytes += n;
-            let mut finished = Vec::new();
-            advance(&mut self.started, n, &mut finished);
             // Out of the queue before the next batch is taken from it.
-            for seq in finished {
+            advance(&mut self.started, n, |seq| {
                 written.frames += 1;
                 written.routed_at.extend(outbox.pop_written(seq));
-            }
+            });
         }
     }
 
@@ -188,20 +186,20 @@ impl WireWriter {
         let mut payload = code.code.to_be_bytes().to_vec();
         payload.extend_from_slice(code.reason.as_bytes());
         self.started.push_back(Outgoing::new(CLOSE, Bytes::from(payload), None));
-        let mut done = Vec::new();
         while !self.started.is_empty() {
             self.half.writable().await?;
             let n = self.write_started()?;
-            advance(&mut self.started, n, &mut done);
+            // The queue is left as it is: the session ends with this close.
+            advance(&mut self.started, n, |_| {});
         }
         Ok(())
     }
 }
 
 /// Accounts `n` written bytes to the frames, front first: finished frames
-/// leave (their queue entries are added to `done`), a half-written one stays
+/// leave (`finished` is told their queue entries), a half-written one stays
 /// at the front.
-fn advance(started: &mut VecDeque<Outgoing>, mut n: usize, done: &mut Vec<u64>) {
+fn advance(started: &mut VecDeque<Outgoing>, mut n: usize, mut finished: impl FnMut(u64)) {
     while let Some(front) = started.front_mut() {
         let left = front.len() - front.written;
         if n < left {
@@ -209,8 +207,9 @@ fn advance(started: &mut VecDeque<Outgoing>, mut n: usize, done: &mut Vec<u64>) 
             return;
         }
         n -= left;
-        let finished = started.pop_front().expect("front exists");
-        done.extend(finished.seq);
+        if let Some(seq) = started.pop_front().and_then(|done| done.seq) {
+            finished(seq);
+        }
     }
 }
 
@@ -258,7 +257,7 @@ mod tests {
         let mut started = VecDeque::from([outgoing(b"abc", 1), outgoing(b"defgh", 2), outgoing(b"ij", 3)]);
         let mut advanced = |n| {
             let mut done = Vec::new();
-            advance(&mut started, n, &mut done);
+            advance(&mut started, n, |seq| done.push(seq));
             done
         };
         assert_eq!(advanced(6), vec![1], "5 bytes for the first frame, 1 into the second's header");
