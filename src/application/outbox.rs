@@ -71,6 +71,12 @@ struct Queued {
     item: Item,
 }
 
+impl Queued {
+    fn next(&self) -> Next {
+        Next { seq: self.seq, frame: self.item.frame().clone() }
+    }
+}
+
 /// The next frame to write, named by its sequence number for
 /// [`Outbox::pop_written`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,6 +95,14 @@ struct State {
 }
 
 impl State {
+    /// The queue as the writer may see it: nothing while holding (before
+    /// the snapshot) or once an immediate close was asked for.
+    fn writable(&self) -> impl Iterator<Item = &Queued> {
+        let closing_now = self.close.is_some_and(|close| !close.after_drain);
+        let shown = if self.live && !closing_now { self.queue.len() } else { 0 };
+        self.queue.iter().take(shown)
+    }
+
     fn enqueue(&mut self, item: Item, front: bool) {
         let queued = Queued { seq: self.next_seq, item };
         self.next_seq += 1;
@@ -176,29 +190,24 @@ impl Outbox {
         dropped
     }
 
-    /// The next frame to write, if live and not closing at once. The frame
-    /// stays queued until [`Outbox::pop_written`], so an interrupted write
-    /// loses nothing.
-    pub fn front(&self) -> Option<Next> {
-        let state = self.state.borrow();
-        let closing_now = state.close.is_some_and(|close| !close.after_drain);
-        if !state.live || closing_now {
-            return None;
-        }
-        state.queue.front().map(|queued| Next { seq: queued.seq, frame: queued.item.frame().clone() })
+    /// Whether there is a frame to write: the outbox is live and not
+    /// closing at once, and its queue is not empty.
+    pub fn has_writable(&self) -> bool {
+        self.state.borrow().writable().next().is_some()
     }
 
-    /// Up to `max` frames from the front, for one batched write; the same
-    /// rules as [`Outbox::front`]. `into` is cleared first.
+    /// Up to `max` frames to write, from the front; none while holding or
+    /// closing at once. They stay queued until [`Outbox::pop_written`], so an
+    /// interrupted write loses nothing. `into` is cleared first.
     pub fn fill_batch(&self, into: &mut Vec<Next>, max: usize) {
         into.clear();
-        let state = self.state.borrow();
-        let closing_now = state.close.is_some_and(|close| !close.after_drain);
-        if !state.live || closing_now {
-            return;
-        }
-        let frames = state.queue.iter().take(max);
-        into.extend(frames.map(|queued| Next { seq: queued.seq, frame: queued.item.frame().clone() }));
+        into.extend(self.state.borrow().writable().take(max).map(Queued::next));
+    }
+
+    /// The first frame [`Outbox::fill_batch`] would give.
+    #[cfg(test)]
+    pub fn front(&self) -> Option<Next> {
+        self.state.borrow().writable().next().map(Queued::next)
     }
 
     /// Wakes the writer without queueing anything (the reader has a pong

@@ -216,7 +216,7 @@ async fn write_live<S>(
             outbox.request_close(CloseCode::GOING_AWAY, true);
         }
         if let Some(close) = outbox.close_request()
-            && (!close.after_drain || (outbox.front().is_none() && !writer.has_started()))
+            && (!close.after_drain || (!outbox.has_writable() && !writer.has_started()))
         {
             log.span().in_scope(|| SessionClosed { code: close.code }.emit());
             let _ = tokio::time::timeout(CLOSE_GRACE, writer.close(close.code)).await;
@@ -237,7 +237,7 @@ async fn write_live<S>(
         if let Some(payload) = heard.ping.take() {
             writer.queue_pong(payload);
         }
-        let has_output = writer.has_started() || outbox.front().is_some();
+        let has_output = writer.has_started() || outbox.has_writable();
         if has_output && !writing {
             progressed_at = Instant::now();
             write_deadline.as_mut().reset(progressed_at + settings.write_timeout);
