@@ -1365,6 +1365,7 @@ async fn idle_connect(settings: &Settings, kind: Kind) -> IdleResult {
     let before = rss_kib(pid);
     let (paths, section_of) = paths(&sections, n, &settings.token);
     let overflows = listen_overflows();
+    let cpu_before = (cpu_seconds(&pid.to_string()), cpu_seconds("self"), machine_busy_seconds());
     let fleet = Fleet::start(
         server.port(),
         paths,
@@ -1377,6 +1378,20 @@ async fn idle_connect(settings: &Settings, kind: Kind) -> IdleResult {
     let elapsed = fleet.wait_live(Duration::from_secs(300)).await;
     let live = fleet.live();
     let connects_per_s = live as f64 / elapsed.max(1e-9);
+    // Where the machine's CPU went while connecting: the connect rate is the machine's when the
+    // clients and the stand-in API (this process) take as much as the server.
+    let server_cpu = cpu_seconds(&pid.to_string()) - cpu_before.0;
+    let harness_cpu = cpu_seconds("self") - cpu_before.1;
+    let machine_cpu = machine_busy_seconds() - cpu_before.2;
+    println!(
+        "  {}: while connecting, server {:.2} cores ({:.0} connects per server CPU-second), clients + stand-in API {:.2} cores, \
+         the rest of the machine {:.2} cores",
+        kind.name(),
+        server_cpu / elapsed.max(1e-9),
+        live as f64 / server_cpu.max(1e-9),
+        harness_cpu / elapsed.max(1e-9),
+        (machine_cpu - server_cpu - harness_cpu).max(0.0) / elapsed.max(1e-9),
+    );
     let overflows = listen_overflows() - overflows;
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut held = server.connections().await;

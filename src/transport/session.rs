@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, MissedTickBehavior, sleep_until};
+use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
@@ -76,9 +76,20 @@ pub async fn run<S: SnapshotSource + 'static>(
             .max_frame_size(Some(settings.max_frame_bytes));
         let incoming =
             WebSocketStream::from_partially_read(ReadOnly(read_half), pipelined, Role::Server, Some(config)).await;
-        let request = SnapshotRequest { section, token: &token, client_addr: log.client, request_id: &log.request_id };
-        let writer = WireWriter::new(write_half);
-        serve(&state, incoming, writer, registration.outbox(), request, claims.expires_at, &log).await;
+        // The reader starts before the snapshot call, so that a client who
+        // leaves early cancels it. Spawned here, not in `serve`: a stream
+        // passed to an async fn stays in its future for the session's life.
+        let heard = Rc::new(Heard::default());
+        let outbox = registration.outbox();
+        let reader = tokio::task::spawn_local(read_client(
+            incoming,
+            Rc::clone(outbox),
+            Rc::clone(&heard),
+            settings.client_messages_per_second,
+        ));
+        let connection =
+            Client { reader, heard, writer: WireWriter::new(write_half), outbox, token, expires_at: claims.expires_at };
+        serve(&state, connection, &log).await;
         Ok::<(), std::io::Error>(())
     }
     .await;
@@ -113,22 +124,19 @@ impl SessionLog {
     }
 }
 
-async fn serve<S: SnapshotSource>(
-    state: &ShardState<S>,
-    incoming: WebSocketStream<ReadOnly>,
-    mut writer: WireWriter,
-    outbox: &Rc<Outbox>,
-    request: SnapshotRequest<'_>,
+/// The connection's parts the session drives once the reader runs.
+struct Client<'a> {
+    reader: JoinHandle<ReaderEnd>,
+    heard: Rc<Heard>,
+    writer: WireWriter,
+    outbox: &'a Rc<Outbox>,
+    /// Needed only for the snapshot call, and freed after it.
+    token: String,
     expires_at: Option<u64>,
-    log: &SessionLog,
-) {
-    let heard = Rc::new(Heard::default());
-    let mut reader = tokio::task::spawn_local(read_client(
-        incoming,
-        Rc::clone(outbox),
-        Rc::clone(&heard),
-        state.ctx.session.client_messages_per_second,
-    ));
+}
+
+async fn serve<S: SnapshotSource>(state: &ShardState<S>, client: Client<'_>, log: &SessionLog) {
+    let Client { mut reader, heard, mut writer, outbox, token, expires_at } = client;
     // Dropping a JoinHandle detaches the task: a reader still waiting on a
     // peer that went silent would keep the socket open, and the outbox
     // alive, until that peer sent something: for a dead peer, never. The
@@ -142,11 +150,14 @@ async fn serve<S: SnapshotSource>(
         }
     };
     let (reports, floor) = (&state.section_reports, &state.ctx.floor);
+    let request =
+        SnapshotRequest { section: log.section, token: &token, client_addr: log.client, request_id: &log.request_id };
     // Boxed: the HTTP call's future is large and lives only until the
     // snapshot arrives, while the session's own future lives for hours.
     let connected = Box::pin(connect::fetch_snapshot(&state.snapshots, reports, floor, outbox, request, interrupted))
         .instrument(log.span())
         .await;
+    drop(token);
     if connected != Connected::Interrupted(Interruption::ClientGone) {
         write_live(state, &mut writer, outbox, &heard, expires_at, reader, log).await;
     }
@@ -192,20 +203,21 @@ async fn write_live<S>(
     let shutdown = &state.ctx.shutdown;
     let shutdown_triggered = shutdown.triggered();
     tokio::pin!(shutdown_triggered);
-    let mut ping = tokio::time::interval_at(Instant::now() + settings.ping_interval, settings.ping_interval);
-    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let expiry = sleep_until(expiry_instant(expires_at, settings.token_leeway));
-    tokio::pin!(expiry);
-    // When the oldest unanswered ping was queued, and when its pong is due.
+    let mut deadlines = Deadlines {
+        ping: Instant::now() + settings.ping_interval,
+        pong: None,
+        expiry: Some(expiry_instant(expires_at, settings.token_leeway)),
+        write: None,
+    };
+    // One timer for every deadline: each armed timer costs an idle
+    // connection its memory, and each wake-up polls every armed one.
+    let timer = sleep_until(deadlines.next());
+    tokio::pin!(timer);
+    // When the oldest unanswered ping was queued.
     let mut ping_sent: Option<Instant> = None;
-    let pong_deadline = sleep_until(Instant::now() + FAR_FUTURE);
-    tokio::pin!(pong_deadline);
-    // Armed while there is something to write. Progress only moves
-    // `progressed_at`; the timer catches up when it fires, so a busy
-    // connection does not touch the timer wheel once per write.
-    let write_deadline = sleep_until(Instant::now() + FAR_FUTURE);
-    tokio::pin!(write_deadline);
-    let mut writing = false;
+    // Progress only moves `progressed_at`; the write deadline catches up
+    // when it comes, so a busy connection does not touch the timer wheel
+    // once per write.
     let mut progressed_at = Instant::now();
     let mut reader_end = None;
     let mut shutting_down = false;
@@ -238,40 +250,53 @@ async fn write_live<S>(
             writer.queue_pong(payload);
         }
         let has_output = writer.has_started() || outbox.has_writable();
-        if has_output && !writing {
-            progressed_at = Instant::now();
-            write_deadline.as_mut().reset(progressed_at + settings.write_timeout);
+        match (has_output, deadlines.write) {
+            (true, None) => {
+                progressed_at = Instant::now();
+                deadlines.write = Some(progressed_at + settings.write_timeout);
+            }
+            (false, Some(_)) => deadlines.write = None,
+            _ => {}
         }
-        writing = has_output;
+        let next = deadlines.next();
+        if timer.deadline() != next {
+            timer.as_mut().reset(next);
+        }
         let io_step = async { if has_output { writer.writable().await } else { pending().await } };
         tokio::select! {
             biased;
             end = &mut reader, if reader_end.is_none() => reader_end = Some(end.unwrap_or(ReaderEnd::Done)),
             () = &mut shutdown_triggered, if !shutting_down => {}
-            () = &mut expiry => outbox.request_close(CloseCode::TOKEN_EXPIRED, false),
-            () = &mut write_deadline, if writing => {
-                let due = progressed_at + settings.write_timeout;
-                if due > Instant::now() {
-                    write_deadline.as_mut().reset(due);
-                } else {
-                    let timeout = settings.write_timeout;
-                    log.span().in_scope(|| tracing::info!(?timeout, "socket took no bytes; dropping"));
-                    return;
+            () = &mut timer => {
+                let now = Instant::now();
+                if deadlines.expiry.is_some_and(|due| due <= now) {
+                    deadlines.expiry = None;
+                    outbox.request_close(CloseCode::TOKEN_EXPIRED, false);
                 }
-            }
-            () = &mut pong_deadline, if ping_sent.is_some() => {
-                if heard.last_pong.get() < ping_sent {
-                    log.span().in_scope(|| tracing::info!("peer stopped answering pings; dropping"));
-                    return;
+                if deadlines.write.is_some_and(|due| due <= now) {
+                    let caught_up = progressed_at + settings.write_timeout;
+                    if caught_up <= now {
+                        let timeout = settings.write_timeout;
+                        log.span().in_scope(|| tracing::info!(?timeout, "socket took no bytes; dropping"));
+                        return;
+                    }
+                    deadlines.write = Some(caught_up);
                 }
-                ping_sent = None;
-            }
-            _ = ping.tick() => {
-                writer.queue_ping();
-                if ping_sent.is_none() {
-                    let now = Instant::now();
-                    ping_sent = Some(now);
-                    pong_deadline.as_mut().reset(now + settings.pong_timeout);
+                if deadlines.pong.is_some_and(|due| due <= now) {
+                    if heard.last_pong.get() < ping_sent {
+                        log.span().in_scope(|| tracing::info!("peer stopped answering pings; dropping"));
+                        return;
+                    }
+                    ping_sent = None;
+                    deadlines.pong = None;
+                }
+                if deadlines.ping <= now {
+                    deadlines.ping = now + settings.ping_interval;
+                    writer.queue_ping();
+                    if ping_sent.is_none() {
+                        ping_sent = Some(now);
+                        deadlines.pong = Some(now + settings.pong_timeout);
+                    }
                 }
             }
             ready = io_step => {
@@ -292,6 +317,25 @@ async fn write_live<S>(
             }
             () = outbox.changed() => {}
         }
+    }
+}
+
+/// The session's deadlines, served by one timer.
+struct Deadlines {
+    /// The next ping.
+    ping: Instant,
+    /// When the oldest unanswered ping's pong is due.
+    pong: Option<Instant>,
+    /// When the token expires (plus the leeway); `None` once it has.
+    expiry: Option<Instant>,
+    /// While there is something to write: when the socket must have taken
+    /// bytes (possibly stale: it is checked against the progress when it comes).
+    write: Option<Instant>,
+}
+
+impl Deadlines {
+    fn next(&self) -> Instant {
+        [self.pong, self.expiry, self.write].into_iter().flatten().fold(self.ping, Instant::min)
     }
 }
 
