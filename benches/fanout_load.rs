@@ -717,8 +717,12 @@ struct Stack {
 }
 
 /// Gateway variables the harness forwards when they are set in its own environment.
-const FORWARDED: [&str; 9] = [
+const FORWARDED: [&str; 13] = [
     "SHARDS",
+    "RESUME_SECRET",
+    "RESUME_WINDOW",
+    "RESUME_BUFFER",
+    "RESUME_BUFFER_BYTES",
     "WS_QUEUE_MAX_FRAMES",
     "WS_QUEUE_MAX_BYTES",
     "KAFKA_FETCH_WAIT_MAX",

@@ -5,23 +5,32 @@
 use std::hint::black_box;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use mesaya_realtime::application::delivery::Delivery;
+use mesaya_realtime::application::delivery::{Delivery, Stamp};
 use mesaya_realtime::application::hub::SectionHub;
 use mesaya_realtime::application::outbox::{Outbox, QueueLimits};
+use mesaya_realtime::application::ports::{ResumeGrant, ResumeTokens};
+use mesaya_realtime::application::replay::{Replay, ReplayLimits};
 use mesaya_realtime::application::router::EventRouter;
 use mesaya_realtime::domain::entity::{Action, EntityKey, EntityKind};
 use mesaya_realtime::domain::envelope;
 use mesaya_realtime::domain::frame::Frame;
 use mesaya_realtime::domain::ids::SectionId;
+use mesaya_realtime::domain::position::{PartitionId, Position, Positions, Progress};
 use mesaya_realtime::domain::snapshot::Snapshot;
+use mesaya_realtime::infrastructure::resume_token::HmacResumeTokens;
 
 const SECTION: &str = "5b0c7c1e-2f0a-4b7e-9a51-0d3c2b7e8f11";
 const TABLE_UPDATED: &str = r#"{"timestamp":"2026-01-10T16:00:00.500Z","event_type":"updated","entity_id":"9e1f6a3c-7d2b-4c55-8a0e-1b2c3d4e5f60",
  "data":{"id":"9e1f6a3c-7d2b-4c55-8a0e-1b2c3d4e5f60","sectionId":"5b0c7c1e-2f0a-4b7e-9a51-0d3c2b7e8f11","number":1,"capacity":6,
   "posX":14,"posY":10,"width":3,"height":2,"tableImageId":"0f7d2c8e-1111-4a2b-9c3d-4e5f60718293","chairImageId":"6a1b2c3d-2222-4e5f-8a9b-0c1d2e3f4a5b",
   "status":"AVAILABLE","isAvailable":true,"createdAt":"2026-01-10T15:10:00.000Z","updatedAt":"2026-01-10T16:00:00.480Z"}}"#;
+
+fn unplaced() -> Stamp {
+    Stamp { at: Instant::now(), position: None }
+}
 
 fn parse_and_route(c: &mut Criterion) {
     let mut group = c.benchmark_group("ingest");
@@ -33,7 +42,7 @@ fn parse_and_route(c: &mut Criterion) {
         let mut router = EventRouter::default();
         b.iter(|| {
             let event = envelope::parse("mesa-ya.tables.events", black_box(TABLE_UPDATED.as_bytes()), 1 << 20).unwrap();
-            router.route(event, std::time::Instant::now(), |section, delivery| {
+            router.route(event, unplaced(), |section, delivery| {
                 black_box((section, delivery));
             })
         })
@@ -49,7 +58,7 @@ fn fan_out(c: &mut Criterion) {
     router
         .route(
             envelope::parse("mesa-ya.tables.events", TABLE_UPDATED.as_bytes(), 1 << 20).unwrap(),
-            std::time::Instant::now(),
+            unplaced(),
             |_, d| delivery = Some(d),
         )
         .unwrap();
@@ -103,6 +112,7 @@ fn conflation(c: &mut Criterion) {
                 updated_at: None,
                 ends_section: false,
                 routed_at: std::time::Instant::now(),
+                position: None,
             })
         })
         .collect();
@@ -120,5 +130,56 @@ fn conflation(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parse_and_route, frame, fan_out, conflation);
+/// What resuming adds per routed event (keeping its frame in the shard's
+/// replay buffer, at steady state: every keep drops the oldest frame), and
+/// per position frame and resume (a token issued, a token read).
+fn resume(c: &mut Criterion) {
+    let partition = PartitionId::new("mesa-ya.tables.events", 0);
+    let sections: Vec<SectionId> =
+        (0..10_000u128).map(|n| SectionId::parse(&uuid::Uuid::from_u128(n + 1).to_string()).unwrap()).collect();
+    let mut progress = Progress::default();
+    progress.assigned(partition, 0);
+    // The defaults for one of two shards: 1024 frames per section, 32 MiB.
+    let mut replay = Replay::new(ReplayLimits { window: Duration::from_secs(120), per_section: 1024, bytes: 32 << 20 });
+    replay.merge_progress(&progress);
+    let frame = Frame::event(EntityKind::Table, Action::Updated, TABLE_UPDATED);
+    let delivery_at = |offset: i64| {
+        Arc::new(Delivery {
+            frame: frame.clone(),
+            key: EntityKey::new(EntityKind::Table, "t"),
+            action: Action::Updated,
+            updated_at: None,
+            ends_section: false,
+            routed_at: Instant::now(),
+            position: Some(Position { partition, offset }),
+        })
+    };
+    let mut offset = 0i64;
+    let now = Instant::now();
+    while replay.size().1 < (32 << 20) - 1024 {
+        replay.keep(sections[offset as usize % sections.len()], &delivery_at(offset), now);
+        offset += 1;
+    }
+    let mut group = c.benchmark_group("resume");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("keep_a_frame_in_a_full_buffer", |b| {
+        b.iter_batched(
+            || {
+                offset += 1;
+                (sections[offset as usize % sections.len()], delivery_at(offset))
+            },
+            |(section, delivery)| replay.keep(section, &delivery, now),
+            BatchSize::SmallInput,
+        )
+    });
+    let tokens = HmacResumeTokens::new("a-secret-shared-by-every-instance");
+    let positions: Positions = (0..12).map(|p| (PartitionId::new("mesa-ya.tables.events", p), 25_000_000)).collect();
+    let grant = ResumeGrant { section: sections[0], sub: "user-1", issued_at: 1_800_000_000, positions: &positions };
+    group.bench_function("issue_a_token_of_12_partitions", |b| b.iter(|| tokens.issue(black_box(&grant))));
+    let token = tokens.issue(&grant);
+    group.bench_function("open_a_token_of_12_partitions", |b| b.iter(|| tokens.open(black_box(&token), "user-1")));
+    group.finish();
+}
+
+criterion_group!(benches, parse_and_route, frame, fan_out, conflation, resume);
 criterion_main!(benches);

@@ -12,6 +12,7 @@ use mesaya_realtime::application::floor::SharedFloor;
 use mesaya_realtime::application::ingest::Ingest;
 use mesaya_realtime::application::ports::Dispatch;
 use mesaya_realtime::domain::ids::SectionId;
+use mesaya_realtime::domain::position::{Position, Progress};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -24,6 +25,10 @@ struct Nowhere;
 
 impl Dispatch for Nowhere {
     fn dispatch(&self, _: SectionId, _: std::sync::Arc<mesaya_realtime::application::delivery::Delivery>) {}
+
+    fn record_done(&self, _: Position) {}
+
+    fn progress(&self, _: std::sync::Arc<Progress>) {}
 }
 
 fn id(kind: u128, n: u128) -> String {

@@ -86,6 +86,19 @@ pub struct AdmissionSettings {
     pub trusted_proxies: Vec<IpNet>,
 }
 
+/// Resuming after a reconnect; on when `RESUME_SECRET` is set.
+#[derive(Debug, Clone)]
+pub struct ResumeConfig {
+    /// Signs resume tokens; shared by every instance behind one load balancer.
+    pub secret: String,
+    /// How old a token may be, and how long frames stay in the buffer.
+    pub window: Duration,
+    /// Frames kept per section; 0: every resume falls back to a snapshot.
+    pub buffer_frames: usize,
+    /// Frame bytes kept for the whole instance.
+    pub buffer_bytes: usize,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub host: IpAddr,
@@ -104,6 +117,7 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub log_level: String,
     pub log_format: LogFormat,
+    pub resume: Option<ResumeConfig>,
 }
 
 /// Reads variables through `lookup`; empty values count as unset.
@@ -150,6 +164,26 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             return Err(ConfigError::new(name, format!("must be at most 24h, got {raw:?}")));
         }
         Ok(duration)
+    }
+
+    /// A size in bytes: a whole number, optionally with a unit (`KiB`,
+    /// `MiB`, `GiB`, or the decimal `KB`, `MB`, `GB`).
+    fn bytes(&self, name: &'static str, default: usize) -> Result<usize, ConfigError> {
+        let Some(raw) = self.get(name) else { return Ok(default) };
+        let problem = || ConfigError::new(name, format!("expected a size like 64MiB or 1048576, got {raw:?}"));
+        let digits = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+        let (number, unit) = raw.split_at(digits);
+        let multiplier: usize = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kib" => 1 << 10,
+            "mib" => 1 << 20,
+            "gib" => 1 << 30,
+            "kb" => 1_000,
+            "mb" => 1_000_000,
+            "gb" => 1_000_000_000,
+            _ => return Err(problem()),
+        };
+        number.parse::<usize>().ok().and_then(|n| n.checked_mul(multiplier)).ok_or_else(problem)
     }
 
     fn list(&self, name: &str, default: &str) -> Vec<String> {
@@ -261,6 +295,13 @@ impl Config {
         tracing_subscriber::EnvFilter::try_new(&log_level)
             .map_err(|e| ConfigError::new("LOG_LEVEL", format!("{log_level:?}: {e}")))?;
 
+        let resume = ResumeConfig {
+            secret: env.get("RESUME_SECRET").unwrap_or_default(),
+            window: env.duration("RESUME_WINDOW", Duration::from_secs(120))?,
+            buffer_frames: env.count("RESUME_BUFFER", 1024)?,
+            buffer_bytes: env.bytes("RESUME_BUFFER_BYTES", 64 << 20)?,
+        };
+
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(Self {
             host: env.parsed("HOST", IpAddr::from([0, 0, 0, 0]), "an IP address")?,
@@ -301,6 +342,8 @@ impl Config {
             drain_timeout: env.duration("DRAIN_TIMEOUT", Duration::from_secs(10))?,
             log_level,
             log_format,
+            // An empty secret counts as unset.
+            resume: (!resume.secret.is_empty()).then_some(resume),
         })
     }
 }
@@ -327,6 +370,26 @@ mod tests {
         assert_eq!(config.admission.max_connections, 20_000 - 1024, "the open-file limit minus 1024");
         assert_eq!(config.admission.max_connections_per_user, 64);
         assert_eq!(config.session.write_timeout, Duration::from_secs(10));
+        assert!(config.resume.is_none(), "resume is off without a secret");
+    }
+
+    #[test]
+    fn resume_is_on_with_a_secret_and_sizes_take_units() {
+        let resume = config(&[("JWT_SECRET", "k"), ("RESUME_SECRET", "r")]).unwrap().resume.unwrap();
+        assert_eq!(
+            (resume.window, resume.buffer_frames, resume.buffer_bytes),
+            (Duration::from_secs(120), 1024, 64 << 20)
+        );
+        let sized = |value: &str| config_of(value).map(|c| c.resume.unwrap().buffer_bytes);
+        assert_eq!(sized("1048576"), Ok(1 << 20));
+        assert_eq!(sized("512KiB"), Ok(512 << 10));
+        assert_eq!(sized("2 GiB"), Ok(2 << 30));
+        assert_eq!(sized("5MB"), Ok(5_000_000));
+        assert!(config(&[("JWT_SECRET", "k"), ("RESUME_SECRET", " ")]).unwrap().resume.is_none(), "blank is unset");
+    }
+
+    fn config_of(buffer_bytes: &str) -> Result<Config, ConfigError> {
+        config(&[("JWT_SECRET", "k"), ("RESUME_SECRET", "r"), ("RESUME_BUFFER_BYTES", buffer_bytes)])
     }
 
     #[test]
@@ -372,6 +435,10 @@ mod tests {
             (&[key, ("SNAPSHOT_CONCURRENCY", "0")], "SNAPSHOT_CONCURRENCY"),
             (&[key, ("TRUSTED_PROXIES", "10.0.0.0/33")], "TRUSTED_PROXIES"),
             (&[key, ("WS_WRITE_TIMEOUT", "never")], "WS_WRITE_TIMEOUT"),
+            (&[key, ("RESUME_WINDOW", "25h")], "RESUME_WINDOW"),
+            (&[key, ("RESUME_BUFFER", "lots")], "RESUME_BUFFER"),
+            (&[key, ("RESUME_BUFFER_BYTES", "64 parsecs")], "RESUME_BUFFER_BYTES"),
+            (&[key, ("RESUME_BUFFER_BYTES", "99999999999999999999GiB")], "RESUME_BUFFER_BYTES"),
         ];
         for (vars, variable) in cases {
             let error = config(vars).unwrap_err();

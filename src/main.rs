@@ -10,14 +10,17 @@ use mesaya_realtime::application::admission::Admission;
 use mesaya_realtime::application::authorize::Authorizer;
 use mesaya_realtime::application::floor::SharedFloor;
 use mesaya_realtime::application::readiness::Readiness;
+use mesaya_realtime::application::replay::ReplayLimits;
+use mesaya_realtime::application::resume::ResumeSettings;
 use mesaya_realtime::config::{Config, LogFormat};
 use mesaya_realtime::domain::access::AccessPolicy;
 use mesaya_realtime::infrastructure::jwt::JwtVerifier;
 use mesaya_realtime::infrastructure::kafka::KafkaIngest;
+use mesaya_realtime::infrastructure::resume_token::HmacResumeTokens;
 use mesaya_realtime::infrastructure::snapshot_http::HttpSnapshotSource;
 use mesaya_realtime::shutdown::{Shutdown, Threads};
 use mesaya_realtime::transport::context::ServerContext;
-use mesaya_realtime::transport::mailbox::{self, Shards};
+use mesaya_realtime::transport::mailbox::{self, ShardDispatch, Shards};
 use mesaya_realtime::transport::section_reports;
 use mesaya_realtime::transport::shard::{self, ShardParts};
 use tokio::sync::Semaphore;
@@ -137,6 +140,16 @@ fn run(config: Config, verifier: JwtVerifier, listener: std::net::TcpListener) -
         session: config.session.clone(),
         drain_timeout: config.drain_timeout,
         floor: floor.clone(),
+        resume: config.resume.as_ref().map(|resume| ResumeSettings {
+            tokens: Arc::new(HmacResumeTokens::new(&resume.secret)),
+            window: resume.window,
+        }),
+    });
+    let replay_limits = config.resume.as_ref().map_or(ReplayLimits::OFF, |resume| ReplayLimits {
+        window: resume.window,
+        per_section: resume.buffer_frames,
+        // Each shard keeps its own sections' frames.
+        bytes: resume.buffer_bytes / config.shards,
     });
 
     let snapshot_calls = Arc::new(Semaphore::new(config.snapshot_concurrency));
@@ -146,6 +159,7 @@ fn run(config: Config, verifier: JwtVerifier, listener: std::net::TcpListener) -
         let snapshot_calls = Arc::clone(&snapshot_calls);
         shard::spawn(ShardParts {
             index,
+            replay_limits,
             inbox,
             listener: listener.try_clone()?,
             ctx: Arc::clone(&ctx),
@@ -158,7 +172,7 @@ fn run(config: Config, verifier: JwtVerifier, listener: std::net::TcpListener) -
 
     let ingest = KafkaIngest::new(
         config.kafka.clone(),
-        shards,
+        ShardDispatch::new(shards),
         floor,
         learned_sections,
         Arc::clone(&readiness),

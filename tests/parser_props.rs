@@ -18,7 +18,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mesaya_realtime::application::delivery::Delivery;
+use mesaya_realtime::application::delivery::{Delivery, Stamp};
 use mesaya_realtime::application::ports::LearnedSection;
 use mesaya_realtime::application::router::{EventRouter, HOLD_RESERVATIONS_FOR, LinkCounts, Unroutable};
 use mesaya_realtime::domain::entity::{Action, EntityKind};
@@ -764,6 +764,10 @@ impl Harness {
         self.start + Duration::from_millis(self.clock)
     }
 
+    fn stamp(&self) -> Stamp {
+        Stamp { at: self.now(), position: None }
+    }
+
     fn apply(&mut self, op: Op) -> Result<(), TestCaseError> {
         match op {
             Op::Record(topic, record) => self.record(&topic, &record)?,
@@ -781,7 +785,7 @@ impl Harness {
                 let mut delivered = Vec::new();
                 let released = self
                     .router
-                    .learn_section(learned, self.now(), |section, delivery| delivered.push((section, delivery)));
+                    .learn_section(learned, self.stamp(), |section, delivery| delivered.push((section, delivery)));
                 prop_assert_eq!(released, delivered.len());
                 let what = format!("learn {section} {restaurant:?} {tables:?}");
                 self.check_delivered(&delivered, &what)?;
@@ -804,7 +808,7 @@ impl Harness {
         let expected = self.model.route(&event, self.clock);
         let mut delivered: Vec<(SectionId, Arc<Delivery>)> = Vec::new();
         let result =
-            self.router.route(event.clone(), self.now(), |section, delivery| delivered.push((section, delivery)));
+            self.router.route(event.clone(), self.stamp(), |section, delivery| delivered.push((section, delivery)));
         let what = format!("{topic} {record}");
         self.check_delivered(&delivered, &what)?;
 

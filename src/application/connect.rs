@@ -197,6 +197,7 @@ mod tests {
             updated_at: crate::domain::timestamp::parse_millis(updated_at),
             ends_section: false,
             routed_at: std::time::Instant::now(),
+            position: None,
         })
     }
 

@@ -5,8 +5,9 @@ use std::time::Instant;
 
 use crate::domain::entity::{Action, EntityKey};
 use crate::domain::frame::Frame;
+use crate::domain::position::Position;
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Delivery {
     /// Built once on the ingest thread; shared by every subscriber.
     pub frame: Frame,
@@ -18,4 +19,16 @@ pub struct Delivery {
     /// When the ingest thread routed it: the start of the gateway's own
     /// share of the latency (`mesaya_delivery_seconds`).
     pub routed_at: Instant,
+    /// The Kafka record it came from (for a reservation held until its
+    /// table was known: where the ingest stood when it was released).
+    /// Replay buffers and resume tokens are made of these.
+    pub position: Option<Position>,
+}
+
+/// When and from where the ingest thread routes: every frame of one record
+/// (or of one release of held reservations) carries the same.
+#[derive(Clone, Copy, Debug)]
+pub struct Stamp {
+    pub at: Instant,
+    pub position: Option<Position>,
 }

@@ -65,6 +65,7 @@ impl SectionHub {
                 outbox.request_close(CloseCode::SLOW_CONSUMER, false);
                 false
             }
+            PushOutcome::AlreadySent => true,
             PushOutcome::Closing => false,
         });
         if delivery.ends_section {
@@ -107,6 +108,7 @@ mod tests {
             updated_at: None,
             ends_section,
             routed_at: std::time::Instant::now(),
+            position: None,
         })
     }
 
@@ -145,6 +147,7 @@ mod tests {
     /// clients between them, queues one buffer for all three.
     #[test]
     fn every_subscriber_gets_the_same_frame_bytes() {
+        use crate::application::delivery::Stamp;
         use crate::application::router::EventRouter;
         use crate::domain::envelope;
 
@@ -154,7 +157,7 @@ mod tests {
         };
         const OBJECT: &str = "b1111111-1111-4111-8111-111111111111";
         let links = ["c1111111-1111-4111-8111-111111111111", "c2222222-2222-4222-8222-222222222222"];
-        let now = std::time::Instant::now();
+        let now = Stamp { at: std::time::Instant::now(), position: None };
         let mut router = EventRouter::default();
         for (link, sec) in links.into_iter().zip([S1, S2]) {
             let data = serde_json::json!({"id": link, "sectionId": sec, "objectId": OBJECT});

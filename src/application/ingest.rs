@@ -4,11 +4,12 @@
 //! calls [`Ingest::handle`].
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::domain::envelope::{self, Rejection};
+use crate::domain::position::{PartitionId, Position, Progress};
 
-use super::delivery::Delivery;
+use super::delivery::{Delivery, Stamp};
 use super::floor::SharedFloor;
 use super::ports::{Dispatch, LearnedSection};
 use super::router::{EventRouter, LinkCounts};
@@ -35,24 +36,64 @@ pub struct Ingest<D> {
     router: EventRouter,
     dispatch: D,
     max_record_bytes: usize,
+    progress: Progress,
+    /// When the shards were last told the progress, and whether it moved since.
+    progress_told: Option<Instant>,
+    progress_moved: bool,
 }
+
+/// One Kafka record, as the adapter read it.
+#[derive(Clone, Copy, Debug)]
+pub struct Record<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub payload: &'a [u8],
+}
+
+impl Record<'_> {
+    pub fn position(&self) -> Position {
+        Position { partition: PartitionId::new(self.topic, self.partition), offset: self.offset }
+    }
+}
+
+/// How often, at most, a busy ingest thread tells every shard its progress
+/// (a quiet one tells it at once): the positions in resume tokens lag the
+/// frames by about this much.
+const PROGRESS_EVERY: Duration = Duration::from_millis(25);
 
 impl<D: Dispatch> Ingest<D> {
     /// `floor` is written here and read by the shards' snapshots.
     pub fn new(dispatch: D, max_record_bytes: usize, floor: SharedFloor) -> Self {
-        Self { router: EventRouter::new(floor), dispatch, max_record_bytes }
+        Self {
+            router: EventRouter::new(floor),
+            dispatch,
+            max_record_bytes,
+            progress: Progress::default(),
+            progress_told: None,
+            progress_moved: false,
+        }
     }
 
     /// Parses, routes and dispatches one record. Returns how many sections
     /// it reached: none for an object nothing links yet (it is kept for
     /// later links and snapshots) or a reservation held until its table is
     /// known.
-    pub fn handle(&mut self, topic: &str, payload: &[u8]) -> Result<usize, Skip> {
-        let event = envelope::parse(topic, payload, self.max_record_bytes).map_err(Skip::Rejected)?;
+    pub fn handle(&mut self, record: Record<'_>) -> Result<usize, Skip> {
+        let position = record.position();
+        let stamp = Stamp { at: Instant::now(), position: Some(position) };
         let dispatch = &self.dispatch;
-        self.router
-            .route(event, Instant::now(), |section, delivery: Arc<Delivery>| dispatch.dispatch(section, delivery))
-            .map_err(|_| Skip::NoSection)
+        let routed = envelope::parse(record.topic, record.payload, self.max_record_bytes)
+            .map_err(Skip::Rejected)
+            .and_then(|event| {
+                self.router
+                    .route(event, stamp, |section, delivery: Arc<Delivery>| dispatch.dispatch(section, delivery))
+                    .map_err(|_| Skip::NoSection)
+            });
+        self.progress.consumed(position);
+        self.progress_moved = true;
+        self.dispatch.record_done(Position { offset: position.offset + 1, ..position });
+        routed
     }
 
     /// Takes in what a record says about the maps without dispatching it:
@@ -66,9 +107,33 @@ impl<D: Dispatch> Ingest<D> {
 
     /// What a snapshot showed, reported by the shard that fetched it; held
     /// reservations for its tables are dispatched now. Returns how many.
-    pub fn learn_section(&mut self, learned: LearnedSection) -> usize {
+    ///
+    /// Released frames are placed with `upcoming`, the record about to be
+    /// handled, as if they were part of it: a position issued before it does
+    /// not cover them, one issued after it does. Without one (a quiet turn)
+    /// they have no position, and replay buffers do not reach back past them.
+    pub fn learn_section(&mut self, learned: LearnedSection, upcoming: Option<Position>) -> usize {
         let dispatch = &self.dispatch;
-        self.router.learn_section(learned, Instant::now(), |section, delivery| dispatch.dispatch(section, delivery))
+        let stamp = Stamp { at: Instant::now(), position: upcoming };
+        self.router.learn_section(learned, stamp, |section, delivery| dispatch.dispatch(section, delivery))
+    }
+
+    /// A partition was assigned, to be read from `start`.
+    pub fn assigned(&mut self, partition: PartitionId, start: i64) {
+        self.progress.assigned(partition, start);
+        self.progress_moved = true;
+    }
+
+    /// Tells every shard how far the ingest has come, if that moved: at once
+    /// when the turn was `quiet` (no record), else at most every
+    /// [`PROGRESS_EVERY`].
+    pub fn tell_progress(&mut self, quiet: bool) {
+        let due = quiet || self.progress_told.is_none_or(|told| told.elapsed() >= PROGRESS_EVERY);
+        if self.progress_moved && due {
+            self.dispatch.progress(Arc::new(self.progress.clone()));
+            self.progress_told = Some(Instant::now());
+            self.progress_moved = false;
+        }
     }
 
     /// Drops the reservations held too long for a table nobody showed;
@@ -104,6 +169,15 @@ mod tests {
             let frame: serde_json::Value = serde_json::from_slice(delivery.frame.utf8_bytes()).unwrap();
             self.0.borrow_mut().push((section, frame["event"].as_str().unwrap().to_string()));
         }
+
+        fn record_done(&self, _next: Position) {}
+
+        fn progress(&self, _progress: Arc<Progress>) {}
+    }
+
+    /// A record at offset 0 of partition 0.
+    fn record<'a>(topic: &'a str, payload: &'a [u8]) -> Record<'a> {
+        Record { topic, partition: 0, offset: 0, payload }
     }
 
     impl Recorder {
@@ -124,8 +198,8 @@ mod tests {
     fn a_table_event_reaches_its_section_once() {
         let recorder = Recorder::default();
         let mut ingest = Ingest::new(&recorder, 1 << 20, SharedFloor::default());
-        let record = v2("updated", serde_json::json!({"id": TABLE, "sectionId": S1}));
-        assert_eq!(ingest.handle("mesa-ya.tables.events", &record), Ok(1));
+        let payload = v2("updated", serde_json::json!({"id": TABLE, "sectionId": S1}));
+        assert_eq!(ingest.handle(record("mesa-ya.tables.events", &payload)), Ok(1));
         assert_eq!(recorder.take(), vec![(section(S1), "table.updated".to_string())]);
     }
 
@@ -134,7 +208,7 @@ mod tests {
         let recorder = Recorder::default();
         let mut ingest = Ingest::new(&recorder, 128, SharedFloor::default());
         let skipped =
-            |ingest: &mut Ingest<&Recorder>, topic, payload: &[u8]| ingest.handle(topic, payload).unwrap_err();
+            |ingest: &mut Ingest<&Recorder>, topic, payload: &[u8]| ingest.handle(record(topic, payload)).unwrap_err();
         assert_eq!(skipped(&mut ingest, "mesa-ya.tables.events", b"{nope").label(), "not_json");
         assert_eq!(skipped(&mut ingest, "mesa-ya.tables.events", &[b' '; 129]).label(), "too_large");
         assert_eq!(skipped(&mut ingest, "other.topic", b"{}").label(), "unknown_topic");
@@ -151,9 +225,13 @@ mod tests {
         let mut ingest = Ingest::new(&recorder, 1 << 20, SharedFloor::default());
 
         let reservation = v2("created", serde_json::json!({"id": RESERVATION, "tableId": TABLE}));
-        assert_eq!(ingest.handle("mesa-ya.reservations.events", &reservation), Ok(0), "held: the table is unknown");
+        assert_eq!(
+            ingest.handle(record("mesa-ya.reservations.events", &reservation)),
+            Ok(0),
+            "held: the table is unknown"
+        );
         let learned = LearnedSection { section: section(S1), restaurant: None, table_ids: vec![TABLE.into()] };
-        assert_eq!(ingest.learn_section(learned), 1, "released by the snapshot that shows the table");
+        assert_eq!(ingest.learn_section(learned, None), 1, "released by the snapshot that shows the table");
 
         ingest.replay(
             "mesa-ya.section-objects.events",
@@ -161,7 +239,7 @@ mod tests {
         );
         assert_eq!(ingest.link_counts().section_objects, 1);
         let object = v2("updated", serde_json::json!({"id": OBJECT, "posX": 2}));
-        assert_eq!(ingest.handle("mesa-ya.objects.events", &object), Ok(1));
+        assert_eq!(ingest.handle(record("mesa-ya.objects.events", &object)), Ok(1));
         assert_eq!(
             recorder.take(),
             vec![(section(S1), "reservation.created".to_string()), (section(S2), "object.updated".to_string())],

@@ -12,4 +12,6 @@ pub mod ingest;
 pub mod outbox;
 pub mod ports;
 pub mod readiness;
+pub mod replay;
+pub mod resume;
 pub mod router;

@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 
 use crate::domain::entity::Action;
 use crate::domain::frame::Frame;
+use crate::domain::position::Positions;
 use crate::domain::protocol::CloseCode;
 use crate::domain::snapshot::Snapshot;
 
@@ -40,6 +41,8 @@ pub enum PushOutcome {
     Overflowed,
     /// The client is closing; the frame was not kept.
     Closing,
+    /// A resumed client had this frame before it reconnected.
+    AlreadySent,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +95,10 @@ struct State {
     next_seq: u64,
     bytes: usize,
     close: Option<CloseRequest>,
+    /// A resumed client's token: what it had before it reconnected. This
+    /// instance may consume those records later than the one that served
+    /// them; they are not sent again.
+    already_sent: Option<Box<Positions>>,
 }
 
 impl State {
@@ -127,6 +134,15 @@ impl Outbox {
     }
 
     pub fn push_event(&self, delivery: Arc<Delivery>) -> PushOutcome {
+        let already_sent = self
+            .state
+            .borrow()
+            .already_sent
+            .as_ref()
+            .is_some_and(|sent| delivery.position.is_some_and(|position| sent.covers(position)));
+        if already_sent {
+            return PushOutcome::AlreadySent;
+        }
         self.push(Item::Event(delivery))
     }
 
@@ -188,6 +204,26 @@ impl Outbox {
         drop(state);
         self.wake.notify_one();
         dropped
+    }
+
+    /// Ends the holding phase of a resumed client, instead of a snapshot:
+    /// `section.resumed`, then the frames it missed, in order, then whatever
+    /// comes. Frames at or before `already_sent` are never queued again.
+    /// Called in the same turn as registration, so nothing is held yet.
+    pub fn go_live_resumed(&self, missed: &[Arc<Delivery>], already_sent: Positions) {
+        let mut state = self.state.borrow_mut();
+        state.queue.clear();
+        state.bytes = 0;
+        state.enqueue(Item::Control(Frame::resumed(missed.len())), false);
+        for delivery in missed {
+            // Replayed, not routed now: control items, so they are neither
+            // conflated nor timed as deliveries.
+            state.enqueue(Item::Control(delivery.frame.clone()), false);
+        }
+        state.already_sent = Some(Box::new(already_sent));
+        state.live = true;
+        drop(state);
+        self.wake.notify_one();
     }
 
     /// Whether there is a frame to write: the outbox is live and not
@@ -307,6 +343,7 @@ mod tests {
             updated_at,
             ends_section: false,
             routed_at: Instant::now(),
+            position: None,
         })
     }
 

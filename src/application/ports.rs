@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::domain::access::Claims;
 use crate::domain::ids::{EntityId, SectionId};
+use crate::domain::position::{Position, Positions, Progress};
 use crate::domain::protocol::CloseCode;
 use crate::domain::snapshot::{SectionObjects, Snapshot};
 
@@ -94,9 +95,17 @@ impl SnapshotError {
 }
 
 /// Where routed events go: the shard that owns each section. Called on the
-/// ingest thread, once per (event, section).
+/// ingest thread, once per (event, section), and in the same order as the
+/// records: the shards learn how far the ingest has come from the same
+/// queues that bring them the frames, so a position they know never runs
+/// ahead of the frames they hold.
 pub trait Dispatch {
     fn dispatch(&self, section: SectionId, delivery: Arc<Delivery>);
+    /// Every frame of the record before `next` was dispatched: told to the
+    /// shards that got some of them since the last call.
+    fn record_done(&self, next: Position);
+    /// Where the ingest stands on every partition, told to every shard.
+    fn progress(&self, progress: Arc<Progress>);
 }
 
 /// Where a fetched snapshot reports what it showed of its section (its
@@ -119,3 +128,36 @@ pub struct LearnedSection {
 pub trait FloorPlan {
     fn section_objects(&self, section: SectionId) -> SectionObjects;
 }
+
+/// Signs and reads resume tokens: a section's Kafka positions, bound to the
+/// section and the user, with the time they were issued.
+pub trait ResumeTokens {
+    fn issue(&self, grant: &ResumeGrant<'_>) -> String;
+    /// What a token says, if this secret signed it; `sub` is the resuming
+    /// user, compared with the one it was issued to.
+    fn open(&self, token: &str, sub: &str) -> Result<OpenedToken, InvalidResumeToken>;
+}
+
+/// What a resume token is issued for.
+#[derive(Clone, Copy, Debug)]
+pub struct ResumeGrant<'a> {
+    pub section: SectionId,
+    pub sub: &'a str,
+    /// Seconds since the Unix epoch.
+    pub issued_at: u64,
+    pub positions: &'a Positions,
+}
+
+/// A token whose signature holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenedToken {
+    pub section: SectionId,
+    /// Issued to the user who presents it.
+    pub same_sub: bool,
+    pub issued_at: u64,
+    pub positions: Positions,
+}
+
+/// Not a token this secret signed (or not a token at all).
+#[derive(Debug, PartialEq, Eq)]
+pub struct InvalidResumeToken;

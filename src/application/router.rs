@@ -25,7 +25,7 @@ use crate::domain::envelope::EntityEvent;
 use crate::domain::frame::Frame;
 use crate::domain::ids::{EntityId, SectionId};
 
-use super::delivery::Delivery;
+use super::delivery::{Delivery, Stamp};
 use super::floor::{Floor, SharedFloor, remove_from};
 use super::ports::LearnedSection;
 
@@ -77,29 +77,29 @@ impl EventRouter {
     pub fn route(
         &mut self,
         event: EntityEvent,
-        now: Instant,
+        stamp: Stamp,
         mut deliver: impl FnMut(SectionId, Arc<Delivery>),
     ) -> Result<usize, Unroutable> {
         let targets = self.apply(&event)?;
         if event.key.kind == EntityKind::Reservation && targets.sections.is_empty() {
             let table = event.table_id.clone().ok_or(Unroutable)?;
-            return if self.held.hold(table, event, now) { Ok(0) } else { Err(Unroutable) };
+            return if self.held.hold(table, event, stamp.at) { Ok(0) } else { Err(Unroutable) };
         }
         let mut reached = 0;
         if let Some(old_section) = targets.moved_from {
             let left = Frame::event(event.key.kind, Action::Deleted, &event.payload);
-            deliver(old_section, delivery(&event, left, Action::Deleted, false, now));
+            deliver(old_section, delivery(&event, left, Action::Deleted, false, stamp));
             reached += 1;
         }
         let payload = targets.payload.as_deref().unwrap_or(&event.payload);
         let frame = Frame::event(event.key.kind, event.action, payload);
-        let shared = delivery(&event, frame, event.action, targets.ends_sections, now);
+        let shared = delivery(&event, frame, event.action, targets.ends_sections, stamp);
         for &section in &targets.sections {
             deliver(section, Arc::clone(&shared));
         }
         reached += targets.sections.len();
         if event.key.kind == EntityKind::Table && event.action != Action::Deleted {
-            reached += self.release_held(&event.key.id, now, &mut deliver);
+            reached += self.release_held(&event.key.id, stamp, &mut deliver);
         }
         Ok(reached)
     }
@@ -115,7 +115,7 @@ impl EventRouter {
     pub fn learn_section(
         &mut self,
         learned: LearnedSection,
-        now: Instant,
+        stamp: Stamp,
         mut deliver: impl FnMut(SectionId, Arc<Delivery>),
     ) -> usize {
         if let Some(restaurant) = learned.restaurant {
@@ -127,7 +127,7 @@ impl EventRouter {
             if !self.tables.contains_key(&table) {
                 self.set_table(table.clone(), learned.section);
             }
-            released += self.release_held(&table, now, &mut deliver);
+            released += self.release_held(&table, stamp, &mut deliver);
         }
         released
     }
@@ -141,14 +141,14 @@ impl EventRouter {
     fn release_held(
         &mut self,
         table: &EntityId,
-        now: Instant,
+        stamp: Stamp,
         deliver: &mut impl FnMut(SectionId, Arc<Delivery>),
     ) -> usize {
         let Some(&section) = self.tables.get(table) else { return 0 };
         let released = self.held.release(table);
         for event in &released {
             let frame = Frame::event(event.key.kind, event.action, &event.payload);
-            deliver(section, delivery(event, frame, event.action, false, now));
+            deliver(section, delivery(event, frame, event.action, false, stamp));
         }
         released.len()
     }
@@ -275,14 +275,15 @@ impl EventRouter {
     }
 }
 
-fn delivery(event: &EntityEvent, frame: Frame, action: Action, ends_section: bool, now: Instant) -> Arc<Delivery> {
+fn delivery(event: &EntityEvent, frame: Frame, action: Action, ends_section: bool, stamp: Stamp) -> Arc<Delivery> {
     Arc::new(Delivery {
         frame,
         key: event.key.clone(),
         action,
         updated_at: event.updated_at,
         ends_section,
-        routed_at: now,
+        routed_at: stamp.at,
+        position: stamp.position,
     })
 }
 
@@ -376,6 +377,11 @@ mod tests {
         envelope::parse(&format!("mesa-ya.{kind}.events"), record.as_bytes(), 1 << 20).unwrap()
     }
 
+    /// A routing moment with no Kafka position.
+    fn unplaced(at: Instant) -> Stamp {
+        Stamp { at, position: None }
+    }
+
     /// Routes `event` and returns (section, frame) pairs, in delivery order.
     fn route(router: &mut EventRouter, event: EntityEvent) -> Result<Vec<(SectionId, serde_json::Value)>, Unroutable> {
         route_at(router, event, Instant::now())
@@ -387,7 +393,7 @@ mod tests {
         now: Instant,
     ) -> Result<Vec<(SectionId, serde_json::Value)>, Unroutable> {
         let mut out = Vec::new();
-        router.route(event, now, |section, delivery| {
+        router.route(event, unplaced(now), |section, delivery| {
             out.push((section, serde_json::from_slice(delivery.frame.utf8_bytes()).unwrap()));
         })?;
         Ok(out)
@@ -449,7 +455,7 @@ mod tests {
         // A snapshot shows the table: the held reservation goes out.
         let mut released = Vec::new();
         let learned = LearnedSection { section: section(S1), restaurant: None, table_ids: vec![T1.into()] };
-        router.learn_section(learned, start, |section, _| released.push(section));
+        router.learn_section(learned, unplaced(start), |section, _| released.push(section));
         assert_eq!(released, vec![section(S1)]);
         assert_eq!(
             names(route(&mut router, reservation(T1)).unwrap()),
@@ -492,7 +498,7 @@ mod tests {
         let restaurant = |event_type| v2("restaurants", event_type, serde_json::json!({"id": RESTAURANT}));
         assert_eq!(route(&mut router, restaurant("updated")), Err(Unroutable), "no section known yet");
         let learned = LearnedSection { section: section(S1), restaurant: Some(RESTAURANT.into()), table_ids: vec![] };
-        router.learn_section(learned, Instant::now(), |_, _| {});
+        router.learn_section(learned, unplaced(Instant::now()), |_, _| {});
         route(&mut router, v2("sections", "updated", serde_json::json!({"id": S2, "restaurantId": RESTAURANT})))
             .unwrap();
 
@@ -506,7 +512,7 @@ mod tests {
 
         let mut ended = Vec::new();
         router
-            .route(restaurant("deleted"), Instant::now(), |section, delivery| {
+            .route(restaurant("deleted"), unplaced(Instant::now()), |section, delivery| {
                 ended.push((section, delivery.ends_section))
             })
             .unwrap();
@@ -520,7 +526,7 @@ mod tests {
         let mut router = EventRouter::default();
         let learned =
             LearnedSection { section: section(S1), restaurant: Some(RESTAURANT.into()), table_ids: vec![T1.into()] };
-        router.learn_section(learned, Instant::now(), |_, _| {});
+        router.learn_section(learned, unplaced(Instant::now()), |_, _| {});
         route(&mut router, v2("tables", "created", serde_json::json!({"id": T2, "sectionId": S1}))).unwrap();
         route(&mut router, v2("section-objects", "created", link(L1, S1))).unwrap();
         route(&mut router, v2("objects", "created", serde_json::json!({"id": O1}))).unwrap();
@@ -528,7 +534,7 @@ mod tests {
         router
             .route(
                 v2("sections", "deleted", serde_json::json!({"id": S1, "tables": [{"id": T1}]})),
-                Instant::now(),
+                unplaced(Instant::now()),
                 |_, d| ended = d.ends_section,
             )
             .unwrap();
@@ -555,7 +561,7 @@ mod tests {
         let reached = router
             .route(
                 v2("objects", "updated", serde_json::json!({"id": O1, "posX": 3})),
-                Instant::now(),
+                unplaced(Instant::now()),
                 |section, delivery| delivered.push((section, delivery)),
             )
             .unwrap();

@@ -35,6 +35,17 @@ impl Frame {
         Self(Bytes::from(text))
     }
 
+    /// `{"event":"section.position","payload":{"token":"<token>"}}`. The
+    /// token is base64url, so it needs no escaping.
+    pub fn position(token: &str) -> Self {
+        Self(Bytes::from(format!(r#"{{"event":"section.position","payload":{{"token":"{token}"}}}}"#)))
+    }
+
+    /// `{"event":"section.resumed","payload":{"replayed":<replayed>}}`.
+    pub fn resumed(replayed: usize) -> Self {
+        Self(Bytes::from(format!(r#"{{"event":"section.resumed","payload":{{"replayed":{replayed}}}}}"#)))
+    }
+
     pub const fn from_static(text: &'static str) -> Self {
         Self(Bytes::from_static(text.as_bytes()))
     }
@@ -77,6 +88,14 @@ mod tests {
         let frame = Frame::event(EntityKind::SectionObject, Action::Deleted, r#"{"id":"x"}"#);
         let parsed: serde_json::Value = serde_json::from_slice(frame.utf8_bytes()).unwrap();
         assert_eq!(parsed, serde_json::json!({"event":"section-object.deleted","payload":{"id":"x"}}));
+    }
+
+    #[test]
+    fn resume_frames_are_the_documented_json() {
+        let position: serde_json::Value = serde_json::from_slice(Frame::position("AbC-_9").utf8_bytes()).unwrap();
+        assert_eq!(position, serde_json::json!({"event":"section.position","payload":{"token":"AbC-_9"}}));
+        let resumed: serde_json::Value = serde_json::from_slice(Frame::resumed(3).utf8_bytes()).unwrap();
+        assert_eq!(resumed, serde_json::json!({"event":"section.resumed","payload":{"replayed":3}}));
     }
 
     #[test]

@@ -13,6 +13,14 @@ impl SectionId {
         uuid::Uuid::try_parse(text).ok().map(Self)
     }
 
+    pub fn to_bytes(self) -> [u8; 16] {
+        self.0.into_bytes()
+    }
+
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(uuid::Uuid::from_bytes(bytes))
+    }
+
     /// The shard that owns this section. Stable for the life of the process,
     /// so every connection and every event of a section meet on one thread.
     pub fn shard(&self, shards: usize) -> usize {

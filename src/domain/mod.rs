@@ -7,6 +7,7 @@ pub mod entity;
 pub mod envelope;
 pub mod frame;
 pub mod ids;
+pub mod position;
 pub mod protocol;
 pub mod snapshot;
 pub mod timestamp;

@@ -35,13 +35,14 @@ use regex::Regex;
 use prometheus::IntGauge;
 
 use crate::application::floor::SharedFloor;
-use crate::application::ingest::Ingest;
+use crate::application::ingest::{Ingest, Record};
 use crate::application::ports::{Dispatch, LearnedSection};
 use crate::application::readiness::Readiness;
 use crate::application::router::LinkCounts;
 use crate::config::KafkaSettings;
 use crate::domain::entity::EntityKind;
 use crate::domain::envelope;
+use crate::domain::position::{PartitionId, Position};
 use crate::shutdown::Shutdown;
 use crate::telemetry::METRICS;
 use crate::telemetry::events::{RecordSkipped, ReservationsExpired};
@@ -201,6 +202,18 @@ impl<D: Dispatch> KafkaIngest<D> {
         };
         while !self.stopped() {
             let polled = consumer.poll(POLL_INTERVAL);
+            for (partition, start) in consumer.context().take_assigned() {
+                self.ingest.assigned(partition, start);
+            }
+            let record = match &polled {
+                Some(Ok(message)) => Some(Record {
+                    topic: message.topic(),
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    payload: message.payload().unwrap_or_default(),
+                }),
+                _ => None,
+            };
             // After the poll, which may block for a whole interval, and
             // before its record: a reservation published right after a client
             // got a snapshot naming its table must find the table (a shard
@@ -208,17 +221,16 @@ impl<D: Dispatch> KafkaIngest<D> {
             // every turn, records or not: on quiet topics or during a broker
             // outage the reports would pile up, and held reservations must
             // expire on time.
-            self.learn_sections();
+            self.learn_sections(record.map(|record| record.position()));
             ReservationsExpired { count: self.ingest.expire_held() }.emit();
-            match polled {
-                None => {}
-                Some(Ok(message)) => {
-                    let payload = message.payload().unwrap_or_default();
-                    self.handle_record(message.topic(), message.partition(), message.offset(), payload);
-                    consumer.context().resume_after(message.topic(), message.partition(), message.offset());
-                }
-                Some(Err(error)) => tracing::warn!(%error, "kafka consumer error"),
+            if let Some(record) = record {
+                self.handle_record(record);
+                consumer.context().resume_after(record.topic, record.partition, record.offset);
             }
+            if let Some(Err(error)) = &polled {
+                tracing::warn!(%error, "kafka consumer error");
+            }
+            self.ingest.tell_progress(record.is_none());
         }
         self.readiness.set_assigned(false);
         tracing::info!("kafka ingest stopped");
@@ -235,19 +247,26 @@ impl<D: Dispatch> KafkaIngest<D> {
         self.stopped()
     }
 
-    /// What snapshots showed, reported by the shards.
-    fn learn_sections(&mut self) {
+    /// What snapshots showed, reported by the shards. `upcoming` is the
+    /// record about to be handled, if any.
+    fn learn_sections(&mut self, upcoming: Option<Position>) {
         for learned in self.learned_sections.try_iter() {
-            let released = self.ingest.learn_section(learned);
+            let released = self.ingest.learn_section(learned, upcoming);
             METRICS.events_routed.inc_by(released as u64);
         }
     }
 
-    fn handle_record(&mut self, topic: &str, partition: i32, offset: i64, payload: &[u8]) {
+    fn handle_record(&mut self, record: Record<'_>) {
         METRICS.events_consumed.inc();
-        match self.ingest.handle(topic, payload) {
+        match self.ingest.handle(record) {
             Ok(sections) => METRICS.events_routed.inc_by(sections as u64),
-            Err(skip) => RecordSkipped { topic, partition, offset, reason: skip.label() }.emit(),
+            Err(skip) => RecordSkipped {
+                topic: record.topic,
+                partition: record.partition,
+                offset: record.offset,
+                reason: skip.label(),
+            }
+            .emit(),
         }
         self.link_gauges.set(self.ingest.link_counts());
     }
@@ -299,7 +318,7 @@ impl<D: Dispatch> KafkaIngest<D> {
         }
         consumer.assign(&assignment)?;
         while !remaining.is_empty() && !self.stopped() {
-            self.learn_sections();
+            self.learn_sections(None);
             match consumer.poll(POLL_INTERVAL) {
                 None => {}
                 Some(Ok(message)) => {
@@ -369,8 +388,11 @@ impl<D: Dispatch> KafkaIngest<D> {
 
     /// Phase 2: the group consumer that feeds the router.
     fn live_consumer(&self, start_offsets: ResumePoints) -> KafkaResult<BaseConsumer<IngestContext>> {
-        let context =
-            IngestContext { readiness: Arc::clone(&self.readiness), resume_points: Mutex::new(start_offsets) };
+        let context = IngestContext {
+            readiness: Arc::clone(&self.readiness),
+            resume_points: Mutex::new(start_offsets),
+            assigned: Mutex::default(),
+        };
         let consumer: BaseConsumer<IngestContext> = self
             .client_config(&self.group_id)
             .set("statistics.interval.ms", "1000")
@@ -391,9 +413,16 @@ struct IngestContext {
     /// handling and rebalance callbacks both run inside `poll`), so the lock
     /// is never contended; rdkafka requires the context to be `Sync`.
     resume_points: Mutex<ResumePoints>,
+    /// Partitions assigned and where reading starts, for the ingest thread
+    /// to take after the poll that assigned them.
+    assigned: Mutex<Vec<(PartitionId, i64)>>,
 }
 
 impl IngestContext {
+    fn take_assigned(&self) -> Vec<(PartitionId, i64)> {
+        std::mem::take(&mut *self.assigned.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
     fn resume_points(&self) -> std::sync::MutexGuard<'_, ResumePoints> {
         self.resume_points.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -462,6 +491,12 @@ impl ConsumerContext for IngestContext {
             partitions.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
         for (topic, partition) in &assigned {
             let start = self.start_offset(consumer, topic, *partition);
+            if let Offset::Offset(start) = start {
+                self.assigned
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push((PartitionId::new(topic, *partition), start));
+            }
             if let Err(error) = partitions.set_partition_offset(topic, *partition, start) {
                 tracing::warn!(%error, topic, partition, "setting start offset failed");
             }

@@ -2,4 +2,5 @@
 
 pub mod jwt;
 pub mod kafka;
+pub mod resume_token;
 pub mod snapshot_http;

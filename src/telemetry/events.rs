@@ -5,6 +5,8 @@
 use std::time::Duration;
 
 use crate::application::connect::{Connected, Interruption};
+use crate::application::resume::ResumeFallback;
+use crate::domain::ids::SectionId;
 use crate::domain::protocol::CloseCode;
 
 use super::METRICS;
@@ -100,6 +102,29 @@ impl ReservationsExpired {
         if self.count > 0 {
             METRICS.events_dropped.with_label_values(&["held_expired"]).inc_by(self.count as u64);
             tracing::debug!(count = self.count, "held reservations expired: their tables never showed up");
+        }
+    }
+}
+
+/// A client brought a resume token: served from the replay buffer (this
+/// many frames), or given a snapshot, for this reason.
+pub struct ResumeAttempted {
+    pub section: SectionId,
+    pub outcome: Result<usize, ResumeFallback>,
+}
+
+impl ResumeAttempted {
+    pub fn emit(self) {
+        let label = self.outcome.map_or_else(ResumeFallback::label, |_| "resumed");
+        METRICS.resumes.with_label_values(&[label]).inc();
+        match self.outcome {
+            Ok(replayed) => {
+                METRICS.frames_replayed.inc_by(replayed as u64);
+                tracing::info!(section = %self.section, replayed, "session resumed");
+            }
+            Err(fallback) => {
+                tracing::info!(section = %self.section, reason = fallback.label(), "resume refused; snapshot instead")
+            }
         }
     }
 }

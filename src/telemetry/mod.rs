@@ -33,6 +33,11 @@ pub struct Metrics {
     pub router_links: IntGaugeVec,
     pub client_messages: IntCounterVec,
     pub kafka_ready: IntGauge,
+    pub resumes: IntCounterVec,
+    pub frames_replayed: IntCounter,
+    pub positions_sent: IntCounter,
+    pub resume_buffer_frames: IntGauge,
+    pub resume_buffer_bytes: IntGauge,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::register);
@@ -45,6 +50,12 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry.register(Box::new(metric.clone())).expect("unique metric");
+    metric
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let metric = IntGauge::new(name, help).expect("valid metric");
     registry.register(Box::new(metric.clone())).expect("unique metric");
     metric
 }
@@ -74,15 +85,6 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(delivery_seconds.clone())).expect("unique metric");
-        let snapshot_calls_in_flight = IntGauge::new(
-            "mesaya_snapshot_calls_in_flight",
-            "Snapshot calls waiting for the API now (at most SNAPSHOT_CONCURRENCY)",
-        )
-        .expect("valid metric");
-        r.register(Box::new(snapshot_calls_in_flight.clone())).expect("unique metric");
-        let kafka_ready =
-            IntGauge::new("mesaya_kafka_ready", "1 when the consumer is connected and assigned").expect("valid metric");
-        r.register(Box::new(kafka_ready.clone())).expect("unique metric");
         Self {
             connections: gauge_vec(&r, "mesaya_connections", "Open WebSocket connections", &["shard"]),
             upgrades_refused: counter_vec(
@@ -109,7 +111,11 @@ impl Metrics {
                 "Snapshot calls by outcome",
                 &["outcome"],
             ),
-            snapshot_calls_in_flight,
+            snapshot_calls_in_flight: gauge(
+                &r,
+                "mesaya_snapshot_calls_in_flight",
+                "Snapshot calls waiting for the API now (at most SNAPSHOT_CONCURRENCY)",
+            ),
             handoff_skipped: counter(
                 &r,
                 "mesaya_handoff_skipped_total",
@@ -135,7 +141,17 @@ impl Metrics {
             ),
             router_links: gauge_vec(&r, "mesaya_router_links", "Links the router knows", &["kind"]),
             client_messages: counter_vec(&r, "mesaya_client_messages_total", "Frames received from clients", &["kind"]),
-            kafka_ready,
+            kafka_ready: gauge(&r, "mesaya_kafka_ready", "1 when the consumer is connected and assigned"),
+            resumes: counter_vec(
+                &r,
+                "mesaya_resumes_total",
+                "Connections that brought a resume token, by outcome (resumed, or why they got a snapshot)",
+                &["outcome"],
+            ),
+            frames_replayed: counter(&r, "mesaya_resume_frames_replayed_total", "Frames replayed to resumed clients"),
+            positions_sent: counter(&r, "mesaya_resume_positions_sent_total", "section.position frames queued"),
+            resume_buffer_frames: gauge(&r, "mesaya_resume_buffer_frames", "Frames kept in the replay buffers"),
+            resume_buffer_bytes: gauge(&r, "mesaya_resume_buffer_bytes", "Frame bytes kept in the replay buffers"),
             registry: r,
         }
     }

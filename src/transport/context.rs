@@ -13,6 +13,8 @@ use crate::application::authorize::Authorizer;
 use crate::application::floor::SharedFloor;
 use crate::application::hub::SectionHub;
 use crate::application::readiness::Readiness;
+use crate::application::replay::Replay;
+use crate::application::resume::ResumeSettings;
 use crate::config::SessionSettings;
 use crate::shutdown::Shutdown;
 
@@ -33,6 +35,8 @@ pub struct ServerContext {
     pub drain_timeout: Duration,
     /// Every section's objects as Kafka told them, for snapshots.
     pub floor: SharedFloor,
+    /// Set when `RESUME_SECRET` is.
+    pub resume: Option<ResumeSettings>,
 }
 
 /// A shard's own state, shared by its tasks on its one thread.
@@ -41,5 +45,7 @@ pub struct ShardState<S> {
     pub hub: Rc<RefCell<SectionHub>>,
     pub snapshots: S,
     pub section_reports: ShardSectionReports,
+    /// The shard's replay buffer, and how far the ingest has come.
+    pub replay: RefCell<Replay>,
     pub ctx: Arc<ServerContext>,
 }

@@ -147,6 +147,7 @@ fn upgrade(mut request: Request<Incoming>, peer: IpAddr, ctx: &Arc<ServerContext
     };
     let token_source = target.token.as_ref().map(|(_, source)| *source);
     let offers_bearer = target.offers_bearer;
+    let resume = target.resume;
     let token = target.token.map(|(token, _)| token);
     let claims = match ctx.authorizer.authorize(token.as_deref()) {
         Ok(claims) => claims,
@@ -190,7 +191,7 @@ fn upgrade(mut request: Request<Incoming>, peer: IpAddr, ctx: &Arc<ServerContext
             Ok(stream) => stream,
             Err(error) => return tracing::warn!(%error, "could not detach the upgraded socket"),
         };
-        let handed_off = HandedOff { stream, read_buf: parts.read_buf, section, token, claims, client, permit };
+        let handed_off = HandedOff { stream, read_buf: parts.read_buf, section, token, claims, client, permit, resume };
         if let Err(ShardGone(handed_off)) = ctx.shards.owner(section).adopt(Box::new(handed_off)) {
             tracing::error!(%section, "the shard that owns this section has stopped");
             session::close_unadopted(handed_off.stream, CloseCode::INTERNAL_ERROR).await;

@@ -7,6 +7,7 @@
 //! their own that never blocks an accepting shard: admission control bounds
 //! how many sessions exist, and so how many can be on their way.
 
+use std::cell::RefCell;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,7 @@ use crate::application::delivery::Delivery;
 use crate::application::ports::Dispatch;
 use crate::domain::access::Claims;
 use crate::domain::ids::SectionId;
+use crate::domain::position::{Position, Progress};
 use crate::shutdown::Shutdown;
 use crate::telemetry::METRICS;
 
@@ -41,6 +43,9 @@ pub struct HandedOff {
     pub client: ClientInfo,
     /// The session's place under the admission limits, held to its end.
     pub permit: Permit,
+    /// `?resume=`, with the token the client brought (empty at its first
+    /// connect).
+    pub resume: Option<String>,
 }
 
 /// Who is on the other end, as far as the gateway tells the API.
@@ -52,10 +57,22 @@ pub struct ClientInfo {
     pub request_id: String,
 }
 
+/// What the ingest thread tells a shard, in record order.
+#[derive(Debug)]
+pub enum ShardMessage {
+    /// A frame for one of the shard's sections.
+    Deliver(SectionId, Arc<Delivery>),
+    /// Every frame this shard gets from records of that partition before
+    /// this offset has arrived.
+    RecordDone(Position),
+    /// Where the ingest stands on every partition.
+    Progress(Arc<Progress>),
+}
+
 /// The sending half: cloned into every thread that feeds the shard.
 #[derive(Clone)]
 pub struct Mailbox {
-    events: Sender<(SectionId, Arc<Delivery>)>,
+    events: Sender<ShardMessage>,
     sockets: Sender<Box<HandedOff>>,
     wake: Arc<Notify>,
     /// Resolved once: `send` is on the per-event path.
@@ -64,7 +81,7 @@ pub struct Mailbox {
 
 /// The receiving half, owned by the shard's thread.
 pub struct Inbox {
-    pub events: Receiver<(SectionId, Arc<Delivery>)>,
+    pub events: Receiver<ShardMessage>,
     pub sockets: Receiver<Box<HandedOff>>,
     wake: Arc<Notify>,
 }
@@ -86,7 +103,7 @@ pub fn mailbox(shard: usize, event_capacity: usize) -> (Mailbox, Inbox) {
 impl Mailbox {
     /// Waits while the shard's event queue is full; gives the event up only
     /// at shutdown or once the shard has stopped.
-    fn send_event(&self, event: (SectionId, Arc<Delivery>), shutdown: &Shutdown) {
+    fn send_event(&self, event: ShardMessage, shutdown: &Shutdown) {
         let mut event = event;
         loop {
             match self.events.send_timeout(event, SHUTDOWN_CHECK) {
@@ -137,9 +154,39 @@ impl Shards {
     }
 }
 
-impl Dispatch for Shards {
+/// The ingest thread's way to the shards: it remembers which shards got
+/// frames of the record in hand, to tell only them when it is done.
+pub struct ShardDispatch {
+    shards: Shards,
+    touched: RefCell<Vec<bool>>,
+}
+
+impl ShardDispatch {
+    pub fn new(shards: Shards) -> Self {
+        let touched = RefCell::new(vec![false; shards.mailboxes.len()]);
+        Self { shards, touched }
+    }
+}
+
+impl Dispatch for ShardDispatch {
     fn dispatch(&self, section: SectionId, delivery: Arc<Delivery>) {
-        self.owner(section).send_event((section, delivery), &self.shutdown);
+        let shard = section.shard(self.shards.mailboxes.len());
+        self.touched.borrow_mut()[shard] = true;
+        self.shards.mailboxes[shard].send_event(ShardMessage::Deliver(section, delivery), &self.shards.shutdown);
+    }
+
+    fn record_done(&self, next: Position) {
+        for (shard, touched) in self.touched.borrow_mut().iter_mut().enumerate() {
+            if std::mem::take(touched) {
+                self.shards.mailboxes[shard].send_event(ShardMessage::RecordDone(next), &self.shards.shutdown);
+            }
+        }
+    }
+
+    fn progress(&self, progress: Arc<Progress>) {
+        for mailbox in self.shards.mailboxes.iter() {
+            mailbox.send_event(ShardMessage::Progress(Arc::clone(&progress)), &self.shards.shutdown);
+        }
     }
 }
 
@@ -159,13 +206,14 @@ mod tests {
             updated_at: None,
             ends_section: false,
             routed_at: std::time::Instant::now(),
+            position: None,
         })
     }
 
     #[test]
     fn a_full_shard_makes_the_dispatcher_wait_and_loses_nothing() {
         let (mailbox, inbox) = mailbox(0, 4);
-        let shards = Shards::new(vec![mailbox], Shutdown::default());
+        let shards = ShardDispatch::new(Shards::new(vec![mailbox], Shutdown::default()));
         let section = SectionId::parse(S1).unwrap();
         let dispatcher = std::thread::spawn(move || {
             for n in 0..100 {
@@ -174,7 +222,9 @@ mod tests {
         });
         let mut received = Vec::new();
         while received.len() < 100 {
-            let (_, delivery) = inbox.events.recv().unwrap();
+            let ShardMessage::Deliver(_, delivery) = inbox.events.recv().unwrap() else {
+                panic!("only frames were sent")
+            };
             assert!(inbox.events.len() <= 4, "the queue never holds more than its capacity");
             received.push(String::from_utf8(delivery.frame.utf8_bytes().to_vec()).unwrap());
         }
@@ -188,7 +238,7 @@ mod tests {
     fn a_waiting_dispatcher_gives_up_at_shutdown() {
         let (mailbox, _inbox) = mailbox(0, 1);
         let shutdown = Shutdown::default();
-        let shards = Shards::new(vec![mailbox], shutdown.clone());
+        let shards = ShardDispatch::new(Shards::new(vec![mailbox], shutdown.clone()));
         let section = SectionId::parse(S1).unwrap();
         shards.dispatch(section, delivery(0));
         let blocked = std::thread::spawn(move || shards.dispatch(section, delivery(1)));

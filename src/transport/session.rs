@@ -20,8 +20,9 @@ use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
 use tracing::Instrument;
 
 use crate::application::connect::{self, Connected, Interruption, Registration};
-use crate::application::outbox::Outbox;
+use crate::application::outbox::{Outbox, PushOutcome};
 use crate::application::ports::{SnapshotRequest, SnapshotSource};
+use crate::application::resume::{self, Now, ResumeSettings};
 use crate::domain::frame::Frame;
 use crate::domain::ids::SectionId;
 use crate::domain::protocol::{self, CloseCode};
@@ -42,16 +43,20 @@ const FAR_FUTURE: Duration = Duration::from_secs(365 * 24 * 3600);
 /// the buffer still grows for a larger message (up to the frame cap).
 const READ_BUFFER_BYTES: usize = 256;
 const PONG: Frame = Frame::from_static(protocol::PONG_FRAME);
+/// Position frames are coalesced: at most one per client per this.
+const POSITION_EVERY: Duration = Duration::from_secs(1);
 
 pub async fn run<S: SnapshotSource + 'static>(
     state: Rc<ShardState<S>>,
     handed_off: HandedOff,
     registration: Registration,
+    resumed: bool,
     _session_guard: mpsc::Sender<()>,
 ) {
     // Held to the end: the registration leaves the hub and the permit frees
     // the session's place when this task ends, however it ends.
-    let HandedOff { stream, read_buf, section, token, claims, client, permit: _permit } = handed_off;
+    let HandedOff { stream, read_buf, section, token, claims, client, permit: _permit, resume } = handed_off;
+    let opted_in = resume.is_some();
     // A copy of the few pipelined bytes, so that hyper's whole read buffer,
     // which `read_buf` is a slice of, is freed now and not at the session's end.
     let pipelined = read_buf.to_vec();
@@ -87,8 +92,16 @@ pub async fn run<S: SnapshotSource + 'static>(
             Rc::clone(&heard),
             settings.client_messages_per_second,
         ));
-        let connection =
-            Client { reader, heard, writer: WireWriter::new(write_half), outbox, token, expires_at: claims.expires_at };
+        let connection = Client {
+            reader,
+            heard,
+            writer: WireWriter::new(write_half),
+            outbox,
+            token,
+            expires_at: claims.expires_at,
+            resumed,
+            opted_in,
+        };
         serve(&state, connection, &log).await;
         Ok::<(), std::io::Error>(())
     }
@@ -133,33 +146,44 @@ struct Client<'a> {
     /// Needed only for the snapshot call, and freed after it.
     token: String,
     expires_at: Option<u64>,
+    /// Served from the replay buffer already: no snapshot call.
+    resumed: bool,
+    /// Asked for `section.position` frames (`?resume=`).
+    opted_in: bool,
 }
 
 async fn serve<S: SnapshotSource>(state: &ShardState<S>, client: Client<'_>, log: &SessionLog) {
-    let Client { mut reader, heard, mut writer, outbox, token, expires_at } = client;
+    let Client { mut reader, heard, mut writer, outbox, token, expires_at, resumed, opted_in } = client;
     // Dropping a JoinHandle detaches the task: a reader still waiting on a
     // peer that went silent would keep the socket open, and the outbox
     // alive, until that peer sent something: for a dead peer, never. The
     // session is over once the writer is: end it too.
     let reader_abort = reader.abort_handle();
 
-    let interrupted = async {
-        tokio::select! {
-            () = state.ctx.shutdown.triggered() => Interruption::Shutdown,
-            _ = &mut reader => Interruption::ClientGone,
-        }
-    };
     let (reports, floor) = (&state.section_reports, &state.ctx.floor);
     let request =
         SnapshotRequest { section: log.section, token: &token, client_addr: log.client, request_id: &log.request_id };
-    // Boxed: the HTTP call's future is large and lives only until the
-    // snapshot arrives, while the session's own future lives for hours.
-    let connected = Box::pin(connect::fetch_snapshot(&state.snapshots, reports, floor, outbox, request, interrupted))
-        .instrument(log.span())
-        .await;
+    let connected = if resumed {
+        Connected::Live { skipped: 0 }
+    } else {
+        let interrupted = async {
+            tokio::select! {
+                () = state.ctx.shutdown.triggered() => Interruption::Shutdown,
+                _ = &mut reader => Interruption::ClientGone,
+            }
+        };
+        // Boxed: the HTTP call's future is large and lives only until the
+        // snapshot arrives, while the session's own future lives for hours.
+        Box::pin(connect::fetch_snapshot(&state.snapshots, reports, floor, outbox, request, interrupted))
+            .instrument(log.span())
+            .await
+    };
     drop(token);
     if connected != Connected::Interrupted(Interruption::ClientGone) {
-        write_live(state, &mut writer, outbox, &heard, expires_at, reader, log).await;
+        // Positions only for clients that asked, on an instance that signs them.
+        let positions = state.ctx.resume.as_ref().filter(|_| opted_in);
+        let terms = LiveTerms { expires_at, positions };
+        write_live(state, &mut writer, outbox, &heard, terms, reader, log).await;
     }
     reader_abort.abort();
 }
@@ -183,6 +207,14 @@ enum ReaderEnd {
     Done,
 }
 
+/// What a live session owes its client besides frames.
+struct LiveTerms<'a> {
+    /// The token's `exp`: the session ends then (4401).
+    expires_at: Option<u64>,
+    /// `section.position` frames, for a client that opted in.
+    positions: Option<&'a ResumeSettings>,
+}
+
 /// Writes queued frames until a close is requested or the peer goes away.
 ///
 /// Nothing here waits on the socket outside the one I/O step per turn
@@ -195,10 +227,11 @@ async fn write_live<S>(
     writer: &mut WireWriter,
     outbox: &Outbox,
     heard: &Heard,
-    expires_at: Option<u64>,
+    terms: LiveTerms<'_>,
     mut reader: JoinHandle<ReaderEnd>,
     log: &SessionLog,
 ) {
+    let LiveTerms { expires_at, positions } = terms;
     let settings = &state.ctx.session;
     let shutdown = &state.ctx.shutdown;
     let shutdown_triggered = shutdown.triggered();
@@ -208,6 +241,8 @@ async fn write_live<S>(
         pong: None,
         expiry: Some(expiry_instant(expires_at, settings.token_leeway)),
         write: None,
+        // The first position follows the snapshot (or the replay) at once.
+        position: positions.map(|_| Instant::now()),
     };
     // One timer for every deadline: each armed timer costs an idle
     // connection its memory, and each wake-up polls every armed one.
@@ -221,10 +256,16 @@ async fn write_live<S>(
     let mut progressed_at = Instant::now();
     let mut reader_end = None;
     let mut shutting_down = false;
+    let mut last_position: Option<Instant> = None;
 
     loop {
         if !shutting_down && shutdown.is_triggered() {
             shutting_down = true;
+            // The last position, behind everything queued, right before the
+            // 1001: the client resumes elsewhere from exactly there.
+            if let Some(resume) = positions {
+                queue_position(state, resume, outbox, log);
+            }
             outbox.request_close(CloseCode::GOING_AWAY, true);
         }
         if let Some(close) = outbox.close_request()
@@ -290,6 +331,13 @@ async fn write_live<S>(
                     ping_sent = None;
                     deadlines.pong = None;
                 }
+                if let Some(resume) = positions
+                    && deadlines.position.is_some_and(|due| due <= now)
+                {
+                    deadlines.position = None;
+                    last_position = Some(now);
+                    queue_position(state, resume, outbox, log);
+                }
                 if deadlines.ping <= now {
                     deadlines.ping = now + settings.ping_interval;
                     writer.queue_ping();
@@ -309,6 +357,11 @@ async fn write_live<S>(
                 };
                 if written.bytes > 0 {
                     progressed_at = Instant::now();
+                }
+                // An event was delivered: a position follows within a second.
+                if positions.is_some() && !written.routed_at.is_empty() && deadlines.position.is_none() {
+                    let now = Instant::now();
+                    deadlines.position = Some(last_position.map_or(now, |last| (last + POSITION_EVERY).max(now)));
                 }
                 for routed_at in written.routed_at {
                     METRICS.delivery_seconds.observe(routed_at.elapsed().as_secs_f64());
@@ -331,11 +384,23 @@ struct Deadlines {
     /// While there is something to write: when the socket must have taken
     /// bytes (possibly stale: it is checked against the progress when it comes).
     write: Option<Instant>,
+    /// When the next `section.position` is queued, once one is due.
+    position: Option<Instant>,
 }
 
 impl Deadlines {
     fn next(&self) -> Instant {
-        [self.pong, self.expiry, self.write].into_iter().flatten().fold(self.ping, Instant::min)
+        [self.pong, self.expiry, self.write, self.position].into_iter().flatten().fold(self.ping, Instant::min)
+    }
+}
+
+/// Queues a `section.position` behind everything queued for the client.
+fn queue_position<S>(state: &ShardState<S>, resume: &ResumeSettings, outbox: &Outbox, log: &SessionLog) {
+    let replay = state.replay.borrow();
+    if let Some(frame) = resume::position_frame(resume, &replay, log.section, &log.sub, Now::current())
+        && outbox.push_control(frame) == PushOutcome::Queued
+    {
+        METRICS.positions_sent.inc();
     }
 }
 

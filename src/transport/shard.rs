@@ -6,7 +6,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use tokio::sync::mpsc;
@@ -14,12 +14,15 @@ use tokio::sync::mpsc;
 use crate::application::connect;
 use crate::application::ports::LearnedSection;
 use crate::application::ports::SnapshotSource;
+use crate::application::replay::{Replay, ReplayLimits};
+use crate::application::resume::{self, Now, ResumeRequest};
 use crate::domain::protocol::CloseCode;
 use crate::shutdown::Running;
 use crate::telemetry::METRICS;
+use crate::telemetry::events::ResumeAttempted;
 
 use super::context::{ServerContext, ShardState};
-use super::mailbox::{HandedOff, Inbox};
+use super::mailbox::{HandedOff, Inbox, ShardMessage};
 use super::section_reports::ShardSectionReports;
 use super::{http, session};
 
@@ -31,6 +34,7 @@ const REPORT_RETRY: Duration = Duration::from_millis(50);
 /// What a shard thread is made of.
 pub struct ShardParts<F> {
     pub index: usize,
+    pub replay_limits: ReplayLimits,
     pub inbox: Inbox,
     pub listener: std::net::TcpListener,
     pub ctx: Arc<ServerContext>,
@@ -44,7 +48,8 @@ where
     S: SnapshotSource + 'static,
     F: FnOnce() -> S + Send + 'static,
 {
-    let ShardParts { index, inbox, listener, ctx, make_snapshot_source, section_reports, running } = parts;
+    let ShardParts { index, replay_limits, inbox, listener, ctx, make_snapshot_source, section_reports, running } =
+        parts;
     std::thread::Builder::new().name(format!("shard-{index}")).spawn(move || {
         let _running = running;
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -58,6 +63,7 @@ where
                 hub: Rc::new(RefCell::default()),
                 snapshots: make_snapshot_source(),
                 section_reports: ShardSectionReports::new(section_reports),
+                replay: RefCell::new(Replay::new(replay_limits)),
                 ctx,
             });
             run(state, inbox, listener).await
@@ -107,6 +113,7 @@ async fn handle_mailbox<S: SnapshotSource + 'static>(
     sessions: mpsc::Sender<()>,
 ) {
     let popped = METRICS.shard_mailbox_popped.with_label_values(&[&state.index.to_string()]);
+    let mut buffer_gauges = BufferGauges::default();
     loop {
         let mut handled = 0;
         for handed_off in inbox.sockets.try_iter() {
@@ -114,11 +121,20 @@ async fn handle_mailbox<S: SnapshotSource + 'static>(
             adopt(state, *handed_off, sessions.clone());
         }
         let mut events = 0;
-        for (section, delivery) in inbox.events.try_iter().take(MAILBOX_BATCH) {
+        let now = Instant::now();
+        for message in inbox.events.try_iter().take(MAILBOX_BATCH) {
             events += 1;
-            let report = state.hub.borrow_mut().fan_out(section, &delivery);
-            METRICS.frames_conflated.inc_by(report.conflated as u64);
+            match message {
+                ShardMessage::Deliver(section, delivery) => {
+                    state.replay.borrow_mut().keep(section, &delivery, now);
+                    let report = state.hub.borrow_mut().fan_out(section, &delivery);
+                    METRICS.frames_conflated.inc_by(report.conflated as u64);
+                }
+                ShardMessage::RecordDone(next) => state.replay.borrow_mut().record_done(next),
+                ShardMessage::Progress(progress) => state.replay.borrow_mut().merge_progress(&progress),
+            }
         }
+        buffer_gauges.report(&state.replay.borrow());
         handled += events;
         popped.inc_by(handled as u64);
         let reports_waiting = state.section_reports.flush();
@@ -133,8 +149,37 @@ async fn handle_mailbox<S: SnapshotSource + 'static>(
 }
 
 /// Registers the client on its section *before* the snapshot call starts,
-/// so that every event arriving from now on is held for it.
+/// so that every event arriving from now on is held for it. A client that
+/// brought a resume token is served from the replay buffer in this same
+/// turn, when the buffer has what it missed: then it needs no snapshot.
 fn adopt<S: SnapshotSource + 'static>(state: &Rc<ShardState<S>>, handed_off: HandedOff, sessions: mpsc::Sender<()>) {
-    let registration = connect::register(&state.hub, handed_off.section, state.ctx.session.queue);
-    tokio::task::spawn_local(session::run(Rc::clone(state), handed_off, registration, sessions));
+    let section = handed_off.section;
+    let registration = connect::register(&state.hub, section, state.ctx.session.queue);
+    let resumed = match (&state.ctx.resume, handed_off.resume.as_deref()) {
+        (Some(settings), Some(token)) if !token.is_empty() => {
+            let request = ResumeRequest { section, sub: &handed_off.claims.subject, token };
+            let mut replay = state.replay.borrow_mut();
+            let outcome = resume::resume(settings, &mut replay, registration.outbox(), request, Now::current());
+            ResumeAttempted { section, outcome }.emit();
+            outcome.is_ok()
+        }
+        _ => false,
+    };
+    tokio::task::spawn_local(session::run(Rc::clone(state), handed_off, registration, resumed, sessions));
+}
+
+/// The replay buffer's size in the instance-wide gauges: each shard adds
+/// what its own buffer changed by.
+#[derive(Default)]
+struct BufferGauges {
+    reported: (usize, usize),
+}
+
+impl BufferGauges {
+    fn report(&mut self, replay: &Replay) {
+        let (frames, bytes) = replay.size();
+        METRICS.resume_buffer_frames.add(frames as i64 - self.reported.0 as i64);
+        METRICS.resume_buffer_bytes.add(bytes as i64 - self.reported.1 as i64);
+        self.reported = (frames, bytes);
+    }
 }

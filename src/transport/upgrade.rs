@@ -38,6 +38,9 @@ pub struct UpgradeTarget<'a> {
     pub token: Option<(String, TokenSource)>,
     /// The client offered the `bearer` subprotocol: we must answer with it.
     pub offers_bearer: bool,
+    /// `?resume=`: the client opted in to resuming, with a token (empty at
+    /// its first connect).
+    pub resume: Option<String>,
 }
 
 /// `Some` when the path is one of ours, whatever else is wrong with it.
@@ -54,8 +57,9 @@ pub fn parse_target<'a>(uri: &'a Uri, headers: &HeaderMap) -> Option<UpgradeTarg
         .map(|t| (t.to_string(), TokenSource::Path))
         .or_else(|| bearer_header(headers).map(|t| (t, TokenSource::AuthorizationHeader)))
         .or_else(|| offers_bearer.then(|| offered.get(1).map(|t| (t.clone(), TokenSource::Subprotocol))).flatten())
-        .or_else(|| query_token(uri).map(|t| (t, TokenSource::Query)));
-    Some(UpgradeTarget { section, token, offers_bearer })
+        .or_else(|| query_param(uri, "token").filter(|t| !t.is_empty()).map(|t| (t.to_string(), TokenSource::Query)));
+    let resume = query_param(uri, "resume").map(str::to_string);
+    Some(UpgradeTarget { section, token, offers_bearer, resume })
 }
 
 fn bearer_header(headers: &HeaderMap) -> Option<String> {
@@ -75,13 +79,14 @@ fn subprotocols(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
-fn query_token(uri: &Uri) -> Option<String> {
+/// A query parameter's raw value (`?name` alone counts as empty). Tokens
+/// (JWT, resume) are URL-safe: nothing to decode.
+fn query_param<'u>(uri: &'u Uri, wanted: &str) -> Option<&'u str> {
     uri.query()?
         .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(name, _)| *name == "token")
-        .map(|(_, value)| value.to_string())
-        .filter(|t| !t.is_empty())
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+        .find(|(name, _)| *name == wanted)
+        .map(|(_, value)| value)
 }
 
 /// The handshake key when this is a WebSocket upgrade (RFC 6455 §4.2.1).
@@ -180,6 +185,15 @@ mod tests {
         );
         assert_eq!(target("/ws/restaurant/s1?a=b&token=q", &[]).unwrap().1, Some(("q".into(), TokenSource::Query)));
         assert_eq!(target("/ws/restaurant/s1", &[(AUTHORIZATION, "Basic abc")]).unwrap().1, None);
+    }
+
+    #[test]
+    fn resume_is_opted_in_with_or_without_a_token() {
+        let resume = |uri: &str| parse_target(&uri.parse().unwrap(), &HeaderMap::new()).unwrap().resume;
+        assert_eq!(resume("/ws/restaurant/s1/jwt"), None, "not opted in");
+        assert_eq!(resume("/ws/restaurant/s1/jwt?resume="), Some(String::new()), "first connect");
+        assert_eq!(resume("/ws/restaurant/s1/jwt?resume"), Some(String::new()));
+        assert_eq!(resume("/ws/restaurant/s1?token=jwt&resume=AbC-_9"), Some("AbC-_9".into()));
     }
 
     #[test]

@@ -1,0 +1,331 @@
+//! A shard's replay buffer: the recent frames of every section the shard
+//! owns, whether or not a client of it is connected here (a deploy moves
+//! clients to instances that never had them), so that a client coming back
+//! with a resume token gets exactly what it missed instead of a snapshot.
+//!
+//! Also where the shard learns how far the ingest thread has come: the
+//! positions in the tokens it issues. Both travel on the shard's queue with
+//! the frames, so a position here never runs ahead of the frames here.
+//!
+//! A section's frames are kept in order, at most `per_section` of them, for
+//! at most `window`, and the shard keeps at most `bytes` of frames in all
+//! (oldest out first). Whatever is dropped moves the section's *floor*: per
+//! partition, the offset from which its frames are all still here. A resume
+//! is served only when the token's positions are at or past the floor on
+//! every partition this instance consumes.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::domain::ids::SectionId;
+use crate::domain::position::{Position, Positions, Progress};
+
+use super::delivery::Delivery;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplayLimits {
+    pub window: Duration,
+    /// Frames per section; 0 keeps none (every resume falls back).
+    pub per_section: usize,
+    /// Frame bytes for the whole shard.
+    pub bytes: usize,
+}
+
+impl ReplayLimits {
+    pub const OFF: Self = Self { window: Duration::ZERO, per_section: 0, bytes: 0 };
+}
+
+/// The buffer does not reach back to the token's positions.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Gap;
+
+pub struct Replay {
+    limits: ReplayLimits,
+    progress: Progress,
+    sections: HashMap<SectionId, SectionFrames>,
+    /// Every kept frame, oldest first, to drop by age and by bytes without a
+    /// scan. An entry whose frame the section's own limit already dropped
+    /// is skipped when it comes up.
+    order: VecDeque<Kept>,
+    next_seq: u64,
+    frames: usize,
+    bytes: usize,
+    /// The floor of sections no longer held here (all their frames dropped).
+    forgotten: Positions,
+}
+
+#[derive(Default)]
+struct SectionFrames {
+    frames: VecDeque<(u64, Arc<Delivery>)>,
+    floor: Positions,
+}
+
+struct Kept {
+    at: Instant,
+    section: SectionId,
+    seq: u64,
+}
+
+impl Replay {
+    pub fn new(limits: ReplayLimits) -> Self {
+        Self {
+            limits,
+            progress: Progress::default(),
+            sections: HashMap::new(),
+            order: VecDeque::new(),
+            next_seq: 0,
+            frames: 0,
+            bytes: 0,
+            forgotten: Positions::default(),
+        }
+    }
+
+    /// Every frame of records before `next` on its partition has arrived.
+    pub fn record_done(&mut self, next: Position) {
+        self.progress.next.advance(next.partition, next.offset);
+    }
+
+    pub fn merge_progress(&mut self, later: &Progress) {
+        self.progress.merge(later);
+    }
+
+    /// What a position frame issued now may say: every frame of a record
+    /// before these positions has reached this shard.
+    pub fn positions(&self) -> &Positions {
+        &self.progress.next
+    }
+
+    /// Keeps a frame routed to `section`.
+    pub fn keep(&mut self, section: SectionId, delivery: &Arc<Delivery>, now: Instant) {
+        if self.limits.per_section == 0 {
+            return;
+        }
+        self.drop_older_than(now);
+        let entry = self.sections.entry(section).or_default();
+        if delivery.position.is_none() {
+            // A frame with no position (a reservation released between two
+            // records) cannot be placed: no token issued before it may be
+            // served from here, and positions issued right after it may
+            // not move yet, so the floor goes past them.
+            for (partition, next) in self.progress.next.iter() {
+                entry.floor.advance(partition, next + 1);
+            }
+            return;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        entry.frames.push_back((seq, Arc::clone(delivery)));
+        self.order.push_back(Kept { at: now, section, seq });
+        self.frames += 1;
+        self.bytes += delivery.frame.len();
+        if entry.frames.len() > self.limits.per_section {
+            self.drop_oldest_of(section);
+        }
+        while self.bytes > self.limits.bytes {
+            let Some(oldest) = self.order.pop_front() else { break };
+            self.drop_if_front(&oldest);
+        }
+    }
+
+    /// The frames of `section` after `positions`, in order, if this shard
+    /// has all of them.
+    pub fn replay(&mut self, section: SectionId, after: &Positions, now: Instant) -> Result<Vec<Arc<Delivery>>, Gap> {
+        if self.limits.per_section == 0 || self.progress.next.is_empty() {
+            return Err(Gap);
+        }
+        self.drop_older_than(now);
+        let entry = self.sections.get(&section);
+        for (partition, _) in self.progress.next.iter() {
+            let floor = [
+                self.progress.since.get(partition),
+                self.forgotten.get(partition),
+                entry.and_then(|entry| entry.floor.get(partition)),
+            ]
+            .into_iter()
+            .flatten()
+            .max();
+            match (after.get(partition), floor) {
+                (Some(from), Some(floor)) if from >= floor => {}
+                _ => return Err(Gap),
+            }
+        }
+        Ok(entry
+            .into_iter()
+            .flat_map(|entry| entry.frames.iter())
+            .filter(|(_, delivery)| delivery.position.is_some_and(|position| !after.covers(position)))
+            .map(|(_, delivery)| Arc::clone(delivery))
+            .collect())
+    }
+
+    /// Frames kept, and their bytes.
+    pub fn size(&self) -> (usize, usize) {
+        (self.frames, self.bytes)
+    }
+
+    fn drop_older_than(&mut self, now: Instant) {
+        while let Some(oldest) = self.order.front()
+            && now.saturating_duration_since(oldest.at) > self.limits.window
+        {
+            let oldest = self.order.pop_front().expect("front exists");
+            self.drop_if_front(&oldest);
+        }
+    }
+
+    /// Drops `kept`'s frame if its section still has it (it is then that
+    /// section's oldest).
+    fn drop_if_front(&mut self, kept: &Kept) {
+        let still_there = self
+            .sections
+            .get(&kept.section)
+            .and_then(|entry| entry.frames.front())
+            .is_some_and(|(seq, _)| *seq == kept.seq);
+        if still_there {
+            self.drop_oldest_of(kept.section);
+        }
+    }
+
+    fn drop_oldest_of(&mut self, section: SectionId) {
+        let Some(entry) = self.sections.get_mut(&section) else { return };
+        let Some((_, delivery)) = entry.frames.pop_front() else { return };
+        self.frames -= 1;
+        self.bytes -= delivery.frame.len();
+        if let Some(position) = delivery.position {
+            entry.floor.advance(position.partition, position.offset + 1);
+        }
+        if entry.frames.is_empty() {
+            let entry = self.sections.remove(&section).expect("entry exists");
+            self.forgotten.advance_all(&entry.floor);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::entity::{Action, EntityKey, EntityKind};
+    use crate::domain::frame::Frame;
+    use crate::domain::position::PartitionId;
+
+    const S1: &str = "11111111-1111-4111-8111-111111111111";
+    const S2: &str = "22222222-2222-4222-8222-222222222222";
+
+    fn section(id: &str) -> SectionId {
+        SectionId::parse(id).unwrap()
+    }
+
+    fn tables() -> PartitionId {
+        PartitionId::new("mesa-ya.tables.events", 0)
+    }
+
+    fn frame_at(offset: i64) -> Arc<Delivery> {
+        Arc::new(Delivery {
+            frame: Frame::event(EntityKind::Table, Action::Updated, &format!(r#"{{"offset":{offset}}}"#)),
+            key: EntityKey::new(EntityKind::Table, format!("t{offset}").as_str()),
+            action: Action::Updated,
+            updated_at: None,
+            ends_section: false,
+            routed_at: Instant::now(),
+            position: Some(Position { partition: tables(), offset }),
+        })
+    }
+
+    fn at(next: i64) -> Positions {
+        [(tables(), next)].into_iter().collect()
+    }
+
+    /// The offsets of the frames a resume from `after` gets, or None for a gap.
+    fn served(replay: &mut Replay, section: SectionId, after: &Positions, now: Instant) -> Option<Vec<i64>> {
+        let frames = replay.replay(section, after, now).ok()?;
+        Some(frames.iter().map(|delivery| delivery.position.unwrap().offset).collect())
+    }
+
+    fn started_at(offset: i64, limits: ReplayLimits) -> Replay {
+        let mut replay = Replay::new(limits);
+        let mut progress = Progress::default();
+        progress.assigned(tables(), offset);
+        replay.merge_progress(&progress);
+        replay
+    }
+
+    const ROOMY: ReplayLimits = ReplayLimits { window: Duration::from_secs(120), per_section: 3, bytes: 1 << 20 };
+
+    #[test]
+    fn a_resume_gets_exactly_the_frames_after_its_positions() {
+        let now = Instant::now();
+        let mut replay = started_at(10, ROOMY);
+        for offset in [10, 11, 12] {
+            replay.keep(section(S1), &frame_at(offset), now);
+            replay.record_done(Position { partition: tables(), offset: offset + 1 });
+        }
+        assert_eq!(served(&mut replay, section(S1), &at(11), now), Some(vec![11, 12]));
+        assert_eq!(served(&mut replay, section(S1), &at(13), now), Some(Vec::<i64>::new()), "nothing missed");
+        assert_eq!(served(&mut replay, section(S2), &at(10), now), Some(Vec::<i64>::new()), "no frames, none missed");
+        assert_eq!(served(&mut replay, section(S1), &at(9), now), None, "before this instance began reading");
+        assert_eq!(served(&mut replay, section(S1), &Positions::default(), now), None, "a partition the token lacks");
+    }
+
+    #[test]
+    fn dropped_frames_raise_the_floor_of_their_section_only_while_it_has_frames() {
+        let now = Instant::now();
+        let mut replay = started_at(0, ROOMY);
+        for offset in 0..5 {
+            replay.keep(section(S1), &frame_at(offset), now);
+        }
+        assert_eq!(replay.size().0, 3, "three per section");
+        assert_eq!(served(&mut replay, section(S1), &at(1), now), None, "frames 0 and 1 are gone");
+        assert_eq!(served(&mut replay, section(S1), &at(2), now), Some(vec![2, 3, 4]));
+        assert_eq!(
+            served(&mut replay, section(S2), &at(1), now),
+            Some(Vec::<i64>::new()),
+            "other sections keep their floor"
+        );
+    }
+
+    #[test]
+    fn frames_older_than_the_window_go_and_sections_they_empty_are_forgotten_safely() {
+        let start = Instant::now();
+        let limits = ReplayLimits { window: Duration::from_secs(2), ..ROOMY };
+        let mut replay = started_at(0, limits);
+        replay.keep(section(S1), &frame_at(0), start);
+        replay.keep(section(S2), &frame_at(1), start + Duration::from_secs(1));
+        let later = start + Duration::from_secs(3);
+        assert_eq!(served(&mut replay, section(S1), &at(0), later), None, "frame 0 aged out");
+        assert_eq!(replay.size().0, 1);
+        assert_eq!(served(&mut replay, section(S2), &at(1), later), Some(vec![1]));
+    }
+
+    #[test]
+    fn the_byte_limit_drops_the_oldest_frames_of_any_section() {
+        let now = Instant::now();
+        let one = frame_at(0).frame.len();
+        let limits = ReplayLimits { bytes: one * 2, ..ROOMY };
+        let mut replay = started_at(0, limits);
+        replay.keep(section(S1), &frame_at(0), now);
+        replay.keep(section(S2), &frame_at(1), now);
+        replay.keep(section(S2), &frame_at(2), now);
+        assert_eq!(replay.size(), (2, one * 2));
+        assert_eq!(served(&mut replay, section(S1), &at(0), now), None);
+        assert_eq!(served(&mut replay, section(S2), &at(1), now), Some(vec![1, 2]));
+    }
+
+    #[test]
+    fn a_frame_without_a_position_stops_replays_from_before_it() {
+        let now = Instant::now();
+        let mut replay = started_at(0, ROOMY);
+        replay.record_done(Position { partition: tables(), offset: 5 });
+        let released = Arc::new(Delivery { position: None, ..Arc::unwrap_or_clone(frame_at(0)) });
+        replay.keep(section(S1), &released, now);
+        assert_eq!(served(&mut replay, section(S1), &at(5), now), None);
+        assert_eq!(served(&mut replay, section(S1), &at(6), now), Some(vec![]));
+    }
+
+    #[test]
+    fn a_buffer_of_zero_frames_never_serves_a_resume() {
+        let now = Instant::now();
+        let mut replay = started_at(0, ReplayLimits { per_section: 0, ..ROOMY });
+        replay.keep(section(S1), &frame_at(0), now);
+        assert_eq!(replay.size(), (0, 0));
+        assert_eq!(served(&mut replay, section(S1), &at(1), now), None);
+    }
+}
