@@ -34,7 +34,9 @@
 //!
 //! Gateway variables forwarded when set: `SHARDS`, `WS_QUEUE_MAX_FRAMES`, `WS_QUEUE_MAX_BYTES`,
 //! `KAFKA_FETCH_WAIT_MAX` (default 10ms here), `SNAPSHOT_CONCURRENCY`, `WS_MAX_CONNECTIONS`
-//! (default 19500 here), `WS_PING_INTERVAL`, `WS_WRITE_TIMEOUT`, `LOG_LEVEL` (default warn).
+//! (default 19500 here), `WS_PING_INTERVAL`, `WS_WRITE_TIMEOUT`, `LOG_LEVEL` (default warn),
+//! `RESUME_SECRET`, `RESUME_WINDOW`, `RESUME_BUFFER`, `RESUME_BUFFER_BYTES`. With `LOAD_RESUME=1`
+//! every client opts in to resume tokens (`?resume=`).
 //!
 //! `cargo bench --bench fanout_load` (needs tansu; `scripts/ensure-tansu.sh`).
 
@@ -1348,7 +1350,10 @@ struct Settings {
 
 fn paths(sections: &[String], n: usize, token: &str) -> (Vec<String>, Vec<usize>) {
     let section_of: Vec<usize> = (0..n).map(|i| i % sections.len()).collect();
-    let paths = section_of.iter().map(|&s| format!("/ws/restaurant/{}/{token}", sections[s])).collect();
+    // `LOAD_RESUME=1`: every client opts in to resume tokens (`section.position` frames, which the
+    // clients count as other frames); give the gateway `RESUME_SECRET` too.
+    let query = if setting("LOAD_RESUME", 0) == 1 { "?resume=" } else { "" };
+    let paths = section_of.iter().map(|&s| format!("/ws/restaurant/{}/{token}{query}", sections[s])).collect();
     (paths, section_of)
 }
 

@@ -13,9 +13,11 @@
 //! 3. **route** — `application/router.rs`: the sections it concerns; the
 //!    frame bytes are built once (`application/ingest.rs` drives 2-4).
 //! 4. **dispatch** — `transport/mailbox.rs`: onto the mailbox of the shard
-//!    that owns each section (the `Dispatch` port).
+//!    that owns each section (the `Dispatch` port), stamped with its Kafka
+//!    position (`domain/position.rs`).
 //! 5. **fan out** — `transport/shard.rs` → `application/hub.rs`: the shard
-//!    queues the same bytes on every subscriber of the section.
+//!    keeps the frame for replay (`application/replay.rs`) and queues the
+//!    same bytes on every subscriber of the section.
 //! 6. **queue** — `application/outbox.rs`: per client, bounded, conflating;
 //!    held until the client's snapshot is out.
 //! 7. **write** — `transport/session.rs` with `transport/wire.rs`: the
@@ -33,8 +35,12 @@
 //!    that owns the section, which registers the client there
 //!    (`application/connect.rs`, `register`) before anything else.
 //! 5. **snapshot** — `application/connect.rs`, `fetch_snapshot`: the one REST
-//!    call (`infrastructure/snapshot_http.rs`), then the handoff.
-//! 6. **live** — `transport/session.rs`: writer and reader until a close.
+//!    call (`infrastructure/snapshot_http.rs`), then the handoff. Or
+//!    **resume** — `application/resume.rs`: a client with a resume token
+//!    (`infrastructure/resume_token.rs`) gets what it missed from the replay
+//!    buffer instead, decided in the turn that registered it.
+//! 6. **live** — `transport/session.rs`: writer and reader until a close;
+//!    `section.position` frames for clients that opted in.
 //!
 //! # Layers
 //! Inward only: [`domain`] (pure rules) ← [`application`] (use cases and

@@ -241,9 +241,10 @@ async fn write_live<S>(
         pong: None,
         expiry: Some(expiry_instant(expires_at, settings.token_leeway)),
         write: None,
-        // The first position follows the snapshot (or the replay) at once.
-        position: positions.map(|_| Instant::now()),
+        position: None,
     };
+    // The first position follows the snapshot (or the replay) at once.
+    let mut position_schedule = PositionSchedule { last: None, uncovered_since: Some(Instant::now()) };
     // One timer for every deadline: each armed timer costs an idle
     // connection its memory, and each wake-up polls every armed one.
     let timer = sleep_until(deadlines.next());
@@ -256,7 +257,6 @@ async fn write_live<S>(
     let mut progressed_at = Instant::now();
     let mut reader_end = None;
     let mut shutting_down = false;
-    let mut last_position: Option<Instant> = None;
 
     loop {
         if !shutting_down && shutdown.is_triggered() {
@@ -299,6 +299,9 @@ async fn write_live<S>(
             (false, Some(_)) => deadlines.write = None,
             _ => {}
         }
+        if positions.is_some() {
+            deadlines.position = position_schedule.due();
+        }
         let next = deadlines.next();
         if timer.deadline() != next {
             timer.as_mut().reset(next);
@@ -334,9 +337,8 @@ async fn write_live<S>(
                 if let Some(resume) = positions
                     && deadlines.position.is_some_and(|due| due <= now)
                 {
-                    deadlines.position = None;
-                    last_position = Some(now);
                     queue_position(state, resume, outbox, log);
+                    position_schedule.queued(now);
                 }
                 if deadlines.ping <= now {
                     deadlines.ping = now + settings.ping_interval;
@@ -351,6 +353,11 @@ async fn write_live<S>(
                 if ready.is_err() {
                     return;
                 }
+                let now = Instant::now();
+                let position_rides_along = positions
+                    .filter(|_| position_schedule.rides_along(now))
+                    .map(|resume| queue_position(state, resume, outbox, log))
+                    .is_some();
                 let written = match writer.write_ready(outbox) {
                     Ok(written) => written,
                     Err(_) => return,
@@ -358,10 +365,10 @@ async fn write_live<S>(
                 if written.bytes > 0 {
                     progressed_at = Instant::now();
                 }
-                // An event was delivered: a position follows within a second.
-                if positions.is_some() && !written.routed_at.is_empty() && deadlines.position.is_none() {
-                    let now = Instant::now();
-                    deadlines.position = Some(last_position.map_or(now, |last| (last + POSITION_EVERY).max(now)));
+                if position_rides_along {
+                    position_schedule.queued(now);
+                } else if !written.routed_at.is_empty() {
+                    position_schedule.events_written(now);
                 }
                 for routed_at in written.routed_at {
                     METRICS.delivery_seconds.observe(routed_at.elapsed().as_secs_f64());
@@ -391,6 +398,38 @@ struct Deadlines {
 impl Deadlines {
     fn next(&self) -> Instant {
         [self.pong, self.expiry, self.write, self.position].into_iter().flatten().fold(self.ping, Instant::min)
+    }
+}
+
+/// When a client that opted in gets its next `section.position`: at the
+/// latest a second after the first event it has no position for, and, while
+/// events keep coming, riding along with an event write once a second has
+/// passed since the last one, so that a busy client pays no write for it.
+struct PositionSchedule {
+    last: Option<Instant>,
+    /// When the first event written since the last position was written.
+    uncovered_since: Option<Instant>,
+}
+
+impl PositionSchedule {
+    /// Whether a position may go out behind the frames about to be written.
+    fn rides_along(&self, now: Instant) -> bool {
+        self.uncovered_since.is_some() && self.last.is_none_or(|last| last + POSITION_EVERY <= now)
+    }
+
+    fn events_written(&mut self, now: Instant) {
+        self.uncovered_since.get_or_insert(now);
+    }
+
+    fn queued(&mut self, now: Instant) {
+        self.last = Some(now);
+        self.uncovered_since = None;
+    }
+
+    /// When the next position is due at the latest, if one is.
+    fn due(&self) -> Option<Instant> {
+        let due = self.uncovered_since? + POSITION_EVERY;
+        Some(self.last.map_or(due, |last| due.max(last + POSITION_EVERY)))
     }
 }
 
