@@ -475,3 +475,28 @@ async fn positions_go_only_to_clients_that_opted_in_on_an_instance_with_a_resume
     assert_eq!(metric(&on, RESUMES, "").await, 0.0, "an empty ?resume= is no resume");
     assert_eq!(up.api.call_count(&section), 6, "one snapshot call per connection");
 }
+
+/// In a section where nothing happens, an opted-in client still gets a
+/// fresh position every half `RESUME_WINDOW`, so the token it holds never
+/// expires while it is connected; and that token resumes with nothing missed.
+#[tokio::test]
+async fn a_quiet_section_refreshes_positions_every_half_window() {
+    let up = Upstream::start().await;
+    let [gateway] = start_all([up.env(&[("RESUME_WINDOW", "2s".into())])]).await;
+    let section = up.section();
+    let jwt = token();
+
+    let (mut session, first) = Session::open(&gateway, &section, Jwt::Path(&jwt), "").await;
+    assert_eq!(first["event"], "section.snapshot", "{first}");
+    session.next_position().await;
+    // Nothing is published: these come from the one-second refresh alone.
+    let started = Instant::now();
+    session.next_position().await;
+    let token = session.next_position().await;
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(1500), "about one a second, not more: two in {elapsed:?}");
+
+    let (_, first) = Session::open(&gateway, &section, Jwt::Path(&jwt), &token).await;
+    assert_eq!(first, resumed(0), "a refreshed token is as good as any");
+    assert_eq!(up.api.call_count(&section), 1);
+}

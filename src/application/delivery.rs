@@ -7,7 +7,7 @@ use crate::domain::entity::{Action, EntityKey};
 use crate::domain::frame::Frame;
 use crate::domain::position::Position;
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Delivery {
     /// Built once on the ingest thread; shared by every subscriber.
     pub frame: Frame,

@@ -146,9 +146,11 @@ impl Outbox {
         self.push(Item::Event(delivery))
     }
 
-    /// A frame that answers the client (a pong): never conflated, and not
-    /// held against the limits, so answering a client can never cost it its
-    /// queue. The client's own rate limit bounds how many there are.
+    /// A frame of the gateway's own (a pong, a position, a replayed frame):
+    /// never conflated, and never the cause of a slow-consumer close, so
+    /// answering a client can never cost it its queue (it still counts
+    /// toward the limits an event push checks). The client's own rate limit
+    /// bounds its pongs; positions come at most once a second.
     pub fn push_control(&self, frame: Frame) -> PushOutcome {
         self.push(Item::Control(frame))
     }
@@ -204,6 +206,20 @@ impl Outbox {
         drop(state);
         self.wake.notify_one();
         dropped
+    }
+
+    /// Whether `missed` fits in half of the queue's limits (beyond that, the
+    /// next push would close the client as a slow consumer).
+    pub fn has_room_for(&self, missed: &[Arc<Delivery>]) -> bool {
+        let bytes: usize = missed.iter().map(|delivery| delivery.frame.len()).sum();
+        missed.len() < self.limits.max_frames / 2 && bytes < self.limits.max_bytes / 2
+    }
+
+    /// A resumed client's token positions, if it is one.
+    pub fn with_already_sent(&self, read: impl FnOnce(&Positions)) {
+        if let Some(sent) = &self.state.borrow().already_sent {
+            read(sent);
+        }
     }
 
     /// Ends the holding phase of a resumed client, instead of a snapshot:

@@ -53,7 +53,14 @@ pub struct Replay {
     bytes: usize,
     /// The floor of sections no longer held here (all their frames dropped).
     forgotten: Positions,
+    /// Sections that got a frame with no position, and when: a token issued
+    /// before that may not be served for them (see [`Replay::keep`]).
+    unplaced: HashMap<SectionId, Instant>,
+    unplaced_order: VecDeque<(Instant, SectionId)>,
 }
+
+/// Token issue times are whole seconds: this much slack either way.
+const ISSUE_TIME_SLACK: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct SectionFrames {
@@ -78,6 +85,8 @@ impl Replay {
             frames: 0,
             bytes: 0,
             forgotten: Positions::default(),
+            unplaced: HashMap::new(),
+            unplaced_order: VecDeque::new(),
         }
     }
 
@@ -102,17 +111,17 @@ impl Replay {
             return;
         }
         self.drop_older_than(now);
-        let entry = self.sections.entry(section).or_default();
         if delivery.position.is_none() {
             // A frame with no position (a reservation released between two
-            // records) cannot be placed: no token issued before it may be
-            // served from here, and positions issued right after it may
-            // not move yet, so the floor goes past them.
-            for (partition, next) in self.progress.next.iter() {
-                entry.floor.advance(partition, next + 1);
-            }
+            // records) cannot be placed among the others, and positions
+            // issued right after it may equal those issued before it: tokens
+            // are told apart by their issue time instead, until those issued
+            // before it have expired.
+            self.unplaced.insert(section, now);
+            self.unplaced_order.push_back((now, section));
             return;
         }
+        let entry = self.sections.entry(section).or_default();
         let seq = self.next_seq;
         self.next_seq += 1;
         entry.frames.push_back((seq, Arc::clone(delivery)));
@@ -128,13 +137,29 @@ impl Replay {
         }
     }
 
-    /// The frames of `section` after `positions`, in order, if this shard
-    /// has all of them.
-    pub fn replay(&mut self, section: SectionId, after: &Positions, now: Instant) -> Result<Vec<Arc<Delivery>>, Gap> {
+    /// The frames of `section` after `positions` (those of a token issued
+    /// `token_age` ago), in order, if this shard has all of them.
+    pub fn replay(
+        &mut self,
+        section: SectionId,
+        after: &Positions,
+        token_age: Duration,
+        now: Instant,
+    ) -> Result<Vec<Arc<Delivery>>, Gap> {
         if self.limits.per_section == 0 || self.progress.next.is_empty() {
             return Err(Gap);
         }
         self.drop_older_than(now);
+        if let Some(&unplaced_at) = self.unplaced.get(&section)
+            && now.checked_sub(token_age).is_none_or(|issued| issued <= unplaced_at + ISSUE_TIME_SLACK)
+        {
+            return Err(Gap);
+        }
+        // A partition this instance does not read (yet): what it holds
+        // after the token's offset would never reach the client.
+        if after.iter().any(|(partition, _)| self.progress.next.get(partition).is_none()) {
+            return Err(Gap);
+        }
         let entry = self.sections.get(&section);
         for (partition, _) in self.progress.next.iter() {
             let floor = [
@@ -169,6 +194,15 @@ impl Replay {
         {
             let oldest = self.order.pop_front().expect("front exists");
             self.drop_if_front(&oldest);
+        }
+        // Once every token issued before an unplaced frame has expired.
+        while let Some(&(at, section)) = self.unplaced_order.front()
+            && now.saturating_duration_since(at) > self.limits.window + 2 * ISSUE_TIME_SLACK
+        {
+            self.unplaced_order.pop_front();
+            if self.unplaced.get(&section) == Some(&at) {
+                self.unplaced.remove(&section);
+            }
         }
     }
 
@@ -236,7 +270,7 @@ mod tests {
 
     /// The offsets of the frames a resume from `after` gets, or None for a gap.
     fn served(replay: &mut Replay, section: SectionId, after: &Positions, now: Instant) -> Option<Vec<i64>> {
-        let frames = replay.replay(section, after, now).ok()?;
+        let frames = replay.replay(section, after, Duration::ZERO, now).ok()?;
         Some(frames.iter().map(|delivery| delivery.position.unwrap().offset).collect())
     }
 
@@ -310,14 +344,31 @@ mod tests {
     }
 
     #[test]
-    fn a_frame_without_a_position_stops_replays_from_before_it() {
-        let now = Instant::now();
+    fn a_frame_without_a_position_stops_replays_for_tokens_issued_before_it_until_they_expire() {
+        let start = Instant::now();
         let mut replay = started_at(0, ROOMY);
         replay.record_done(Position { partition: tables(), offset: 5 });
-        let released = Arc::new(Delivery { position: None, ..Arc::unwrap_or_clone(frame_at(0)) });
-        replay.keep(section(S1), &released, now);
-        assert_eq!(served(&mut replay, section(S1), &at(5), now), None);
-        assert_eq!(served(&mut replay, section(S1), &at(6), now), Some(vec![]));
+        let mut released = frame_at(0);
+        Arc::get_mut(&mut released).unwrap().position = None;
+        replay.keep(section(S1), &released, start);
+        let later = start + Duration::from_secs(5);
+        let age = |issued: Instant| later - issued;
+        let mut attempt = |section_id, issued| replay.replay(section(section_id), &at(5), age(issued), later).is_ok();
+        assert!(!attempt(S1, start - Duration::from_secs(3)), "issued before it");
+        assert!(!attempt(S1, start + Duration::from_millis(500)), "issued in the same second");
+        assert!(attempt(S1, start + Duration::from_secs(2)), "issued after it");
+        assert!(attempt(S2, start - Duration::from_secs(3)), "other sections are not concerned");
+        let expired = start + ROOMY.window + Duration::from_secs(3);
+        assert!(replay.replay(section(S1), &at(5), Duration::ZERO, expired).is_ok(), "forgotten after the window");
+    }
+
+    #[test]
+    fn a_token_naming_a_partition_this_instance_does_not_read_is_not_served() {
+        let now = Instant::now();
+        let mut replay = started_at(0, ROOMY);
+        let mut after = at(0);
+        after.advance(PartitionId::new("mesa-ya.new-topic.events", 0), 3);
+        assert_eq!(served(&mut replay, section(S1), &after, now), None);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::domain::frame::Frame;
 use crate::domain::ids::SectionId;
+use crate::domain::protocol::CloseCode;
 
 use super::outbox::Outbox;
 use super::ports::{ResumeGrant, ResumeTokens};
@@ -35,6 +36,9 @@ pub enum ResumeFallback {
     OtherUser,
     /// The buffer does not have everything after the token's positions.
     Gap,
+    /// The buffer has it, but more than half of what the client's queue
+    /// may hold: it would be closed as a slow consumer at once.
+    Backlog,
 }
 
 impl ResumeFallback {
@@ -45,6 +49,7 @@ impl ResumeFallback {
             Self::OtherSection => "other_section",
             Self::OtherUser => "other_user",
             Self::Gap => "gap",
+            Self::Backlog => "backlog",
         }
     }
 }
@@ -97,28 +102,90 @@ pub fn resume(
     if now.unix_secs.saturating_sub(opened.issued_at) > settings.window.as_secs() {
         return Err(ResumeFallback::Expired);
     }
-    let missed = replay.replay(request.section, &opened.positions, now.instant).map_err(|_| ResumeFallback::Gap)?;
+    let age = Duration::from_secs(now.unix_secs.saturating_sub(opened.issued_at));
+    let missed =
+        replay.replay(request.section, &opened.positions, age, now.instant).map_err(|_| ResumeFallback::Gap)?;
+    if !outbox.has_room_for(&missed) {
+        return Err(ResumeFallback::Backlog);
+    }
     outbox.go_live_resumed(&missed, opened.positions);
+    // The section (or its restaurant) was deleted while the client was away:
+    // it has the delete frame now, and the close that follows one.
+    if missed.iter().any(|delivery| delivery.ends_section) {
+        outbox.request_close(CloseCode::NORMAL, true);
+    }
     Ok(missed.len())
 }
 
 /// A `section.position` frame for a client of `section`, to queue behind
-/// everything queued for it: the shard's positions cover exactly the frames
-/// it has routed so far, all of which are ahead of it. None before the
+/// everything queued for it: the shard's positions cover only frames it has
+/// routed, all of which are ahead of it. A resumed client's own token counts
+/// too, where this instance has not caught up with it yet. None before the
 /// ingest has told the shard where it stands.
 pub fn position_frame(
     settings: &ResumeSettings,
     replay: &Replay,
+    outbox: &Outbox,
     section: SectionId,
     sub: &str,
     now: Now,
 ) -> Option<Frame> {
-    let positions = replay.positions();
-    if positions.is_empty() {
+    if replay.positions().is_empty() {
         return None;
     }
-    let grant = ResumeGrant { section, sub, issued_at: now.unix_secs, positions };
+    let mut positions = replay.positions().clone();
+    outbox.with_already_sent(|sent| positions.advance_all(sent));
+    let grant = ResumeGrant { section, sub, issued_at: now.unix_secs, positions: &positions };
     Some(Frame::position(&settings.tokens.issue(&grant)))
+}
+
+/// Positions are coalesced: at most one per client per this.
+pub const POSITION_EVERY: Duration = Duration::from_secs(1);
+
+/// When a client that opted in gets its next `section.position`: at the
+/// latest a second after the first event it has no position for; while
+/// events keep coming, riding along with an event write once a second has
+/// passed since the last one (so a busy client pays no write for it); and,
+/// in a quiet section, every half window, so that the token it holds never
+/// expires.
+#[derive(Debug)]
+pub struct PositionSchedule {
+    refresh: Duration,
+    last: Option<Instant>,
+    /// When the first event written since the last position was written.
+    uncovered_since: Option<Instant>,
+}
+
+impl PositionSchedule {
+    /// For a client just gone live: its first position follows the snapshot
+    /// (or the replay) at once.
+    pub fn new(window: Duration, now: Instant) -> Self {
+        Self { refresh: (window / 2).max(POSITION_EVERY), last: None, uncovered_since: Some(now) }
+    }
+
+    /// Whether a position may go out behind the frames about to be written.
+    pub fn rides_along(&self, now: Instant) -> bool {
+        self.uncovered_since.is_some() && self.last.is_none_or(|last| last + POSITION_EVERY <= now)
+    }
+
+    pub fn events_written(&mut self, now: Instant) {
+        self.uncovered_since.get_or_insert(now);
+    }
+
+    pub fn queued(&mut self, now: Instant) {
+        self.last = Some(now);
+        self.uncovered_since = None;
+    }
+
+    /// When the next position is due at the latest.
+    pub fn due(&self) -> Option<Instant> {
+        let after_events = self.uncovered_since.map(|since| {
+            let due = since + POSITION_EVERY;
+            self.last.map_or(due, |last| due.max(last + POSITION_EVERY))
+        });
+        let refresh = self.last.map(|last| last + self.refresh);
+        after_events.into_iter().chain(refresh).min()
+    }
 }
 
 #[cfg(test)]
@@ -217,7 +284,7 @@ mod tests {
     fn a_token_from_a_position_frame_resumes_with_exactly_what_came_after_it() {
         let settings = settings();
         let mut replay = replay_with(2);
-        let frame = position_frame(&settings, &replay, section(S1), "u1", now(1000)).unwrap();
+        let frame = position_frame(&settings, &replay, &outbox(), section(S1), "u1", now(1000)).unwrap();
         let frame: serde_json::Value = serde_json::from_slice(frame.utf8_bytes()).unwrap();
         let token = frame["payload"]["token"].as_str().unwrap().to_string();
         assert_eq!(token, format!("{S1}|u1|1000|2"), "the shard's positions, for this section and user, issued now");
@@ -232,6 +299,55 @@ mod tests {
         assert!(frames[1].contains(r#""offset":2"#) && frames[2].contains(r#""offset":3"#), "{frames:?}");
         assert_eq!(outbox.push_event(frame_at(1)), crate::application::outbox::PushOutcome::AlreadySent);
         assert_eq!(outbox.push_event(frame_at(4)), crate::application::outbox::PushOutcome::Queued);
+    }
+
+    #[test]
+    fn a_resumed_client_on_an_instance_behind_its_token_keeps_the_token_positions() {
+        let settings = settings();
+        let mut replay = replay_with(2);
+        let outbox = outbox();
+        let ahead: Positions = [(tables(), 9)].into_iter().collect();
+        let grant = ResumeGrant { section: section(S1), sub: "u1", issued_at: 1000, positions: &ahead };
+        let token = settings.tokens.issue(&grant);
+        let request = ResumeRequest { section: section(S1), sub: "u1", token: &token };
+        assert_eq!(resume(&settings, &mut replay, &outbox, request, now(1001)), Ok(0));
+        let frame = position_frame(&settings, &replay, &outbox, section(S1), "u1", now(1002)).unwrap();
+        let frame: serde_json::Value = serde_json::from_slice(frame.utf8_bytes()).unwrap();
+        assert_eq!(frame["payload"]["token"], format!("{S1}|u1|1002|9"), "not the shard's 2: the client has up to 9");
+    }
+
+    #[test]
+    fn a_replay_ending_in_a_delete_closes_and_one_too_big_for_the_queue_falls_back() {
+        let settings = settings();
+        let token = issued_token(&settings);
+        let request = ResumeRequest { section: section(S1), sub: "u1", token: &token };
+        let mut replay = replay_with(2);
+        let mut deleted = frame_at(2);
+        Arc::get_mut(&mut deleted).unwrap().ends_section = true;
+        replay.keep(section(S1), &deleted, Instant::now());
+        let outbox = outbox();
+        assert_eq!(resume(&settings, &mut replay, &outbox, request, now(1000)), Ok(1));
+        let close = outbox.close_request().expect("a close after the delete");
+        assert_eq!((close.code, close.after_drain), (CloseCode::NORMAL, true));
+
+        let mut replay = replay_with(2);
+        replay.keep(section(S1), &frame_at(2), Instant::now());
+        let small = Outbox::new(QueueLimits { max_frames: 2, max_bytes: 1 << 20 });
+        assert_eq!(resume(&settings, &mut replay, &small, request, now(1000)), Err(ResumeFallback::Backlog));
+    }
+
+    #[test]
+    fn positions_ride_along_with_busy_writes_and_come_within_a_second_or_half_a_window() {
+        let start = Instant::now();
+        let second = POSITION_EVERY;
+        let mut schedule = PositionSchedule::new(Duration::from_secs(120), start);
+        assert!(schedule.rides_along(start), "the first one goes out with the snapshot");
+        schedule.queued(start);
+        assert_eq!(schedule.due(), Some(start + Duration::from_secs(60)), "quiet: refreshed every half window");
+        schedule.events_written(start + second / 10);
+        assert!(!schedule.rides_along(start + second / 2), "at most one a second");
+        assert_eq!(schedule.due(), Some(start + second + second / 10), "a second after the event");
+        assert!(schedule.rides_along(start + second), "a busy client's next write carries it");
     }
 
     /// A token for S1 and u1, issued at 1000, after frames 0 and 1.

@@ -22,7 +22,7 @@ use tracing::Instrument;
 use crate::application::connect::{self, Connected, Interruption, Registration};
 use crate::application::outbox::{Outbox, PushOutcome};
 use crate::application::ports::{SnapshotRequest, SnapshotSource};
-use crate::application::resume::{self, Now, ResumeSettings};
+use crate::application::resume::{self, Now, PositionSchedule, ResumeSettings};
 use crate::domain::frame::Frame;
 use crate::domain::ids::SectionId;
 use crate::domain::protocol::{self, CloseCode};
@@ -43,8 +43,6 @@ const FAR_FUTURE: Duration = Duration::from_secs(365 * 24 * 3600);
 /// the buffer still grows for a larger message (up to the frame cap).
 const READ_BUFFER_BYTES: usize = 256;
 const PONG: Frame = Frame::from_static(protocol::PONG_FRAME);
-/// Position frames are coalesced: at most one per client per this.
-const POSITION_EVERY: Duration = Duration::from_secs(1);
 
 pub async fn run<S: SnapshotSource + 'static>(
     state: Rc<ShardState<S>>,
@@ -243,8 +241,8 @@ async fn write_live<S>(
         write: None,
         position: None,
     };
-    // The first position follows the snapshot (or the replay) at once.
-    let mut position_schedule = PositionSchedule { last: None, uncovered_since: Some(Instant::now()) };
+    let window = positions.map_or(FAR_FUTURE, |resume| resume.window);
+    let mut position_schedule = PositionSchedule::new(window, Instant::now().into_std());
     // One timer for every deadline: each armed timer costs an idle
     // connection its memory, and each wake-up polls every armed one.
     let timer = sleep_until(deadlines.next());
@@ -300,7 +298,7 @@ async fn write_live<S>(
             _ => {}
         }
         if positions.is_some() {
-            deadlines.position = position_schedule.due();
+            deadlines.position = position_schedule.due().map(Instant::from_std);
         }
         let next = deadlines.next();
         if timer.deadline() != next {
@@ -338,7 +336,7 @@ async fn write_live<S>(
                     && deadlines.position.is_some_and(|due| due <= now)
                 {
                     queue_position(state, resume, outbox, log);
-                    position_schedule.queued(now);
+                    position_schedule.queued(now.into_std());
                 }
                 if deadlines.ping <= now {
                     deadlines.ping = now + settings.ping_interval;
@@ -355,7 +353,7 @@ async fn write_live<S>(
                 }
                 let now = Instant::now();
                 let position_rides_along = positions
-                    .filter(|_| position_schedule.rides_along(now))
+                    .filter(|_| position_schedule.rides_along(now.into_std()))
                     .map(|resume| queue_position(state, resume, outbox, log))
                     .is_some();
                 let written = match writer.write_ready(outbox) {
@@ -366,9 +364,9 @@ async fn write_live<S>(
                     progressed_at = Instant::now();
                 }
                 if position_rides_along {
-                    position_schedule.queued(now);
+                    position_schedule.queued(now.into_std());
                 } else if !written.routed_at.is_empty() {
-                    position_schedule.events_written(now);
+                    position_schedule.events_written(now.into_std());
                 }
                 for routed_at in written.routed_at {
                     METRICS.delivery_seconds.observe(routed_at.elapsed().as_secs_f64());
@@ -401,42 +399,10 @@ impl Deadlines {
     }
 }
 
-/// When a client that opted in gets its next `section.position`: at the
-/// latest a second after the first event it has no position for, and, while
-/// events keep coming, riding along with an event write once a second has
-/// passed since the last one, so that a busy client pays no write for it.
-struct PositionSchedule {
-    last: Option<Instant>,
-    /// When the first event written since the last position was written.
-    uncovered_since: Option<Instant>,
-}
-
-impl PositionSchedule {
-    /// Whether a position may go out behind the frames about to be written.
-    fn rides_along(&self, now: Instant) -> bool {
-        self.uncovered_since.is_some() && self.last.is_none_or(|last| last + POSITION_EVERY <= now)
-    }
-
-    fn events_written(&mut self, now: Instant) {
-        self.uncovered_since.get_or_insert(now);
-    }
-
-    fn queued(&mut self, now: Instant) {
-        self.last = Some(now);
-        self.uncovered_since = None;
-    }
-
-    /// When the next position is due at the latest, if one is.
-    fn due(&self) -> Option<Instant> {
-        let due = self.uncovered_since? + POSITION_EVERY;
-        Some(self.last.map_or(due, |last| due.max(last + POSITION_EVERY)))
-    }
-}
-
 /// Queues a `section.position` behind everything queued for the client.
 fn queue_position<S>(state: &ShardState<S>, resume: &ResumeSettings, outbox: &Outbox, log: &SessionLog) {
     let replay = state.replay.borrow();
-    if let Some(frame) = resume::position_frame(resume, &replay, log.section, &log.sub, Now::current())
+    if let Some(frame) = resume::position_frame(resume, &replay, outbox, log.section, &log.sub, Now::current())
         && outbox.push_control(frame) == PushOutcome::Queued
     {
         METRICS.positions_sent.inc();

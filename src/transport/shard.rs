@@ -28,6 +28,8 @@ use super::{http, session};
 
 /// At most this many events per turn, so sessions get to write.
 const MAILBOX_BATCH: usize = 1024;
+/// How often a shard whose own sessions are done looks whether the others' are.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// How soon a shard retries table reports the ingest thread had no room for.
 const REPORT_RETRY: Duration = Duration::from_millis(50);
 
@@ -99,8 +101,17 @@ async fn run<S: SnapshotSource + 'static>(state: Rc<ShardState<S>>, inbox: Inbox
     }
     drop(sessions);
 
-    // Sessions see the same signal, flush and close with 1001.
-    if tokio::time::timeout(state.ctx.drain_timeout, sessions_done.recv()).await.is_err() {
+    // Sessions see the same signal, flush and close with 1001. Until every
+    // shard's sessions are done, this one keeps answering HTTP (`/readyz`
+    // says 503): a shard that stopped early would cut the requests it
+    // accepted from the shared listener.
+    let drained = tokio::time::timeout(state.ctx.drain_timeout, async {
+        let _ = sessions_done.recv().await;
+        while state.ctx.admission.held() > 0 {
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+    });
+    if drained.await.is_err() {
         tracing::warn!(shard = state.index, "drain timeout: dropping remaining connections");
     }
     accept.abort();
