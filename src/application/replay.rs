@@ -110,7 +110,7 @@ impl Replay {
         if self.limits.per_section == 0 {
             return;
         }
-        self.drop_older_than(now);
+        self.expire(now);
         if delivery.position.is_none() {
             // A frame with no position (a reservation released between two
             // records) cannot be placed among the others, and positions
@@ -149,7 +149,7 @@ impl Replay {
         if self.limits.per_section == 0 || self.progress.next.is_empty() {
             return Err(Gap);
         }
-        self.drop_older_than(now);
+        self.expire(now);
         if let Some(&unplaced_at) = self.unplaced.get(&section)
             && now.checked_sub(token_age).is_none_or(|issued| issued <= unplaced_at + ISSUE_TIME_SLACK)
         {
@@ -188,7 +188,8 @@ impl Replay {
         (self.frames, self.bytes)
     }
 
-    fn drop_older_than(&mut self, now: Instant) {
+    /// Drops what is older than the window.
+    pub fn expire(&mut self, now: Instant) {
         while let Some(oldest) = self.order.front()
             && now.saturating_duration_since(oldest.at) > self.limits.window
         {
@@ -327,6 +328,8 @@ mod tests {
         assert_eq!(served(&mut replay, section(S1), &at(0), later), None, "frame 0 aged out");
         assert_eq!(replay.size().0, 1);
         assert_eq!(served(&mut replay, section(S2), &at(1), later), Some(vec![1]));
+        replay.expire(start + Duration::from_secs(4));
+        assert_eq!(replay.size(), (0, 0), "a quiet shard's expiry empties it");
     }
 
     #[test]

@@ -30,6 +30,8 @@ use super::{http, session};
 const MAILBOX_BATCH: usize = 1024;
 /// How often a shard whose own sessions are done looks whether the others' are.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
+/// How often a quiet shard drops the frames its replay buffer kept too long.
+const EXPIRE_EVERY: Duration = Duration::from_secs(1);
 /// How soon a shard retries table reports the ingest thread had no room for.
 const REPORT_RETRY: Duration = Duration::from_millis(50);
 
@@ -149,10 +151,15 @@ async fn handle_mailbox<S: SnapshotSource + 'static>(
         handled += events;
         popped.inc_by(handled as u64);
         let reports_waiting = state.section_reports.flush();
+        // Frames age out of the replay buffer on a quiet shard too.
+        let frames_kept = state.replay.borrow().size().0 > 0;
         if events == MAILBOX_BATCH {
             tokio::task::yield_now().await;
         } else if reports_waiting {
             let _ = tokio::time::timeout(REPORT_RETRY, inbox.woken()).await;
+        } else if frames_kept {
+            let _ = tokio::time::timeout(EXPIRE_EVERY, inbox.woken()).await;
+            state.replay.borrow_mut().expire(Instant::now());
         } else {
             inbox.woken().await;
         }
