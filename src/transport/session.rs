@@ -23,6 +23,7 @@ use crate::application::connect::{self, Connected, Interruption, Registration};
 use crate::application::outbox::{Outbox, PushOutcome};
 use crate::application::ports::{SnapshotRequest, SnapshotSource};
 use crate::application::resume::{self, Now, PositionSchedule, ResumeSettings};
+use crate::domain::access::Claims;
 use crate::domain::frame::Frame;
 use crate::domain::ids::SectionId;
 use crate::domain::protocol::{self, CloseCode};
@@ -54,20 +55,19 @@ pub async fn run<S: SnapshotSource + 'static>(
     // Held to the end: the registration leaves the hub and the permit frees
     // the session's place when this task ends, however it ends.
     let HandedOff { stream, read_buf, section, token, claims, client, permit: _permit, resume } = handed_off;
+    // Only what the session needs from here on is kept: the rest (roles,
+    // permissions, a resume token) is freed now, not at the session's end.
+    let Claims { subject, expires_at, .. } = claims;
     let opted_in = resume.is_some();
+    drop(resume);
     // A copy of the few pipelined bytes, so that hyper's whole read buffer,
     // which `read_buf` is a slice of, is freed now and not at the session's end.
     let pipelined = read_buf.to_vec();
     drop(read_buf);
     let connections = METRICS.connections.with_label_values(&[&state.index.to_string()]);
     connections.inc();
-    let log = SessionLog {
-        section,
-        shard: state.index,
-        sub: claims.subject,
-        client: client.addr,
-        request_id: client.request_id,
-    };
+    let log =
+        SessionLog { section, shard: state.index, sub: subject, client: client.addr, request_id: client.request_id };
     let result = async {
         let stream = TcpStream::from_std(stream)?;
         stream.set_nodelay(true)?;
@@ -77,29 +77,20 @@ pub async fn run<S: SnapshotSource + 'static>(
             .read_buffer_size(READ_BUFFER_BYTES)
             .max_message_size(Some(settings.max_frame_bytes))
             .max_frame_size(Some(settings.max_frame_bytes));
-        let incoming =
-            WebSocketStream::from_partially_read(ReadOnly(read_half), pipelined, Role::Server, Some(config)).await;
         // The reader starts before the snapshot call, so that a client who
-        // leaves early cancels it. Spawned here, not in `serve`: a stream
-        // passed to an async fn stays in its future for the session's life.
+        // leaves early cancels it. It makes the WebSocket stream itself, so
+        // this future, which lives as long as the session, never holds one.
         let heard = Rc::new(Heard::default());
         let outbox = registration.outbox();
+        let incoming = Incoming { read_half: ReadOnly(read_half), pipelined, config };
         let reader = tokio::task::spawn_local(read_client(
             incoming,
             Rc::clone(outbox),
             Rc::clone(&heard),
             settings.client_messages_per_second,
         ));
-        let connection = Client {
-            reader,
-            heard,
-            writer: WireWriter::new(write_half),
-            outbox,
-            token,
-            expires_at: claims.expires_at,
-            resumed,
-            opted_in,
-        };
+        let connection =
+            Client { reader, heard, writer: WireWriter::new(write_half), outbox, token, expires_at, resumed, opted_in };
         serve(&state, connection, &log).await;
         Ok::<(), std::io::Error>(())
     }
@@ -428,15 +419,20 @@ pub async fn close_unadopted(stream: std::net::TcpStream, code: CloseCode) {
     let _ = tokio::time::timeout(CLOSE_GRACE, WireWriter::new(write_half).close(code)).await;
 }
 
+/// The client's side of the socket, before the WebSocket stream is made.
+struct Incoming {
+    read_half: ReadOnly,
+    /// Bytes the client sent right behind its handshake.
+    pipelined: Vec<u8>,
+    config: WebSocketConfig,
+}
+
 /// Reads client frames until the peer closes or misbehaves. Every frame,
 /// control frames included, counts against the client's rate: a flood of
 /// pings would otherwise burn the shard thread every section on it shares.
-async fn read_client(
-    mut stream: WebSocketStream<ReadOnly>,
-    outbox: Rc<Outbox>,
-    heard: Rc<Heard>,
-    messages_per_second: u32,
-) -> ReaderEnd {
+async fn read_client(incoming: Incoming, outbox: Rc<Outbox>, heard: Rc<Heard>, messages_per_second: u32) -> ReaderEnd {
+    let Incoming { read_half, pipelined, config } = incoming;
+    let mut stream = WebSocketStream::from_partially_read(read_half, pipelined, Role::Server, Some(config)).await;
     let mut bucket = TokenBucket::new(messages_per_second);
     let count = |kind: &str| METRICS.client_messages.with_label_values(&[kind]).inc();
     while let Some(message) = stream.next().await {
