@@ -953,7 +953,10 @@ fn frame_at(buf: &[u8]) -> Option<(u8, usize, usize)> {
 
 /// Next local port to try for a client socket; see [`connect`].
 static NEXT_LOCAL_PORT: AtomicU64 = AtomicU64::new(0);
-const LOCAL_PORTS: std::ops::Range<u64> = 20_000..61_000;
+/// Below Linux's ephemeral range (32768–60999 by default): the tens of thousands of sockets a run
+/// leaves in TIME_WAIT for a minute must not take the ports that servers started right after it
+/// (the test suite's tansu, which binds without `SO_REUSEADDR`) are given by `bind(0)`.
+const LOCAL_PORTS: std::ops::Range<u64> = 10_000..32_768;
 
 /// Connects from a local port the harness picks itself. Left to the kernel, `connect` takes
 /// longer and longer once about 14 000 of its ephemeral ports are taken (it searches the even
