@@ -235,25 +235,27 @@ impl Replay {
     }
 }
 
+/// Shared by the tests of the resume use case.
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::domain::entity::{Action, EntityKey, EntityKind};
     use crate::domain::frame::Frame;
     use crate::domain::position::PartitionId;
 
-    const S1: &str = "11111111-1111-4111-8111-111111111111";
-    const S2: &str = "22222222-2222-4222-8222-222222222222";
+    pub(crate) const S1: &str = "11111111-1111-4111-8111-111111111111";
+    pub(crate) const S2: &str = "22222222-2222-4222-8222-222222222222";
 
-    fn section(id: &str) -> SectionId {
+    pub(crate) fn section(id: &str) -> SectionId {
         SectionId::parse(id).unwrap()
     }
 
-    fn tables() -> PartitionId {
+    pub(crate) fn tables() -> PartitionId {
         PartitionId::new("mesa-ya.tables.events", 0)
     }
 
-    fn frame_at(offset: i64) -> Arc<Delivery> {
+    /// A `table.updated` frame from offset `offset` of `tables()`.
+    pub(crate) fn frame_at(offset: i64) -> Arc<Delivery> {
         Arc::new(Delivery {
             frame: Frame::event(EntityKind::Table, Action::Updated, &format!(r#"{{"offset":{offset}}}"#)),
             key: EntityKey::new(EntityKind::Table, format!("t{offset}").as_str()),
@@ -275,7 +277,8 @@ mod tests {
         Some(frames.iter().map(|delivery| delivery.position.unwrap().offset).collect())
     }
 
-    fn started_at(offset: i64, limits: ReplayLimits) -> Replay {
+    /// A buffer whose shard began reading `tables()` at `offset`.
+    pub(crate) fn started_at(offset: i64, limits: ReplayLimits) -> Replay {
         let mut replay = Replay::new(limits);
         let mut progress = Progress::default();
         progress.assigned(tables(), offset);
@@ -283,7 +286,8 @@ mod tests {
         replay
     }
 
-    const ROOMY: ReplayLimits = ReplayLimits { window: Duration::from_secs(120), per_section: 3, bytes: 1 << 20 };
+    pub(crate) const ROOMY: ReplayLimits =
+        ReplayLimits { window: Duration::from_secs(120), per_section: 3, bytes: 1 << 20 };
 
     #[test]
     fn a_resume_gets_exactly_the_frames_after_its_positions() {

@@ -192,29 +192,18 @@ impl PositionSchedule {
 mod tests {
     use super::*;
 
-    use crate::application::delivery::Delivery;
     use crate::application::outbox::{Next, QueueLimits};
     use crate::application::ports::{InvalidResumeToken, OpenedToken};
-    use crate::application::replay::ReplayLimits;
-    use crate::domain::entity::{Action, EntityKey, EntityKind};
-    use crate::domain::position::{PartitionId, Position, Positions, Progress};
-
-    const S1: &str = "11111111-1111-4111-8111-111111111111";
-    const S2: &str = "22222222-2222-4222-8222-222222222222";
+    use crate::application::replay::tests::{ROOMY, S1, S2, frame_at, section, started_at, tables};
+    use crate::domain::position::{Position, Positions};
 
     /// Tokens in the clear: `section|sub|issued_at|next offset`.
     struct PlainTokens;
 
     impl ResumeTokens for PlainTokens {
         fn issue(&self, grant: &ResumeGrant<'_>) -> String {
-            let token = format!(
-                "{}|{}|{}|{}",
-                grant.section,
-                grant.sub,
-                grant.issued_at,
-                grant.positions.get(tables()).unwrap()
-            );
-            token
+            let next = grant.positions.get(tables()).unwrap();
+            format!("{}|{}|{}|{next}", grant.section, grant.sub, grant.issued_at)
         }
 
         fn open(&self, token: &str, sub: &str) -> Result<OpenedToken, InvalidResumeToken> {
@@ -229,36 +218,13 @@ mod tests {
         }
     }
 
-    fn tables() -> PartitionId {
-        PartitionId::new("mesa-ya.tables.events", 0)
-    }
-
-    fn section(id: &str) -> SectionId {
-        SectionId::parse(id).unwrap()
-    }
-
     fn settings() -> ResumeSettings {
         ResumeSettings { tokens: Arc::new(PlainTokens), window: Duration::from_secs(120) }
     }
 
-    fn frame_at(offset: i64) -> Arc<Delivery> {
-        Arc::new(Delivery {
-            frame: Frame::event(EntityKind::Table, Action::Updated, &format!(r#"{{"offset":{offset}}}"#)),
-            key: EntityKey::new(EntityKind::Table, format!("t{offset}").as_str()),
-            action: Action::Updated,
-            updated_at: None,
-            ends_section: false,
-            routed_at: Instant::now(),
-            position: Some(Position { partition: tables(), offset }),
-        })
-    }
-
     /// A shard that began reading at offset 0 and has routed frames 0..n to S1.
     fn replay_with(n: i64) -> Replay {
-        let mut replay = Replay::new(ReplayLimits { window: Duration::from_secs(120), per_section: 3, bytes: 1 << 20 });
-        let mut progress = Progress::default();
-        progress.assigned(tables(), 0);
-        replay.merge_progress(&progress);
+        let mut replay = started_at(0, ROOMY);
         for offset in 0..n {
             replay.keep(section(S1), &frame_at(offset), Instant::now());
             replay.record_done(Position { partition: tables(), offset: offset + 1 });
