@@ -36,7 +36,8 @@
 //! `KAFKA_FETCH_WAIT_MAX` (default 10ms here), `SNAPSHOT_CONCURRENCY`, `WS_MAX_CONNECTIONS`
 //! (default 19500 here), `WS_PING_INTERVAL`, `WS_WRITE_TIMEOUT`, `LOG_LEVEL` (default warn),
 //! `RESUME_SECRET`, `RESUME_WINDOW`, `RESUME_BUFFER`, `RESUME_BUFFER_BYTES`. With `LOAD_RESUME=1`
-//! every client opts in to resume tokens (`?resume=`).
+//! every client opts in to resume tokens (`?resume=`). `LOAD_GATEWAY_BIN` measures another build
+//! of the gateway (an older commit's, built elsewhere) instead of this one.
 //!
 //! `cargo bench --bench fanout_load` (needs tansu; `scripts/ensure-tansu.sh`).
 
@@ -158,6 +159,14 @@ fn listen_overflows() -> u64 {
 
 /// The commit of the gateway's source (cargo rebuilt the binary from it), `+changes` when `src/`
 /// differs from it.
+/// Names another build of the gateway to measure (an older commit's, say),
+/// so that two builds can be compared in the same hour with the same harness.
+const GATEWAY_BIN: &str = "LOAD_GATEWAY_BIN";
+
+fn gateway_binary() -> std::path::PathBuf {
+    std::env::var_os(GATEWAY_BIN).map_or_else(|| env!("CARGO_BIN_EXE_mesaya-realtime").into(), Into::into)
+}
+
 fn source_version() -> String {
     let git = |args: &[&str]| {
         Command::new("git")
@@ -776,7 +785,7 @@ impl Stack {
                 env.push((name, value));
             }
         }
-        let mut gateway = Gateway::start(std::path::Path::new(env!("CARGO_BIN_EXE_mesaya-realtime")), &env);
+        let mut gateway = Gateway::start(&gateway_binary(), &env);
         gateway.wait_ready(Duration::from_secs(60)).await;
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", broker.bootstrap())
@@ -1706,7 +1715,10 @@ fn main() {
     let run_started = Instant::now();
     println!("load harness: the gateway beside a raw pre-framed writer");
     println!("machine: {}", machine());
-    println!("gateway under test: built by cargo from {}", source_version());
+    match std::env::var_os(GATEWAY_BIN) {
+        Some(other) => println!("gateway under test: {} ({GATEWAY_BIN})", other.to_string_lossy()),
+        None => println!("gateway under test: built by cargo from {}", source_version()),
+    }
     println!(
         "gateway: {}; raw writer: {} threads; events ~{} B v2 table.updated on {TOPIC}; rows {:?}",
         gateway_env_summary(),

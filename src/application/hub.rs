@@ -1,5 +1,7 @@
 //! A shard's subscriber registry: section → the outboxes of its clients.
-//! Owned by one shard thread, so it needs no lock.
+//! Owned by one shard thread, so it needs no lock. A fan-out only queues;
+//! [`SectionHub::flush`] then writes, once per client per shard turn, so a
+//! client that got several events in one turn gets them in one write.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -22,6 +24,8 @@ pub struct FanOutReport {
 #[derive(Default)]
 pub struct SectionHub {
     sections: HashMap<SectionId, Vec<Rc<Outbox>>>,
+    /// Outboxes with events pushed since the last flush, in push order.
+    unflushed: Vec<Rc<Outbox>>,
 }
 
 impl SectionHub {
@@ -40,6 +44,12 @@ impl SectionHub {
         }
     }
 
+    /// Wakes every client's writer task, to look at what changed around it
+    /// (shutdown).
+    pub fn nudge_all(&self) {
+        self.sections.values().flatten().for_each(|outbox| outbox.nudge());
+    }
+
     /// How many clients watch `section` on this shard.
     pub fn subscribers(&self, section: SectionId) -> usize {
         self.sections.get(&section).map_or(0, Vec::len)
@@ -50,14 +60,16 @@ impl SectionHub {
         let Some(outboxes) = self.sections.get_mut(&section) else {
             return report;
         };
+        let unflushed = &mut self.unflushed;
         outboxes.retain(|outbox| match outbox.push_event(Arc::clone(delivery)) {
-            PushOutcome::Queued => {
+            outcome @ (PushOutcome::Queued | PushOutcome::Conflated(_)) => {
                 report.queued += 1;
-                true
-            }
-            PushOutcome::Conflated(dropped) => {
-                report.queued += 1;
-                report.conflated += dropped;
+                if let PushOutcome::Conflated(dropped) = outcome {
+                    report.conflated += dropped;
+                }
+                if outbox.mark_unflushed() {
+                    unflushed.push(Rc::clone(outbox));
+                }
                 true
             }
             PushOutcome::Overflowed => {
@@ -74,6 +86,14 @@ impl SectionHub {
             }
         }
         report
+    }
+
+    /// Writes what the fan-outs since the last flush queued: to each socket
+    /// that takes it now, from here; the writer tasks of the others are woken.
+    pub fn flush(&mut self) {
+        for outbox in self.unflushed.drain(..) {
+            outbox.flush();
+        }
     }
 }
 
@@ -128,6 +148,35 @@ mod tests {
         assert_eq!(slow.close_request().unwrap().code, CloseCode::SLOW_CONSUMER);
         assert!(fast.close_request().is_none());
         assert_eq!(hub.fan_out(section, &delivery("d", false)).queued, 1);
+    }
+
+    #[test]
+    fn a_turn_writes_once_to_each_client_however_many_events_it_got() {
+        use super::super::outbox::tests::Socket;
+        use crate::application::ports::DirectWriter;
+        use std::cell::Cell;
+
+        let section = SectionId::parse(S1).unwrap();
+        let mut hub = SectionHub::default();
+        let clients: Vec<_> = (0..2)
+            .map(|_| {
+                let outbox = live_outbox(10);
+                let socket = Rc::new(Socket { room: Cell::new(10), ..Socket::default() });
+                outbox.attach(Rc::clone(&socket) as Rc<dyn DirectWriter>);
+                hub.subscribe(section, Rc::clone(&outbox));
+                socket
+            })
+            .collect();
+        for id in ["a", "b", "c"] {
+            hub.fan_out(section, &delivery(id, false));
+        }
+        assert!(clients.iter().all(|socket| socket.writes.get() == 0), "fan-outs only queue");
+        hub.flush();
+        for socket in &clients {
+            assert_eq!((socket.writes.get(), socket.received.borrow().len()), (1, 3));
+        }
+        hub.flush();
+        assert!(clients.iter().all(|socket| socket.writes.get() == 1), "nothing new, nothing written");
     }
 
     #[test]

@@ -1,17 +1,20 @@
 //! One client's outbound queue: bounded, conflating, and the holder of the
 //! snapshot/stream handoff (README, "Delivery guarantees").
 //!
-//! Lives on its shard's thread only (`Rc`, `RefCell`): the shard pushes, the
-//! client's writer task pops. Pushing never waits, so a slow client can only
-//! fill its own queue.
+//! Lives on its shard's thread only (`Rc`, `RefCell`): the shard pushes and,
+//! once a turn's events are all pushed, flushes: the client's socket takes
+//! what it can straight from the shard's loop (a [`DirectWriter`]), and the
+//! client's writer task is woken only for what is left. Pushing never
+//! waits, so a slow client can only fill its own queue.
 //!
 //! Lifecycle: *holding* (registered, snapshot call in flight: events are kept,
 //! not written) → *live* (after the snapshot frame: held events that the
 //! snapshot already covers are dropped, the rest are written in order) →
 //! *closing* (a close code was requested).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashSet, VecDeque};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,6 +27,7 @@ use crate::domain::protocol::CloseCode;
 use crate::domain::snapshot::Snapshot;
 
 use super::delivery::Delivery;
+use super::ports::DirectWriter;
 
 #[derive(Clone, Copy, Debug)]
 pub struct QueueLimits {
@@ -126,13 +130,37 @@ pub struct Outbox {
     state: RefCell<State>,
     wake: Notify,
     limits: QueueLimits,
+    /// The client's socket, for writes from the shard's loop; without one,
+    /// a flush wakes the writer task.
+    direct: RefCell<Option<Rc<dyn DirectWriter>>>,
+    /// On the hub's list for the next flush.
+    unflushed: Cell<bool>,
 }
 
 impl Outbox {
     pub fn new(limits: QueueLimits) -> Self {
-        Self { state: RefCell::default(), wake: Notify::new(), limits }
+        Self {
+            state: RefCell::default(),
+            wake: Notify::new(),
+            limits,
+            direct: RefCell::default(),
+            unflushed: Cell::new(false),
+        }
     }
 
+    /// Lets flushes write to the client's socket themselves, from now on.
+    pub fn attach(&self, direct: Rc<dyn DirectWriter>) {
+        self.direct.replace(Some(direct));
+    }
+
+    /// Flushes wake the writer task again; the socket is not kept alive by
+    /// the outbox.
+    pub fn detach(&self) {
+        self.direct.take();
+    }
+
+    /// Queues a routed event, without waking anyone: [`Outbox::flush`] does,
+    /// once the shard's turn has pushed all its events.
     pub fn push_event(&self, delivery: Arc<Delivery>) -> PushOutcome {
         let already_sent = self
             .state
@@ -146,13 +174,35 @@ impl Outbox {
         self.push(Item::Event(delivery))
     }
 
+    /// Marks the outbox for the next flush; false if it already is, so that
+    /// a client with several events in one turn is flushed once.
+    pub fn mark_unflushed(&self) -> bool {
+        !self.unflushed.replace(true)
+    }
+
+    /// Writes what was pushed straight to the socket, as far as it takes the
+    /// bytes now, and wakes the writer task for anything left (or for every
+    /// push, without a direct writer).
+    pub fn flush(&self) {
+        self.unflushed.set(false);
+        let left = match &*self.direct.borrow() {
+            Some(direct) => direct.write_now(self),
+            None => true,
+        };
+        if left {
+            self.wake.notify_one();
+        }
+    }
+
     /// A frame of the gateway's own (a pong, a position, a replayed frame):
     /// never conflated, and never the cause of a slow-consumer close, so
     /// answering a client can never cost it its queue (it still counts
     /// toward the limits an event push checks). The client's own rate limit
     /// bounds its pongs; positions come at most once a second.
     pub fn push_control(&self, frame: Frame) -> PushOutcome {
-        self.push(Item::Control(frame))
+        let outcome = self.push(Item::Control(frame));
+        self.wake.notify_one();
+        outcome
     }
 
     fn push(&self, item: Item) -> PushOutcome {
@@ -175,10 +225,6 @@ impl Outbox {
                 PushOutcome::Conflated(dropped)
             };
         }
-        drop(state);
-        // While holding nobody listens; the stored permit costs one spurious
-        // wake-up when the writer goes live.
-        self.wake.notify_one();
         outcome
     }
 
@@ -250,10 +296,9 @@ impl Outbox {
 
     /// Up to `max` frames to write, from the front; none while holding or
     /// closing at once. They stay queued until [`Outbox::pop_written`], so an
-    /// interrupted write loses nothing. `into` is cleared first.
-    pub fn fill_batch(&self, into: &mut Vec<Next>, max: usize) {
-        into.clear();
-        into.extend(self.state.borrow().writable().take(max).map(Queued::next));
+    /// interrupted write loses nothing.
+    pub fn fill_batch(&self, max: usize, each: impl FnMut(Next)) {
+        self.state.borrow().writable().take(max).map(Queued::next).for_each(each);
     }
 
     /// The first frame [`Outbox::fill_batch`] would give.
@@ -263,7 +308,7 @@ impl Outbox {
     }
 
     /// Wakes the writer without queueing anything (the reader has a pong
-    /// for it to send).
+    /// for it to send, or the server is shutting down).
     pub fn nudge(&self) {
         self.wake.notify_one();
     }
@@ -346,9 +391,37 @@ fn conflate(state: &mut State) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use futures_util::FutureExt;
+
     use super::*;
     use crate::domain::entity::{EntityKey, EntityKind};
+
+    /// A client's socket that takes `room` frames, then would block.
+    #[derive(Default)]
+    pub(crate) struct Socket {
+        pub(crate) room: Cell<usize>,
+        pub(crate) received: RefCell<Vec<Frame>>,
+        pub(crate) writes: Cell<usize>,
+    }
+
+    impl DirectWriter for Socket {
+        fn write_now(&self, outbox: &Outbox) -> bool {
+            self.writes.set(self.writes.get() + 1);
+            while self.room.get() > 0
+                && let Some(next) = outbox.front()
+            {
+                self.received.borrow_mut().push(next.frame);
+                outbox.pop_written(next.seq);
+                self.room.set(self.room.get() - 1);
+            }
+            outbox.has_writable()
+        }
+    }
+
+    fn woken(outbox: &Outbox) -> bool {
+        outbox.changed().now_or_never().is_some()
+    }
 
     fn delivery(id: &str, action: Action, updated_at: Option<i64>) -> Arc<Delivery> {
         let payload = format!(r#"{{"id":"{id}","v":{}}}"#, updated_at.unwrap_or(0));
@@ -498,5 +571,39 @@ mod tests {
         assert_eq!(outbox.front(), None);
         outbox.request_close(CloseCode::GOING_AWAY, true);
         assert_eq!(outbox.close_request().unwrap().code, CloseCode::SLOW_CONSUMER);
+    }
+
+    #[test]
+    fn the_shard_writes_what_the_socket_takes_and_wakes_the_writer_only_for_the_rest() {
+        let outbox = live_outbox(10);
+        let socket = Rc::new(Socket { room: Cell::new(1), ..Socket::default() });
+        outbox.attach(Rc::clone(&socket) as Rc<dyn DirectWriter>);
+        assert!(woken(&outbox), "going live woke the writer (for the snapshot frame)");
+        outbox.push_event(delivery("a", Action::Updated, None));
+        outbox.push_event(delivery("b", Action::Updated, None));
+        assert!(socket.received.borrow().is_empty() && !woken(&outbox), "a push neither writes nor wakes");
+
+        outbox.flush();
+        assert_eq!(socket.received.borrow().len(), 1);
+        assert!(woken(&outbox), "the writer task is woken for the frame the socket left");
+
+        socket.room.set(10);
+        outbox.push_event(delivery("c", Action::Updated, None));
+        outbox.flush();
+        assert_eq!(socket.received.borrow().len(), 3, "the rest, in order, behind the first");
+        assert!(!woken(&outbox), "nothing left: the writer task sleeps on");
+
+        outbox.detach();
+        outbox.push_event(delivery("d", Action::Updated, None));
+        outbox.flush();
+        assert_eq!(socket.received.borrow().len(), 3);
+        assert!(woken(&outbox), "without a direct writer, the writer task writes");
+    }
+
+    #[test]
+    fn the_gateways_own_frames_wake_the_writer_at_once() {
+        let outbox = live_outbox(10);
+        outbox.push_control(Frame::from_static(crate::domain::protocol::PONG_FRAME));
+        assert!(woken(&outbox));
     }
 }

@@ -238,7 +238,7 @@ mod tests {
 
     fn written(outbox: &Outbox) -> Vec<String> {
         let mut batch: Vec<Next> = Vec::new();
-        outbox.fill_batch(&mut batch, 100);
+        outbox.fill_batch(100, |next| batch.push(next));
         batch.iter().map(|next| String::from_utf8(next.frame.utf8_bytes().to_vec()).unwrap()).collect()
     }
 

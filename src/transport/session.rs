@@ -21,7 +21,7 @@ use tracing::Instrument;
 
 use crate::application::connect::{self, Connected, Interruption, Registration};
 use crate::application::outbox::{Outbox, PushOutcome};
-use crate::application::ports::{SnapshotRequest, SnapshotSource};
+use crate::application::ports::{DirectWriter, SnapshotRequest, SnapshotSource};
 use crate::application::resume::{self, Now, PositionSchedule, ResumeSettings};
 use crate::domain::access::Claims;
 use crate::domain::frame::Frame;
@@ -69,9 +69,8 @@ pub async fn run<S: SnapshotSource + 'static>(
     let log =
         SessionLog { section, shard: state.index, sub: subject, client: client.addr, request_id: client.request_id };
     let result = async {
-        let stream = TcpStream::from_std(stream)?;
-        stream.set_nodelay(true)?;
-        let (read_half, write_half) = stream.into_split();
+        let socket = Rc::new(TcpStream::from_std(stream)?);
+        socket.set_nodelay(true)?;
         let settings = &state.ctx.session;
         let config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER_BYTES)
@@ -82,15 +81,23 @@ pub async fn run<S: SnapshotSource + 'static>(
         // this future, which lives as long as the session, never holds one.
         let heard = Rc::new(Heard::default());
         let outbox = registration.outbox();
-        let incoming = Incoming { read_half: ReadOnly(read_half), pipelined, config };
+        let incoming = Incoming { read_half: ReadOnly(Rc::clone(&socket)), pipelined, config };
         let reader = tokio::task::spawn_local(read_client(
             incoming,
             Rc::clone(outbox),
             Rc::clone(&heard),
             settings.client_messages_per_second,
         ));
-        let connection =
-            Client { reader, heard, writer: WireWriter::new(write_half), outbox, token, expires_at, resumed, opted_in };
+        let connection = Client {
+            reader,
+            heard,
+            writer: Rc::new(WireWriter::new(socket)),
+            outbox,
+            token,
+            expires_at,
+            resumed,
+            opted_in,
+        };
         serve(&state, connection, &log).await;
         Ok::<(), std::io::Error>(())
     }
@@ -130,7 +137,7 @@ impl SessionLog {
 struct Client<'a> {
     reader: JoinHandle<ReaderEnd>,
     heard: Rc<Heard>,
-    writer: WireWriter,
+    writer: Rc<WireWriter>,
     outbox: &'a Rc<Outbox>,
     /// Needed only for the snapshot call, and freed after it.
     token: String,
@@ -142,7 +149,7 @@ struct Client<'a> {
 }
 
 async fn serve<S: SnapshotSource>(state: &ShardState<S>, client: Client<'_>, log: &SessionLog) {
-    let Client { mut reader, heard, mut writer, outbox, token, expires_at, resumed, opted_in } = client;
+    let Client { mut reader, heard, writer, outbox, token, expires_at, resumed, opted_in } = client;
     // Dropping a JoinHandle detaches the task: a reader still waiting on a
     // peer that went silent would keep the socket open, and the outbox
     // alive, until that peer sent something: for a dead peer, never. The
@@ -171,8 +178,14 @@ async fn serve<S: SnapshotSource>(state: &ShardState<S>, client: Client<'_>, log
     if connected != Connected::Interrupted(Interruption::ClientGone) {
         // Positions only for clients that asked, on an instance that signs them.
         let positions = state.ctx.resume.as_ref().filter(|_| opted_in);
+        // The shard's loop writes this client's events itself; a client with
+        // positions keeps them to its writer task, which times them.
+        if positions.is_none() {
+            outbox.attach(Rc::clone(&writer) as Rc<dyn DirectWriter>);
+        }
         let terms = LiveTerms { expires_at, positions };
-        write_live(state, &mut writer, outbox, &heard, terms, reader, log).await;
+        write_live(state, &writer, outbox, &heard, terms, reader, log).await;
+        outbox.detach();
     }
     reader_abort.abort();
 }
@@ -213,7 +226,7 @@ struct LiveTerms<'a> {
 /// socket that takes no bytes for `WS_WRITE_TIMEOUT` drops the client.
 async fn write_live<S>(
     state: &ShardState<S>,
-    writer: &mut WireWriter,
+    writer: &WireWriter,
     outbox: &Outbox,
     heard: &Heard,
     terms: LiveTerms<'_>,
@@ -222,9 +235,9 @@ async fn write_live<S>(
 ) {
     let LiveTerms { expires_at, positions } = terms;
     let settings = &state.ctx.session;
+    // Shutdown has no future of its own here (one per idle session is
+    // memory): the shard wakes every outbox when it is triggered.
     let shutdown = &state.ctx.shutdown;
-    let shutdown_triggered = shutdown.triggered();
-    tokio::pin!(shutdown_triggered);
     let mut deadlines = Deadlines {
         ping: Instant::now() + settings.ping_interval,
         pong: None,
@@ -240,10 +253,11 @@ async fn write_live<S>(
     tokio::pin!(timer);
     // When the oldest unanswered ping was queued.
     let mut ping_sent: Option<Instant> = None;
-    // Progress only moves `progressed_at`; the write deadline catches up
-    // when it comes, so a busy connection does not touch the timer wheel
-    // once per write.
-    let mut progressed_at = Instant::now();
+    // Progress (the writer's, whether this task or the shard's loop wrote)
+    // does not move the write deadline: the deadline catches up when it
+    // comes, so a busy connection does not touch the timer wheel once per
+    // write. `output_since` is when the current wait for the socket began.
+    let mut output_since = Instant::now();
     let mut reader_end = None;
     let mut shutting_down = false;
 
@@ -282,8 +296,8 @@ async fn write_live<S>(
         let has_output = writer.has_started() || outbox.has_writable();
         match (has_output, deadlines.write) {
             (true, None) => {
-                progressed_at = Instant::now();
-                deadlines.write = Some(progressed_at + settings.write_timeout);
+                output_since = Instant::now();
+                deadlines.write = Some(output_since + settings.write_timeout);
             }
             (false, Some(_)) => deadlines.write = None,
             _ => {}
@@ -299,7 +313,6 @@ async fn write_live<S>(
         tokio::select! {
             biased;
             end = &mut reader, if reader_end.is_none() => reader_end = Some(end.unwrap_or(ReaderEnd::Done)),
-            () = &mut shutdown_triggered, if !shutting_down => {}
             () = &mut timer => {
                 let now = Instant::now();
                 if deadlines.expiry.is_some_and(|due| due <= now) {
@@ -307,7 +320,7 @@ async fn write_live<S>(
                     outbox.request_close(CloseCode::TOKEN_EXPIRED, false);
                 }
                 if deadlines.write.is_some_and(|due| due <= now) {
-                    let caught_up = progressed_at + settings.write_timeout;
+                    let caught_up = output_since.max(writer.progressed_at()) + settings.write_timeout;
                     if caught_up <= now {
                         let timeout = settings.write_timeout;
                         log.span().in_scope(|| tracing::info!(?timeout, "socket took no bytes; dropping"));
@@ -351,18 +364,11 @@ async fn write_live<S>(
                     Ok(written) => written,
                     Err(_) => return,
                 };
-                if written.bytes > 0 {
-                    progressed_at = Instant::now();
-                }
                 if position_rides_along {
                     position_schedule.queued(now.into_std());
-                } else if !written.routed_at.is_empty() {
+                } else if written.events > 0 {
                     position_schedule.events_written(now.into_std());
                 }
-                for routed_at in written.routed_at {
-                    METRICS.delivery_seconds.observe(routed_at.elapsed().as_secs_f64());
-                }
-                METRICS.frames_sent.inc_by(written.frames as u64);
             }
             () = outbox.changed() => {}
         }
@@ -415,8 +421,7 @@ fn expiry_instant(expires_at: Option<u64>, leeway: Duration) -> Instant {
 /// Closes a socket that no shard will serve, on the thread that holds it.
 pub async fn close_unadopted(stream: std::net::TcpStream, code: CloseCode) {
     let Ok(stream) = TcpStream::from_std(stream) else { return };
-    let (_, write_half) = stream.into_split();
-    let _ = tokio::time::timeout(CLOSE_GRACE, WireWriter::new(write_half).close(code)).await;
+    let _ = tokio::time::timeout(CLOSE_GRACE, WireWriter::new(Rc::new(stream)).close(code)).await;
 }
 
 /// The client's side of the socket, before the WebSocket stream is made.

@@ -93,6 +93,8 @@ async fn run<S: SnapshotSource + 'static>(state: Rc<ShardState<S>>, inbox: Inbox
         () = handle_mailbox(&state, &inbox, sessions.clone()) => {}
         () = state.ctx.shutdown.triggered() => {}
     }
+    // Live sessions wait on their outbox, not on the shutdown signal.
+    state.hub.borrow().nudge_all();
     // Sockets handed over but not adopted yet still hear why they go.
     for handed_off in inbox.sockets.try_iter() {
         let session_guard = sessions.clone();
@@ -147,6 +149,9 @@ async fn handle_mailbox<S: SnapshotSource + 'static>(
                 ShardMessage::Progress(progress) => state.replay.borrow_mut().merge_progress(&progress),
             }
         }
+        // After the whole batch: a client with several of its events gets
+        // them in one write.
+        state.hub.borrow_mut().flush();
         buffer_gauges.report(&state.replay.borrow());
         handled += events;
         popped.inc_by(handled as u64);

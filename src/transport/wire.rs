@@ -6,17 +6,23 @@
 //! no write buffer of its own between writes. Reading (masking, fragments,
 //! limits, UTF-8) stays with tungstenite.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::rc::Rc;
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
 
-use crate::application::outbox::{Next, Outbox};
+use crate::application::outbox::Outbox;
+use crate::application::ports::DirectWriter;
 use crate::domain::protocol::CloseCode;
+use crate::telemetry::METRICS;
 
 const TEXT: u8 = 0x1;
 const CLOSE: u8 = 0x8;
@@ -24,6 +30,8 @@ const PING: u8 = 0x9;
 const PONG: u8 = 0xA;
 /// Frames gathered into one `writev`: two slices each, well under IOV_MAX.
 const BATCH_FRAMES: usize = 64;
+/// Slices in one `writev`: the batch, and room for control frames before it.
+const MAX_SLICES: usize = 2 * BATCH_FRAMES + 8;
 
 /// A frame header: FIN set, no mask, the shortest length encoding.
 #[derive(Clone, Copy)]
@@ -93,106 +101,156 @@ pub struct Written {
     pub bytes: usize,
     /// Queue entries fully written, and so removed from the outbox.
     pub frames: usize,
-    /// When each event among them was routed, for the latency histogram.
-    pub routed_at: Vec<std::time::Instant>,
+    /// Events among them (the rest are the gateway's own frames).
+    pub events: usize,
 }
 
-/// The write half of a client's socket, with the frames started but not
-/// finished.
+/// The write side of a client's socket, shared by the client's writer task
+/// and the shard's loop (as the outbox's [`DirectWriter`]). Every method
+/// takes `&self` and holds the inner state only while it runs, never across
+/// an await, so the two can take turns on one thread.
 pub struct WireWriter {
-    half: OwnedWriteHalf,
+    socket: Rc<TcpStream>,
+    state: RefCell<WriterState>,
+}
+
+struct WriterState {
     /// Control frames (pings, pongs) and any frame begun but not finished, in
     /// the order they go out; queued events follow them.
     started: VecDeque<Outgoing>,
-    batch: Vec<Next>,
+    /// When the socket last took bytes.
+    progressed_at: Instant,
+    /// A close frame is on its way: nothing else may follow it.
+    closing: bool,
 }
 
 impl WireWriter {
-    pub fn new(half: OwnedWriteHalf) -> Self {
-        Self { half, started: VecDeque::new(), batch: Vec::new() }
+    pub fn new(socket: Rc<TcpStream>) -> Self {
+        let state = WriterState { started: VecDeque::new(), progressed_at: Instant::now(), closing: false };
+        Self { socket, state: RefCell::new(state) }
     }
 
-    pub fn queue_ping(&mut self) {
+    pub fn queue_ping(&self) {
         self.queue_control(Outgoing::new(PING, Bytes::new(), None));
     }
 
-    pub fn queue_pong(&mut self, payload: Bytes) {
+    pub fn queue_pong(&self, payload: Bytes) {
         self.queue_control(Outgoing::new(PONG, payload, None));
     }
 
     /// Control frames go ahead of every frame not yet begun: a ping behind a
     /// long backlog would reach even a reading client too late for its pong.
-    fn queue_control(&mut self, control: Outgoing) {
-        let first_unbegun = self.started.iter().position(|outgoing| outgoing.written == 0);
-        self.started.insert(first_unbegun.unwrap_or(self.started.len()), control);
+    fn queue_control(&self, control: Outgoing) {
+        let started = &mut self.state.borrow_mut().started;
+        let first_unbegun = started.iter().position(|outgoing| outgoing.written == 0);
+        started.insert(first_unbegun.unwrap_or(started.len()), control);
     }
 
     /// Whether anything waits for the socket, besides the outbox's queue.
     pub fn has_started(&self) -> bool {
-        !self.started.is_empty()
+        !self.state.borrow().started.is_empty()
     }
 
-    /// Resolves when the socket may take bytes. Cancel-safe.
+    /// When the socket last took bytes, from either writer.
+    pub fn progressed_at(&self) -> Instant {
+        self.state.borrow().progressed_at
+    }
+
+    /// Resolves when the socket may take bytes. Cancel-safe. Only the
+    /// client's writer task waits (the shard's loop never does), so the
+    /// socket's own waker slot serves: a future of a pointer's size, where
+    /// `TcpStream::writable` would keep a waiter node in every idle session.
     pub async fn writable(&self) -> io::Result<()> {
-        self.half.writable().await
+        poll_fn(|cx| self.socket.poll_write_ready(cx)).await
     }
 
     /// Writes as much as the socket takes now, without waiting: started
     /// frames first, then the outbox's queue, many frames per `writev`.
-    pub fn write_ready(&mut self, outbox: &Outbox) -> io::Result<Written> {
+    /// Counts what it wrote in the metrics.
+    pub fn write_ready(&self, outbox: &Outbox) -> io::Result<Written> {
+        let mut state = self.state.borrow_mut();
+        let state = &mut *state;
         let mut written = Written::default();
         loop {
-            if self.started.is_empty() {
-                outbox.fill_batch(&mut self.batch, BATCH_FRAMES);
-                let frames = self.batch.drain(..);
-                self.started
-                    .extend(frames.map(|next| Outgoing::new(TEXT, next.frame.utf8_bytes().clone(), Some(next.seq))));
-                if self.started.is_empty() {
-                    return Ok(written);
+            if state.started.is_empty() {
+                outbox.fill_batch(BATCH_FRAMES, |next| {
+                    let payload = next.frame.utf8_bytes().clone();
+                    state.started.push_back(Outgoing::new(TEXT, payload, Some(next.seq)));
+                });
+                if state.started.is_empty() {
+                    break;
                 }
             }
-            let n = self.write_started()?;
+            let n = write_started(&self.socket, &state.started)?;
             if n == 0 {
-                return Ok(written);
+                break;
             }
             written.bytes += n;
             // Out of the queue before the next batch is taken from it.
-            advance(&mut self.started, n, |seq| {
+            advance(&mut state.started, n, |seq| {
                 written.frames += 1;
-                written.routed_at.extend(outbox.pop_written(seq));
+                if let Some(routed_at) = outbox.pop_written(seq) {
+                    written.events += 1;
+                    METRICS.delivery_seconds.observe(routed_at.elapsed().as_secs_f64());
+                }
             });
         }
-    }
-
-    /// One `writev` of the started frames; WouldBlock is no error.
-    fn write_started(&mut self) -> io::Result<usize> {
-        let slices: Vec<IoSlice<'_>> = self
-            .started
-            .iter()
-            .flat_map(Outgoing::remaining)
-            .filter(|slice| !slice.is_empty())
-            .map(IoSlice::new)
-            .collect();
-        match self.half.try_write_vectored(&slices) {
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(0),
-            result => result,
+        if written.bytes > 0 {
+            state.progressed_at = Instant::now();
+            METRICS.frames_sent.inc_by(written.frames as u64);
         }
+        Ok(written)
     }
 
     /// Writes a close frame after the frame being written, if one is (a frame
     /// cannot be abandoned midway), waiting for the socket as needed.
-    pub async fn close(&mut self, code: CloseCode) -> io::Result<()> {
-        self.started.retain(|outgoing| outgoing.written > 0);
-        let mut payload = code.code.to_be_bytes().to_vec();
-        payload.extend_from_slice(code.reason.as_bytes());
-        self.started.push_back(Outgoing::new(CLOSE, Bytes::from(payload), None));
-        while !self.started.is_empty() {
-            self.half.writable().await?;
-            let n = self.write_started()?;
-            // The queue is left as it is: the session ends with this close.
-            advance(&mut self.started, n, |_| {});
+    pub async fn close(&self, code: CloseCode) -> io::Result<()> {
+        {
+            let mut state = self.state.borrow_mut();
+            state.closing = true;
+            state.started.retain(|outgoing| outgoing.written > 0);
+            let mut payload = code.code.to_be_bytes().to_vec();
+            payload.extend_from_slice(code.reason.as_bytes());
+            state.started.push_back(Outgoing::new(CLOSE, Bytes::from(payload), None));
         }
-        Ok(())
+        loop {
+            {
+                let mut state = self.state.borrow_mut();
+                let n = write_started(&self.socket, &state.started)?;
+                // The queue is left as it is: the session ends with this close.
+                advance(&mut state.started, n, |_| {});
+                if state.started.is_empty() {
+                    return Ok(());
+                }
+            }
+            self.writable().await?;
+        }
+    }
+}
+
+impl DirectWriter for WireWriter {
+    fn write_now(&self, outbox: &Outbox) -> bool {
+        // The writer task, closing, owns the socket's last bytes.
+        if self.state.borrow().closing {
+            return false;
+        }
+        // An error is the writer task's to meet again, and end the session on.
+        let failed = self.write_ready(outbox).is_err();
+        failed || self.has_started() || outbox.has_writable()
+    }
+}
+
+/// One `writev` of the started frames; WouldBlock is no error.
+fn write_started(socket: &TcpStream, started: &VecDeque<Outgoing>) -> io::Result<usize> {
+    let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+    let mut count = 0;
+    for slice in started.iter().flat_map(Outgoing::remaining).filter(|slice| !slice.is_empty()).take(MAX_SLICES) {
+        slices[count] = IoSlice::new(slice);
+        count += 1;
+    }
+    match socket.try_write_vectored(&slices[..count]) {
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(0),
+        result => result,
     }
 }
 
@@ -213,14 +271,26 @@ fn advance(started: &mut VecDeque<Outgoing>, mut n: usize, mut finished: impl Fn
     }
 }
 
-/// The read half of a client's socket, as tungstenite's reader wants it:
-/// what tungstenite would write by itself (its automatic replies) is
-/// dropped, since the session answers pings and closes on its own writer.
-pub struct ReadOnly(pub OwnedReadHalf);
+/// The client's socket as tungstenite's reader wants it: reads go to the
+/// socket, and what tungstenite would write by itself (its automatic
+/// replies) is dropped, since the session answers pings and closes through
+/// its own writer.
+pub struct ReadOnly(pub Rc<TcpStream>);
 
 impl AsyncRead for ReadOnly {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.0.poll_read_ready(cx))?;
+            // A WouldBlock clears the readiness, so the next poll waits for the socket.
+            match self.0.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(error) => return Poll::Ready(Err(error)),
+            }
+        }
     }
 }
 
