@@ -1,6 +1,7 @@
 //! The hot path, stage by stage: parse a Kafka record, route it, build its
 //! frame, fan the frame out to a section's subscribers, and conflate a slow
-//! client's queue. Run with `cargo bench --bench pipeline`.
+//! client's queue; and, on the connect path, read a snapshot. Run with
+//! `cargo bench --bench pipeline`.
 
 use std::hint::black_box;
 use std::rc::Rc;
@@ -78,7 +79,11 @@ fn fan_out(c: &mut Criterion) {
                     }
                     hub
                 },
-                |hub| hub.fan_out(section, black_box(&Arc::clone(&delivery))),
+                |hub| {
+                    hub.fan_out(section, black_box(&Arc::clone(&delivery)));
+                    // No sockets here: each client's writer task is woken.
+                    hub.flush();
+                },
                 BatchSize::LargeInput,
             )
         });
@@ -181,5 +186,20 @@ fn resume(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parse_and_route, frame, fan_out, conflation, resume);
+/// Reading the API's answer on every connect: a section of 10 tables, in
+/// Nest's `{"data": …}` envelope, as the load harness's stand-in API sends it.
+fn snapshot(c: &mut Criterion) {
+    use mesaya_testkit::fixtures;
+
+    let tables = (0..10).map(|i| fixtures::table_json(&format!("t{i}"), SECTION, fixtures::CREATED_AT)).collect();
+    let body = serde_json::json!({ "data": fixtures::nest_snapshot(SECTION, tables) }).to_string();
+    let mut group = c.benchmark_group("connect");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("parse_a_snapshot_of_10_tables", |b| {
+        b.iter(|| Snapshot::parse(black_box(body.as_bytes())).unwrap())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, parse_and_route, frame, fan_out, conflation, resume, snapshot);
 criterion_main!(benches);

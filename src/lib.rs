@@ -20,9 +20,10 @@
 //!    same bytes on every subscriber of the section.
 //! 6. **queue** — `application/outbox.rs`: per client, bounded, conflating;
 //!    held until the client's snapshot is out.
-//! 7. **write** — `transport/session.rs` with `transport/wire.rs`: the
-//!    client's writer task puts it on the socket, header and shared payload
-//!    in one `writev` with the frames queued behind it.
+//! 7. **write** — `transport/wire.rs`: once the shard's turn has fanned
+//!    out all its events, the shard writes each client's new frames itself,
+//!    header and shared payload in one `writev`; the client's writer task
+//!    (`transport/session.rs`) is woken only for what the socket left.
 //!
 //! # The life of a connection
 //! 1. **accept** — `transport/http.rs`: any shard accepts on the shared

@@ -57,8 +57,11 @@ impl Snapshot {
         }
         #[derive(Deserialize)]
         struct Section<'a> {
-            #[serde(flatten)]
-            entity: Entity,
+            // Not `#[serde(flatten)]` of an `Entity`: flatten buffers every
+            // other field of the section before reading these two.
+            id: Option<String>,
+            #[serde(rename = "updatedAt")]
+            updated_at: Option<String>,
             #[serde(rename = "restaurantId")]
             restaurant_id: Option<String>,
             tables: Option<Vec<Entity>>,
@@ -79,7 +82,7 @@ impl Snapshot {
                 versions.insert(EntityKey::new(kind, id.as_str()), millis);
             }
         };
-        record(EntityKind::Section, &section.entity);
+        record(EntityKind::Section, &Entity { id: section.id, updated_at: section.updated_at });
         let tables = section.tables.unwrap_or_default();
         for table in &tables {
             record(EntityKind::Table, table);

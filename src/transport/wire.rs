@@ -3,8 +3,10 @@
 //! the payload as it is. That lets a session write the shared frame bytes of
 //! an event straight from its queue: header and payload go to the kernel in
 //! one `writev` with the frames queued behind them, and the connection keeps
-//! no write buffer of its own between writes. Reading (masking, fragments,
-//! limits, UTF-8) stays with tungstenite.
+//! no write buffer of its own between writes. The shard's loop and the
+//! client's writer task write through the same [`WireWriter`] (README, "Who
+//! writes"). Reading (masking, fragments, limits, UTF-8) stays with
+//! tungstenite.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
