@@ -22,7 +22,7 @@
 //!    held until the client's snapshot is out.
 //! 7. **write** — `transport/wire.rs`: once the shard's turn has fanned
 //!    out all its events, the shard writes each client's new frames itself,
-//!    header and shared payload in one `writev`; the client's writer task
+//!    headers and shared payloads in one gathered write; the client's writer task
 //!    (`transport/session.rs`) is woken only for what the socket left.
 //!
 //! # The life of a connection

@@ -590,7 +590,8 @@ pub(crate) mod tests {
         socket.room.set(10);
         outbox.push_event(delivery("c", Action::Updated, None));
         outbox.flush();
-        assert_eq!(socket.received.borrow().len(), 3, "the rest, in order, behind the first");
+        let sent: Vec<Frame> = ["a", "b", "c"].map(|id| delivery(id, Action::Updated, None).frame.clone()).into();
+        assert_eq!(*socket.received.borrow(), sent, "the rest, in order, behind the first");
         assert!(!woken(&outbox), "nothing left: the writer task sleeps on");
 
         outbox.detach();
@@ -603,6 +604,8 @@ pub(crate) mod tests {
     #[test]
     fn the_gateways_own_frames_wake_the_writer_at_once() {
         let outbox = live_outbox(10);
+        assert!(woken(&outbox), "going live woke the writer (for the snapshot frame)");
+        assert!(!woken(&outbox));
         outbox.push_control(Frame::from_static(crate::domain::protocol::PONG_FRAME));
         assert!(woken(&outbox));
     }

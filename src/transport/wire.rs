@@ -2,7 +2,7 @@
 //! server frames are unmasked, so a frame is a 2-10 byte header followed by
 //! the payload as it is. That lets a session write the shared frame bytes of
 //! an event straight from its queue: header and payload go to the kernel in
-//! one `writev` with the frames queued behind them, and the connection keeps
+//! one gathered write with the frames queued behind them, and the connection keeps
 //! no write buffer of its own between writes. The shard's loop and the
 //! client's writer task write through the same [`WireWriter`] (README, "Who
 //! writes"). Reading (masking, fragments, limits, UTF-8) stays with
@@ -12,6 +12,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
+use std::net::Shutdown;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, ready};
@@ -31,9 +32,9 @@ const TEXT: u8 = 0x1;
 const CLOSE: u8 = 0x8;
 const PING: u8 = 0x9;
 const PONG: u8 = 0xA;
-/// Frames gathered into one `writev`: two slices each, well under IOV_MAX.
+/// Frames gathered into one write: two slices each, well under IOV_MAX.
 const BATCH_FRAMES: usize = 64;
-/// Slices in one `writev`: the batch, and room for control frames before it.
+/// Slices in one write: the batch, and room for control frames before it.
 const MAX_SLICES: usize = 2 * BATCH_FRAMES + 8;
 
 /// A frame header: FIN set, no mask, the shortest length encoding.
@@ -168,41 +169,46 @@ impl WireWriter {
     }
 
     /// Writes as much as the socket takes now, without waiting: started
-    /// frames first, then the outbox's queue, many frames per `writev`.
-    /// Counts what it wrote in the metrics.
+    /// frames first, then the outbox's queue, up to 64 frames per system
+    /// call. Counts what it wrote in the metrics.
     pub fn write_ready(&self, outbox: &Outbox) -> io::Result<Written> {
         let mut state = self.state.borrow_mut();
         let state = &mut *state;
         let mut written = Written::default();
-        loop {
+        let result = loop {
             if state.started.is_empty() {
                 outbox.fill_batch(BATCH_FRAMES, |next| {
                     let payload = next.frame.utf8_bytes().clone();
                     state.started.push_back(Outgoing::new(TEXT, payload, Some(next.seq)));
                 });
                 if state.started.is_empty() {
-                    break;
+                    break Ok(());
                 }
             }
-            let n = write_started(&self.socket, &state.started)?;
-            if n == 0 {
-                break;
-            }
-            written.bytes += n;
+            let sent = match write_started(&self.socket, &state.started) {
+                Ok(sent) => sent,
+                Err(error) => break Err(error),
+            };
+            written.bytes += sent.bytes;
             // Out of the queue before the next batch is taken from it.
-            advance(&mut state.started, n, |seq| {
+            advance(&mut state.started, sent.bytes, |seq| {
                 written.frames += 1;
                 if let Some(routed_at) = outbox.pop_written(seq) {
                     written.events += 1;
                     METRICS.delivery_seconds.observe(routed_at.elapsed().as_secs_f64());
                 }
             });
-        }
+            // A socket that took less than it was offered is full: asking
+            // again would only hear so.
+            if !sent.all {
+                break Ok(());
+            }
+        };
         if written.bytes > 0 {
             state.progressed_at = Instant::now();
             METRICS.frames_sent.inc_by(written.frames as u64);
         }
-        Ok(written)
+        result.map(|()| written)
     }
 
     /// Writes a close frame after the frame being written, if one is (a frame
@@ -219,22 +225,30 @@ impl WireWriter {
         loop {
             {
                 let mut state = self.state.borrow_mut();
-                let n = write_started(&self.socket, &state.started)?;
+                let sent = write_started(&self.socket, &state.started)?;
                 // The queue is left as it is: the session ends with this close.
-                advance(&mut state.started, n, |_| {});
+                advance(&mut state.started, sent.bytes, |_| {});
                 if state.started.is_empty() {
-                    return Ok(());
+                    // Nothing follows a close frame: the client sees the end
+                    // of the stream now, not when the socket is dropped.
+                    return self.socket_ref().shutdown(Shutdown::Write);
                 }
             }
             self.writable().await?;
         }
     }
+
+    fn socket_ref(&self) -> SockRef<'_> {
+        SockRef::from(&*self.socket)
+    }
 }
 
 impl DirectWriter for WireWriter {
     fn write_now(&self, outbox: &Outbox) -> bool {
-        // The writer task, closing, owns the socket's last bytes.
-        if self.state.borrow().closing {
+        // The writer task, closing, owns the socket's last bytes; and a client
+        // told to go at once gets nothing more before its close frame.
+        let closing_now = outbox.close_request().is_some_and(|close| !close.after_drain);
+        if closing_now || self.state.borrow().closing {
             return false;
         }
         // An error is the writer task's to meet again, and end the session on.
@@ -243,23 +257,32 @@ impl DirectWriter for WireWriter {
     }
 }
 
+/// What one gathered write did.
+struct Sent {
+    bytes: usize,
+    /// The socket took everything it was offered.
+    all: bool,
+}
+
 /// One gathered write of the started frames; WouldBlock is no error.
 ///
 /// `sendmsg`, not `writev`: a socket's `writev` goes through the file layer
 /// first (`vfs_writev`, the file position lock), which cost the gateway about
 /// a twentieth of its CPU when every delivery is one write (BENCHMARKS.md).
-fn write_started(socket: &TcpStream, started: &VecDeque<Outgoing>) -> io::Result<usize> {
+fn write_started(socket: &TcpStream, started: &VecDeque<Outgoing>) -> io::Result<Sent> {
     let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-    let mut count = 0;
+    let (mut count, mut offered) = (0, 0);
     for slice in started.iter().flat_map(Outgoing::remaining).filter(|slice| !slice.is_empty()).take(MAX_SLICES) {
         slices[count] = IoSlice::new(slice);
         count += 1;
+        offered += slice.len();
     }
     // A peer gone is an error to return, never a SIGPIPE.
     let send = || SockRef::from(socket).send_vectored_with_flags(&slices[..count], libc::MSG_NOSIGNAL);
     match socket.try_io(Interest::WRITABLE, send) {
-        Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(0),
-        result => result,
+        Ok(bytes) => Ok(Sent { bytes, all: bytes == offered }),
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(Sent { bytes: 0, all: false }),
+        Err(error) => Err(error),
     }
 }
 
@@ -319,7 +342,83 @@ impl AsyncWrite for ReadOnly {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
+
     use super::*;
+    use crate::application::outbox::QueueLimits;
+    use crate::domain::entity::{Action, EntityKind};
+    use crate::domain::frame::Frame;
+    use crate::domain::snapshot::Snapshot;
+
+    /// A loopback connection: the server's side for a writer, the client's
+    /// (blocking) to read.
+    fn connected() -> (Rc<TcpStream>, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        (Rc::new(TcpStream::from_std(server).unwrap()), client)
+    }
+
+    /// The frames in what a client read: (opcode, payload).
+    fn frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut frames = Vec::new();
+        while !bytes.is_empty() {
+            let (len, header) = match bytes[1] {
+                126 => (usize::from(u16::from_be_bytes([bytes[2], bytes[3]])), 4),
+                127 => (u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize, 10),
+                short => (usize::from(short), 2),
+            };
+            frames.push((bytes[0] & 0x0f, bytes[header..header + len].to_vec()));
+            bytes = &bytes[header + len..];
+        }
+        frames
+    }
+
+    /// What the shard writes and what the writer task finishes reach the
+    /// client as one stream, in queue order, and nothing follows the close.
+    #[tokio::test]
+    async fn a_full_socket_is_finished_by_the_writer_task_in_order_and_the_close_ends_the_stream() {
+        let (socket, mut client) = connected();
+        let writer = WireWriter::new(socket);
+        let outbox = Outbox::new(QueueLimits { max_frames: 1 << 20, max_bytes: 1 << 30 });
+        outbox.go_live(&Snapshot::parse(br#"{"id":"s"}"#).unwrap());
+        let padding = "x".repeat(16 << 10);
+        let frame =
+            |n: usize| Frame::event(EntityKind::Table, Action::Updated, &format!(r#"{{"n":{n},"p":"{padding}"}}"#));
+        let mut pushed = 0;
+        // The client does not read yet: the shard writes until the socket is full.
+        while !writer.write_now(&outbox) {
+            assert!(pushed < 10_000, "a loopback socket that never fills");
+            outbox.push_control(frame(pushed));
+            pushed += 1;
+        }
+        for n in pushed..pushed + 10 {
+            outbox.push_control(frame(n));
+        }
+        assert!(writer.write_now(&outbox), "still full: left for the writer task");
+
+        let reader = std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            client.read_to_end(&mut bytes).unwrap();
+            bytes
+        });
+        while writer.has_started() || outbox.has_writable() {
+            writer.writable().await.unwrap();
+            writer.write_ready(&outbox).unwrap();
+        }
+        writer.close(CloseCode::NORMAL).await.unwrap();
+        outbox.push_control(frame(usize::MAX));
+        assert!(!writer.write_now(&outbox), "closing: the shard writes nothing more");
+
+        let frames = frames(&reader.join().unwrap());
+        let snapshot = &frames[0];
+        assert_eq!((snapshot.0, snapshot.1.starts_with(br#"{"event":"section.snapshot""#)), (TEXT, true));
+        let events: Vec<Vec<u8>> = frames[1..frames.len() - 1].iter().map(|(_, payload)| payload.clone()).collect();
+        let expected: Vec<Vec<u8>> = (0..pushed + 10).map(|n| frame(n).utf8_bytes().to_vec()).collect();
+        assert!(events == expected, "{} frames arrived, {} expected, in order", events.len(), expected.len());
+        assert_eq!(frames.last().unwrap().0, CLOSE, "the stream ends with the close frame");
+    }
 
     #[test]
     fn headers_use_the_shortest_length_encoding() {
