@@ -70,9 +70,22 @@ impl Snapshot {
         }
 
         let text = std::str::from_utf8(body).map_err(|_| UnparseableSnapshot)?;
-        let envelope: Envelope<'_> = serde_json::from_str(text).map_err(|_| UnparseableSnapshot)?;
-        let payload = envelope.data.map_or(text.trim(), RawValue::get);
-        let section: Section = serde_json::from_str(payload).map_err(|_| UnparseableSnapshot)?;
+        // Nest sends exactly `{"data":<section>}`: then the section's text is
+        // what lies between, and one parse of it both reads and checks it.
+        // Any other shape (a space, another key: the parse of the slice then
+        // fails on what follows the section) takes the general path, whose
+        // first pass only finds `data`.
+        let nest_payload = text.trim().strip_prefix(r#"{"data":"#).and_then(|rest| rest.strip_suffix('}'));
+        let exact =
+            nest_payload.map(str::trim).and_then(|payload| Some((payload, serde_json::from_str(payload).ok()?)));
+        let (payload, section): (&str, Section) = match exact {
+            Some(read) => read,
+            None => {
+                let envelope: Envelope<'_> = serde_json::from_str(text).map_err(|_| UnparseableSnapshot)?;
+                let payload = envelope.data.map_or(text.trim(), RawValue::get);
+                (payload, serde_json::from_str(payload).map_err(|_| UnparseableSnapshot)?)
+            }
+        };
 
         let mut versions = HashMap::new();
         let mut record = |kind, entity: &Entity| {
@@ -166,6 +179,72 @@ mod tests {
     fn rejects_garbage() {
         for body in [&b"<html>oops</html>"[..], b"", b"[1]", b"{\"data\":3}", b"\xff\xfe"] {
             assert_eq!(Snapshot::parse(body).unwrap_err(), UnparseableSnapshot, "{body:?}");
+        }
+    }
+
+    mod nest_envelope {
+        use proptest::prelude::*;
+        use serde_json::{Value, json};
+
+        use super::*;
+
+        fn entity() -> impl Strategy<Value = Value> {
+            let at = prop_oneof![Just("2026-01-10T15:04:05.101Z".to_string()), ".{0,12}"];
+            (proptest::option::of("[a-z0-9-]{1,8}"), proptest::option::of(at))
+                .prop_map(|(id, at)| json!({"id": id, "updatedAt": at}))
+        }
+
+        fn section() -> impl Strategy<Value = Value> {
+            let object = (
+                entity(),
+                proptest::option::of("[a-z0-9-]{1,8}"),
+                proptest::option::of(proptest::collection::vec(entity(), 0..4)),
+                proptest::option::of(Just(json!([{"id": "l1", "objectId": "o1"}]))),
+                ".{0,16}",
+            )
+                .prop_map(|(mut section, restaurant, tables, objects, note)| {
+                    section["restaurantId"] = json!(restaurant);
+                    if let Some(tables) = tables {
+                        section["tables"] = json!(tables);
+                    }
+                    if let Some(objects) = objects {
+                        section["objects"] = objects;
+                    }
+                    // Braces and quotes inside strings must not end the section early.
+                    section["note"] = json!(note);
+                    section
+                });
+            prop_oneof![4 => object, 1 => Just(json!(null)), 1 => Just(json!("}")), 1 => Just(json!([1]))]
+        }
+
+        /// What a client and the shard get from a snapshot (the frame as a
+        /// JSON value: a body without a `data` object is its own payload,
+        /// spelled as it came).
+        type Read = (Value, Vec<(String, i64)>, Vec<EntityId>, Option<EntityId>, bool);
+
+        fn read(body: &str) -> Result<Read, UnparseableSnapshot> {
+            let snapshot = Snapshot::parse(body.as_bytes())?;
+            let mut versions: Vec<_> = snapshot.versions.iter().map(|(key, at)| (format!("{key:?}"), *at)).collect();
+            versions.sort();
+            let frame = serde_json::from_slice(snapshot.frame.utf8_bytes()).expect("a frame is JSON");
+            Ok((frame, versions, snapshot.table_ids.clone(), snapshot.restaurant_id.clone(), snapshot.lacks_objects()))
+        }
+
+        proptest! {
+            /// The one-pass read of Nest's exact `{"data":…}` reads what the
+            /// general path reads from the same answer spelled differently.
+            #[test]
+            fn the_exact_envelope_reads_as_any_other_spelling(section in section(), trailing_key in any::<bool>()) {
+                let text = section.to_string();
+                let exact = format!(r#"{{"data":{text}}}"#);
+                let spaced = format!(r#"{{ "data" : {text} }}"#);
+                prop_assert_eq!(read(&exact), read(&spaced));
+                if trailing_key && section.is_object() {
+                    // Another key after `data`: the slice is no longer one value.
+                    let with_meta = format!(r#"{{"data":{text},"meta":{{"page":1}}}}"#);
+                    prop_assert_eq!(read(&with_meta), read(&spaced));
+                }
+            }
         }
     }
 }
