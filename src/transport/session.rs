@@ -81,7 +81,7 @@ pub async fn run<S: SnapshotSource + 'static>(
         // this future, which lives as long as the session, never holds one.
         let heard = Rc::new(Heard::default());
         let outbox = registration.outbox();
-        let incoming = Incoming { read_half: ReadOnly(Rc::clone(&socket)), pipelined, config };
+        let incoming = Incoming { reading: ReadOnly(Rc::clone(&socket)), pipelined, config };
         let reader = tokio::task::spawn_local(read_client(
             incoming,
             Rc::clone(outbox),
@@ -426,7 +426,7 @@ pub async fn close_unadopted(stream: std::net::TcpStream, code: CloseCode) {
 
 /// The client's side of the socket, before the WebSocket stream is made.
 struct Incoming {
-    read_half: ReadOnly,
+    reading: ReadOnly,
     /// Bytes the client sent right behind its handshake.
     pipelined: Vec<u8>,
     config: WebSocketConfig,
@@ -436,8 +436,8 @@ struct Incoming {
 /// control frames included, counts against the client's rate: a flood of
 /// pings would otherwise burn the shard thread every section on it shares.
 async fn read_client(incoming: Incoming, outbox: Rc<Outbox>, heard: Rc<Heard>, messages_per_second: u32) -> ReaderEnd {
-    let Incoming { read_half, pipelined, config } = incoming;
-    let mut stream = WebSocketStream::from_partially_read(read_half, pipelined, Role::Server, Some(config)).await;
+    let Incoming { reading, pipelined, config } = incoming;
+    let mut stream = WebSocketStream::from_partially_read(reading, pipelined, Role::Server, Some(config)).await;
     let mut bucket = TokenBucket::new(messages_per_second);
     let count = |kind: &str| METRICS.client_messages.with_label_values(&[kind]).inc();
     while let Some(message) = stream.next().await {
