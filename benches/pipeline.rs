@@ -1,9 +1,11 @@
 //! The hot path, stage by stage: parse a Kafka record, route it, build its
 //! frame, fan the frame out to a section's subscribers, and conflate a slow
-//! client's queue; and, on the connect path, read a snapshot. Run with
+//! client's queue, and write it to loopback sockets from the shard's flush;
+//! and, on the connect path, read a snapshot. Run with
 //! `cargo bench --bench pipeline`.
 
 use std::hint::black_box;
+use std::io::Read;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +14,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use mesaya_realtime::application::delivery::{Delivery, Stamp};
 use mesaya_realtime::application::hub::SectionHub;
 use mesaya_realtime::application::outbox::{Outbox, QueueLimits};
-use mesaya_realtime::application::ports::{ResumeGrant, ResumeTokens};
+use mesaya_realtime::application::ports::{DirectWriter, ResumeGrant, ResumeTokens};
 use mesaya_realtime::application::replay::{Replay, ReplayLimits};
 use mesaya_realtime::application::router::EventRouter;
 use mesaya_realtime::domain::entity::{Action, EntityKey, EntityKind};
@@ -22,6 +24,7 @@ use mesaya_realtime::domain::ids::SectionId;
 use mesaya_realtime::domain::position::{PartitionId, Position, Positions, Progress};
 use mesaya_realtime::domain::snapshot::Snapshot;
 use mesaya_realtime::infrastructure::resume_token::HmacResumeTokens;
+use mesaya_realtime::transport::wire::WireWriter;
 
 const SECTION: &str = "5b0c7c1e-2f0a-4b7e-9a51-0d3c2b7e8f11";
 const TABLE_UPDATED: &str = r#"{"timestamp":"2026-01-10T16:00:00.500Z","event_type":"updated","entity_id":"9e1f6a3c-7d2b-4c55-8a0e-1b2c3d4e5f60",
@@ -51,9 +54,8 @@ fn parse_and_route(c: &mut Criterion) {
     group.finish();
 }
 
-fn fan_out(c: &mut Criterion) {
-    let section = SectionId::parse(SECTION).unwrap();
-    let snapshot = Snapshot::parse(br#"{"data":{"id":"s"}}"#).unwrap();
+/// The routed delivery of one `table.updated` record.
+fn table_updated() -> Arc<Delivery> {
     let mut router = EventRouter::default();
     let mut delivery = None;
     router
@@ -63,7 +65,18 @@ fn fan_out(c: &mut Criterion) {
             |_, d| delivery = Some(d),
         )
         .unwrap();
-    let delivery = delivery.unwrap();
+    delivery.unwrap()
+}
+
+fn live_outbox() -> Rc<Outbox> {
+    let outbox = Rc::new(Outbox::new(QueueLimits { max_frames: 1024, max_bytes: 4 << 20 }));
+    outbox.go_live(&Snapshot::parse(br#"{"data":{"id":"s"}}"#).unwrap());
+    outbox
+}
+
+fn fan_out(c: &mut Criterion) {
+    let section = SectionId::parse(SECTION).unwrap();
+    let delivery = table_updated();
 
     let mut group = c.benchmark_group("shard");
     for subscribers in [1usize, 100, 1000] {
@@ -73,9 +86,7 @@ fn fan_out(c: &mut Criterion) {
                 || {
                     let mut hub = SectionHub::default();
                     for _ in 0..subscribers {
-                        let outbox = Rc::new(Outbox::new(QueueLimits { max_frames: 1024, max_bytes: 4 << 20 }));
-                        outbox.go_live(&snapshot);
-                        hub.subscribe(section, outbox);
+                        hub.subscribe(section, live_outbox());
                     }
                     hub
                 },
@@ -85,6 +96,66 @@ fn fan_out(c: &mut Criterion) {
                     hub.flush();
                 },
                 BatchSize::LargeInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+/// The shard's whole delivery at a moderate rate: fan an event out to N
+/// clients, then the flush writes it to each client's loopback socket, one
+/// `sendmsg` each (nobody waits on the clients' ends, so the kernel wakes no
+/// reader; the clients' sockets are drained between iterations, untimed).
+fn deliver_and_write(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build().unwrap();
+    let _reactor = runtime.enter();
+    let section = SectionId::parse(SECTION).unwrap();
+    let delivery = table_updated();
+    let mut group = c.benchmark_group("shard");
+    for sockets in [1usize, 100] {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut hub = SectionHub::default();
+        let (mut writers, mut outboxes) = (Vec::new(), Vec::new());
+        let mut clients: Vec<std::net::TcpStream> = (0..sockets)
+            .map(|_| {
+                let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+                client.set_nonblocking(true).unwrap();
+                let (server, _) = listener.accept().unwrap();
+                server.set_nonblocking(true).unwrap();
+                let writer = Rc::new(WireWriter::new(Rc::new(tokio::net::TcpStream::from_std(server).unwrap())));
+                let outbox = live_outbox();
+                outbox.attach(Rc::clone(&writer) as Rc<dyn DirectWriter>);
+                hub.subscribe(section, Rc::clone(&outbox));
+                outboxes.push(outbox);
+                writers.push(writer);
+                client
+            })
+            .collect();
+        let mut drained = vec![0u8; 1 << 16];
+        group.throughput(Throughput::Elements(sockets as u64));
+        group.bench_function(format!("deliver_and_write_to_{sockets}_sockets"), |b| {
+            b.iter_batched(
+                || {
+                    for client in &mut clients {
+                        while client.read(&mut drained).is_ok_and(|n| n > 0) {}
+                    }
+                    // The reactor learns that the sockets take bytes, as a
+                    // shard's loop does between turns (at once when it knows).
+                    runtime.block_on(async {
+                        for writer in &writers {
+                            writer.writable().await.unwrap();
+                        }
+                    });
+                },
+                |()| {
+                    hub.fan_out(section, black_box(&Arc::clone(&delivery)));
+                    hub.flush();
+                    let written = |(writer, outbox): (&Rc<WireWriter>, &Rc<Outbox>)| {
+                        !writer.has_started() && !outbox.has_writable()
+                    };
+                    assert!(writers.iter().zip(&outboxes).all(written), "every socket took its frame");
+                },
+                BatchSize::PerIteration,
             )
         });
     }
@@ -201,5 +272,5 @@ fn snapshot(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parse_and_route, frame, fan_out, conflation, resume, snapshot);
+criterion_group!(benches, parse_and_route, frame, fan_out, deliver_and_write, conflation, resume, snapshot);
 criterion_main!(benches);
