@@ -100,24 +100,15 @@ impl SectionHub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::application::outbox::QueueLimits;
+    use crate::application::outbox::tests::{self as outboxes, write_front};
     use crate::domain::entity::{Action, EntityKey, EntityKind};
     use crate::domain::frame::Frame;
-    use crate::domain::snapshot::Snapshot;
 
     const S1: &str = "11111111-1111-4111-8111-111111111111";
 
     /// An outbox past its handoff, its snapshot frame already written.
     fn live_outbox(max_frames: usize) -> Rc<Outbox> {
-        let outbox = Rc::new(Outbox::new(QueueLimits { max_frames, max_bytes: 1 << 20 }));
-        outbox.go_live(&Snapshot::parse(br#"{"id":"s"}"#).unwrap());
-        write_front(&outbox);
-        outbox
-    }
-
-    fn write_front(outbox: &Outbox) {
-        let next = outbox.front().expect("something to write");
-        outbox.pop_written(next.seq);
+        Rc::new(outboxes::live_outbox(max_frames))
     }
 
     fn delivery(id: &str, ends_section: bool) -> Arc<Delivery> {
@@ -152,8 +143,8 @@ mod tests {
 
     #[test]
     fn a_turn_writes_once_to_each_client_however_many_events_it_got() {
-        use super::super::outbox::tests::Socket;
         use crate::application::ports::DirectWriter;
+        use outboxes::Socket;
         use std::cell::Cell;
 
         let section = SectionId::parse(S1).unwrap();

@@ -445,7 +445,7 @@ pub(crate) mod tests {
         frames
     }
 
-    fn write_front(outbox: &Outbox) {
+    pub(crate) fn write_front(outbox: &Outbox) {
         let next = outbox.front().expect("something to write");
         outbox.pop_written(next.seq);
     }
@@ -455,7 +455,7 @@ pub(crate) mod tests {
     }
 
     /// An outbox past its handoff, its snapshot frame already written.
-    fn live_outbox(max_frames: usize) -> Outbox {
+    pub(crate) fn live_outbox(max_frames: usize) -> Outbox {
         let outbox = Outbox::new(limits(max_frames));
         outbox.go_live(&Snapshot::parse(br#"{"id":"s"}"#).unwrap());
         write_front(&outbox);
