@@ -99,10 +99,10 @@ pub fn resume(
     if opened.issued_at > now.unix_secs + 1 {
         return Err(ResumeFallback::Invalid);
     }
-    if now.unix_secs.saturating_sub(opened.issued_at) > settings.window.as_secs() {
+    let age = Duration::from_secs(now.unix_secs.saturating_sub(opened.issued_at));
+    if age > settings.window {
         return Err(ResumeFallback::Expired);
     }
-    let age = Duration::from_secs(now.unix_secs.saturating_sub(opened.issued_at));
     let missed =
         replay.replay(request.section, &opened.positions, age, now.instant).map_err(|_| ResumeFallback::Gap)?;
     if !outbox.has_room_for(&missed) {

@@ -44,12 +44,17 @@ pub struct Positions(Vec<(PartitionId, i64)>);
 
 impl Positions {
     pub fn get(&self, partition: PartitionId) -> Option<i64> {
-        self.0.binary_search_by_key(&partition, |&(p, _)| p).ok().map(|i| self.0[i].1)
+        self.find(partition).ok().map(|i| self.0[i].1)
+    }
+
+    /// Where `partition` is, or where it would go.
+    fn find(&self, partition: PartitionId) -> Result<usize, usize> {
+        self.0.binary_search_by_key(&partition, |&(p, _)| p)
     }
 
     /// Moves a partition's next offset forward (never back).
     pub fn advance(&mut self, partition: PartitionId, next: i64) {
-        match self.0.binary_search_by_key(&partition, |&(p, _)| p) {
+        match self.find(partition) {
             Ok(i) => self.0[i].1 = self.0[i].1.max(next),
             Err(i) => self.0.insert(i, (partition, next)),
         }
@@ -57,7 +62,7 @@ impl Positions {
 
     /// Sets a partition's offset only if it has none yet.
     pub fn set_if_absent(&mut self, partition: PartitionId, offset: i64) {
-        if let Err(i) = self.0.binary_search_by_key(&partition, |&(p, _)| p) {
+        if let Err(i) = self.find(partition) {
             self.0.insert(i, (partition, offset));
         }
     }

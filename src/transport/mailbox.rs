@@ -150,7 +150,11 @@ impl Shards {
     }
 
     pub fn owner(&self, section: SectionId) -> &Mailbox {
-        &self.mailboxes[section.shard(self.mailboxes.len())]
+        &self.mailboxes[self.owner_index(section)]
+    }
+
+    fn owner_index(&self, section: SectionId) -> usize {
+        section.shard(self.mailboxes.len())
     }
 }
 
@@ -170,7 +174,7 @@ impl ShardDispatch {
 
 impl Dispatch for ShardDispatch {
     fn dispatch(&self, section: SectionId, delivery: Arc<Delivery>) {
-        let shard = section.shard(self.shards.mailboxes.len());
+        let shard = self.shards.owner_index(section);
         self.touched.borrow_mut()[shard] = true;
         self.shards.mailboxes[shard].send_event(ShardMessage::Deliver(section, delivery), &self.shards.shutdown);
     }
