@@ -45,6 +45,7 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<ServerContext>, shard: 
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                // For the socket's whole life: it stays set through the hand-off to the owning shard.
                 let _ = stream.set_nodelay(true);
                 tokio::task::spawn_local(serve_http(stream, peer.ip(), Arc::clone(&ctx), shard));
             }

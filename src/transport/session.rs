@@ -69,8 +69,8 @@ pub async fn run<S: SnapshotSource + 'static>(
     let log =
         SessionLog { section, shard: state.index, sub: subject, client: client.addr, request_id: client.request_id };
     let result = async {
+        // TCP_NODELAY was set when it was accepted and stays with the socket.
         let socket = Rc::new(TcpStream::from_std(stream)?);
-        socket.set_nodelay(true)?;
         let settings = &state.ctx.session;
         let config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER_BYTES)
