@@ -10,9 +10,10 @@
 //!   handshake only for the raw server), at most `LOAD_CONNECT_CONCURRENCY` (100) in flight
 //!   (the gateway listens with std's backlog of 128: more in flight overflow it, and each overflow
 //!   costs a one-second SYN retransmit; the harness prints the kernel's overflow count).
-//! - `latency`: the gateway's own route → socket latency (`mesaya_delivery_seconds`, bucket
-//!   deltas over the measured window), 2 000 connections in 10 sections, `LOAD_OFFERED` (100 000)
-//!   deliveries/s offered; end-to-end latency seen by the clients for both.
+//! - `latency`: each server's own latency over the measured window, 2 000 connections in 10
+//!   sections, `LOAD_OFFERED` (100 000) deliveries/s offered: the gateway's route → socket
+//!   (`mesaya_delivery_seconds`, bucket deltas), the raw writer's from reading an event off its
+//!   stdin to writing the frame's last byte; end-to-end latency seen by the clients for both.
 //! - `cpu`: deliveries per CPU-second of the server process (utime + stime from /proc), 10 000
 //!   connections in 10 sections, 100 000 deliveries/s offered.
 //! - `closed`: closed-loop deliveries/s, 10 000 connections in 1 section: events are published
@@ -38,6 +39,12 @@
 //! `RESUME_SECRET`, `RESUME_WINDOW`, `RESUME_BUFFER`, `RESUME_BUFFER_BYTES`. With `LOAD_RESUME=1`
 //! every client opts in to resume tokens (`?resume=`). `LOAD_GATEWAY_BIN` measures another build
 //! of the gateway (an older commit's, built elsewhere) instead of this one.
+//!
+//! The `latency` and `cpu` rows print, for each busy server thread, the share of the window it
+//! ran and the share it waited runnable for a CPU (the kernel's schedstat): on this 2-core
+//! machine the server shares the cores with its clients and the broker, and that wait is part of
+//! its latency. `LOAD_SERVER_NICE=-10` (root) gives the server's threads priority over
+//! everything else, as cores of its own would.
 //!
 //! `cargo bench --bench fanout_load` (needs tansu; `scripts/ensure-tansu.sh`).
 
@@ -107,6 +114,62 @@ fn cpu_seconds(pid: &str) -> f64 {
     // SAFETY: sysconf only reads a constant of the system.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     (ticks(11) + ticks(12)) / hz.max(1.0)
+}
+
+/// Every thread of `pid` by thread id: its name, and the nanoseconds it has run on a CPU and
+/// waited runnable for one (the kernel's schedstat). The wait is what a busy machine adds to
+/// a thread's latency.
+fn thread_times(pid: &str) -> BTreeMap<String, (String, u64, u64)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return BTreeMap::new() };
+    tasks
+        .filter_map(|task| {
+            let path = task.ok()?.path();
+            let name = std::fs::read_to_string(path.join("comm")).ok()?.trim().to_string();
+            let schedstat = std::fs::read_to_string(path.join("schedstat")).ok()?;
+            let mut fields = schedstat.split_whitespace().map(|v| v.parse::<u64>().ok());
+            let (ran, waited) = (fields.next()??, fields.next()??);
+            Some((path.file_name()?.to_string_lossy().into_owned(), (name, ran, waited)))
+        })
+        .collect()
+}
+
+/// "name ran / waited" as shares of `wall`, for each thread that was busy for at least 2 % of it,
+/// busiest first.
+fn thread_shares(
+    before: &BTreeMap<String, (String, u64, u64)>,
+    after: &BTreeMap<String, (String, u64, u64)>,
+    wall: f64,
+) -> String {
+    let mut shares: Vec<(&str, f64, f64)> = after
+        .iter()
+        .map(|(tid, (name, ran, waited))| {
+            let (ran0, waited0) = before.get(tid).map_or((0, 0), |(_, ran, waited)| (*ran, *waited));
+            let share = |now: u64, then: u64| now.saturating_sub(then) as f64 / 1e9 / wall;
+            (name.as_str(), share(*ran, ran0), share(*waited, waited0))
+        })
+        .filter(|(_, ran, waited)| ran + waited >= 0.02)
+        .collect();
+    shares.sort_by(|a, b| b.1.total_cmp(&a.1));
+    shares
+        .iter()
+        .map(|(name, ran, waited)| format!("{name} {:.0} % / {:.0} %", 100.0 * ran, 100.0 * waited))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Gives every thread of `pid` the niceness `nice` (`LOAD_SERVER_NICE`; below 0 needs root), so
+/// that the server runs whenever it is runnable even on a machine its clients and broker keep
+/// busy: what it would see with cores of its own.
+fn prioritise(pid: &str, nice: i32, who: &str) {
+    let tids: Vec<String> = thread_times(pid).into_keys().collect();
+    for tid in &tids {
+        let Ok(id) = tid.parse::<libc::id_t>() else { continue };
+        // SAFETY: setpriority only changes the scheduling priority of the thread it names.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, id, nice) } != 0 {
+            panic!("LOAD_SERVER_NICE={nice}: setpriority on thread {tid}: {}", std::io::Error::last_os_error());
+        }
+    }
+    println!("  {who}: {} server threads at nice {nice} (LOAD_SERVER_NICE)", tids.len());
 }
 
 /// Busy CPU-seconds of the whole machine (all cores; everything but idle and iowait).
@@ -271,6 +334,45 @@ fn ms(seconds: f64) -> String {
     if seconds.is_infinite() { "∞".into() } else { format!("{:.2} ms", seconds * 1000.0) }
 }
 
+/// A server's own latency over the measured window, in seconds: the gateway's read from its
+/// Prometheus histogram (`mesaya_delivery_seconds`: an estimate inside the bucket, and the
+/// bucket's upper bound), the raw writer's from its own histogram (1/16-octave buckets).
+#[derive(Clone, Copy)]
+struct OwnLatency {
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    /// The gateway's: the upper bounds of the buckets that p50, p99 and p99.9 fall in.
+    buckets: Option<[f64; 3]>,
+}
+
+impl OwnLatency {
+    /// For the summary table: p50 and p99.
+    fn short(&self) -> String {
+        match self.buckets {
+            Some([_, b99, _]) => format!("p50 ≈ {}, p99 ≈ {} (bucket ≤ {})", ms(self.p50), ms(self.p99), ms(b99)),
+            None => format!("p50 {}, p99 {}", ms(self.p50), ms(self.p99)),
+        }
+    }
+}
+
+impl std::fmt::Display for OwnLatency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.buckets {
+            Some([b50, b99, b999]) => write!(
+                f,
+                "p50 ≈ {} (bucket ≤ {}), p99 ≈ {} (bucket ≤ {}), p99.9 bucket ≤ {}",
+                ms(self.p50),
+                ms(b50),
+                ms(self.p99),
+                ms(b99),
+                ms(b999)
+            ),
+            None => write!(f, "p50 {}, p99 {}, p99.9 {}", ms(self.p50), ms(self.p99), ms(self.p999)),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // A log-linear latency histogram (µs, 16 sub-buckets per power of two: ≤ 6 % error)
 
@@ -302,6 +404,10 @@ impl Latencies {
 
     fn record(&self, us: u64) {
         self.buckets[Self::index(us).min(self.buckets.len() - 1)].fetch_add(1, Relaxed);
+    }
+
+    fn reset(&self) {
+        self.buckets.iter().for_each(|bucket| bucket.store(0, Relaxed));
     }
 
     fn quantile_ms(&self, q: f64) -> Option<f64> {
@@ -411,23 +517,61 @@ fn balanced_sections(count: usize, shards: usize) -> Vec<String> {
 // ---------------------------------------------------------------------------------------------
 // The raw writer (child process, LOAD_ROLE=raw)
 
-#[derive(Default)]
 struct RawStats {
     conns: AtomicU64,
     frames: AtomicU64,
     slow_drops: AtomicU64,
     write_errors: AtomicU64,
     handshake_errors: AtomicU64,
+    /// Its own latency, the raw side of `mesaya_delivery_seconds`: from the moment an event was
+    /// read off stdin to the moment the last byte of its frame was written to a socket.
+    latency: Latencies,
 }
 
 enum ShardMsg {
     Conn([u8; 36], TcpStream),
-    Event([u8; 36], Bytes),
+    /// A frame, and when it was read off stdin.
+    Event([u8; 36], Bytes, Instant),
 }
 
 struct RawConn {
     stream: Option<TcpStream>,
     pending: BytesMut,
+    /// For each frame not yet wholly written: where it ends in the bytes ever queued in
+    /// `pending`, and when it was read.
+    waiting: std::collections::VecDeque<(u64, Instant)>,
+    queued: u64,
+    flushed: u64,
+}
+
+impl RawConn {
+    fn new(stream: TcpStream) -> Self {
+        Self { stream: Some(stream), pending: BytesMut::new(), waiting: Default::default(), queued: 0, flushed: 0 }
+    }
+
+    fn queue(&mut self, bytes: &[u8], read_at: Instant) {
+        self.pending.extend_from_slice(bytes);
+        self.queued += bytes.len() as u64;
+        self.waiting.push_back((self.queued, read_at));
+    }
+
+    /// `n` bytes of `pending` were written: the frames they end are delivered.
+    fn flushed(&mut self, n: usize, latency: &Latencies) {
+        self.pending.advance(n);
+        self.flushed += n as u64;
+        while let Some(&(end, read_at)) = self.waiting.front()
+            && end <= self.flushed
+        {
+            latency.record(read_at.elapsed().as_micros() as u64);
+            self.waiting.pop_front();
+        }
+    }
+
+    fn drop_stream(&mut self) {
+        self.stream = None;
+        self.pending = BytesMut::new();
+        self.waiting.clear();
+    }
 }
 
 /// Minimal server side of the WebSocket handshake: returns the section of the path.
@@ -488,10 +632,10 @@ async fn raw_shard(mut rx: mpsc::UnboundedReceiver<ShardMsg>, stats: Arc<RawStat
             Step::Msg(None) => return,
             Step::Msg(Some(ShardMsg::Conn(section, stream))) => {
                 sections.entry(section).or_default().push(conns.len());
-                conns.push(RawConn { stream: Some(stream), pending: BytesMut::new() });
+                conns.push(RawConn::new(stream));
                 stats.conns.fetch_add(1, Relaxed);
             }
-            Step::Msg(Some(ShardMsg::Event(section, frame))) => {
+            Step::Msg(Some(ShardMsg::Event(section, frame, read_at))) => {
                 let Some(members) = sections.get(&section) else { continue };
                 let mut delivered = 0;
                 for &i in members {
@@ -499,27 +643,26 @@ async fn raw_shard(mut rx: mpsc::UnboundedReceiver<ShardMsg>, stats: Arc<RawStat
                     let Some(stream) = &conn.stream else { continue };
                     if conn.pending.is_empty() {
                         match stream.try_write(&frame) {
-                            Ok(n) if n == frame.len() => {}
+                            Ok(n) if n == frame.len() => stats.latency.record(read_at.elapsed().as_micros() as u64),
                             Ok(n) => {
-                                conn.pending.extend_from_slice(&frame[n..]);
+                                conn.queue(&frame[n..], read_at);
                                 blocked.push(i);
                             }
                             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                                conn.pending.extend_from_slice(&frame);
+                                conn.queue(&frame, read_at);
                                 blocked.push(i);
                             }
                             Err(_) => {
-                                conn.stream = None;
+                                conn.drop_stream();
                                 stats.write_errors.fetch_add(1, Relaxed);
                                 stats.conns.fetch_sub(1, Relaxed);
                                 continue;
                             }
                         }
                     } else {
-                        conn.pending.extend_from_slice(&frame);
+                        conn.queue(&frame, read_at);
                         if conn.pending.len() > max_pending {
-                            conn.stream = None;
-                            conn.pending = BytesMut::new();
+                            conn.drop_stream();
                             stats.slow_drops.fetch_add(1, Relaxed);
                             stats.conns.fetch_sub(1, Relaxed);
                             continue;
@@ -538,10 +681,10 @@ async fn raw_shard(mut rx: mpsc::UnboundedReceiver<ShardMsg>, stats: Arc<RawStat
                         return false;
                     }
                     match stream.try_write(&conn.pending) {
-                        Ok(n) => conn.pending.advance(n),
+                        Ok(n) => conn.flushed(n, &stats.latency),
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
                         Err(_) => {
-                            conn.stream = None;
+                            conn.drop_stream();
                             stats.write_errors.fetch_add(1, Relaxed);
                             stats.conns.fetch_sub(1, Relaxed);
                             return false;
@@ -555,13 +698,22 @@ async fn raw_shard(mut rx: mpsc::UnboundedReceiver<ShardMsg>, stats: Arc<RawStat
 
 /// The raw writer's process: prints `PORT <port>`, then serves. Its stdin carries messages
 /// `[kind u8][len u32 LE][body]`: kind 0 an event (36-byte section id, then the frame's bytes),
-/// kind 1 a stats request, answered with one `STATS …` line on stdout. Exits when stdin closes.
+/// kind 1 a stats request, answered with one `STATS …` line on stdout (counters, then the p50,
+/// p99 and p99.9 of its own latency in ms, NaN before any delivery), kind 2 "forget the latencies
+/// so far" (the measured window starts). Exits when stdin closes.
 fn raw_main() {
     let shards = setting("LOAD_RAW_SHARDS", cores()).max(1);
     let max_pending = setting("LOAD_RAW_MAX_PENDING", 4 << 20);
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(shards).enable_all().build().expect("runtime");
-    let stats = Arc::new(RawStats::default());
+    let stats = Arc::new(RawStats {
+        conns: AtomicU64::new(0),
+        frames: AtomicU64::new(0),
+        slow_drops: AtomicU64::new(0),
+        write_errors: AtomicU64::new(0),
+        handshake_errors: AtomicU64::new(0),
+        latency: Latencies::new(),
+    });
     let owners: Arc<Mutex<HashMap<[u8; 36], usize>>> = Arc::default();
     let owner = {
         let owners = Arc::clone(&owners);
@@ -628,18 +780,23 @@ fn raw_main() {
             0 => {
                 let section: [u8; 36] = body[..36].try_into().unwrap();
                 let frame = Bytes::from(body).slice(36..);
-                let _ = senders[owner(section)].send(ShardMsg::Event(section, frame));
+                let _ = senders[owner(section)].send(ShardMsg::Event(section, frame, Instant::now()));
             }
+            2 => stats.latency.reset(),
             _ => {
+                let latency = |q: f64| stats.latency.quantile_ms(q).unwrap_or(f64::NAN);
                 let mut out = std::io::stdout().lock();
                 writeln!(
                     out,
-                    "STATS {} {} {} {} {}",
+                    "STATS {} {} {} {} {} {} {} {}",
                     stats.conns.load(Relaxed),
                     stats.frames.load(Relaxed),
                     stats.slow_drops.load(Relaxed),
                     stats.write_errors.load(Relaxed),
-                    stats.handshake_errors.load(Relaxed)
+                    stats.handshake_errors.load(Relaxed),
+                    latency(0.5),
+                    latency(0.99),
+                    latency(0.999)
                 )
                 .unwrap();
                 out.flush().unwrap();
@@ -662,6 +819,8 @@ struct RawSnapshot {
     slow_drops: u64,
     write_errors: u64,
     handshake_errors: u64,
+    /// Since the last [`RawServer::restart_latency`].
+    latency: Option<OwnLatency>,
 }
 
 impl RawServer {
@@ -702,8 +861,25 @@ impl RawServer {
         self.stdin.write_all(&[1, 0, 0, 0, 0]).unwrap();
         self.stdin.flush().unwrap();
         let line = self.lines.recv_timeout(Duration::from_secs(10)).expect("a STATS line");
-        let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
-        RawSnapshot { conns: v[0], frames: v[1], slow_drops: v[2], write_errors: v[3], handshake_errors: v[4] }
+        let fields: Vec<&str> = line.split_whitespace().skip(1).collect();
+        let count = |i: usize| fields[i].parse::<u64>().expect("a STATS count");
+        let seconds = |i: usize| fields[i].parse::<f64>().ok().filter(|v| v.is_finite()).map(|ms| ms / 1000.0);
+        RawSnapshot {
+            conns: count(0),
+            frames: count(1),
+            slow_drops: count(2),
+            write_errors: count(3),
+            handshake_errors: count(4),
+            latency: match (seconds(5), seconds(6), seconds(7)) {
+                (Some(p50), Some(p99), Some(p999)) => Some(OwnLatency { p50, p99, p999, buckets: None }),
+                _ => None,
+            },
+        }
+    }
+
+    fn restart_latency(&mut self) {
+        self.stdin.write_all(&[2, 0, 0, 0, 0]).unwrap();
+        self.stdin.flush().unwrap();
     }
 }
 
@@ -1337,6 +1513,14 @@ impl Kind {
             Kind::Raw => "raw writer",
         }
     }
+
+    /// From where to where its own latency runs.
+    fn own_latency_span(self) -> &'static str {
+        match self {
+            Kind::Gateway => "route → socket, mesaya_delivery_seconds",
+            Kind::Raw => "read off its stdin → socket",
+        }
+    }
 }
 
 struct Settings {
@@ -1357,6 +1541,8 @@ struct Settings {
     window: u64,
     event_bytes: usize,
     snapshot_tables: usize,
+    /// `LOAD_SERVER_NICE`, for the `latency` and `cpu` rows.
+    server_nice: Option<i32>,
     token: String,
 }
 
@@ -1462,7 +1648,7 @@ struct StreamResult {
     offered: Option<f64>,
     client_frames: u64,
     exact: Exactness,
-    own_latency: Option<(f64, f64, f64, f64, f64)>,
+    own_latency: Option<OwnLatency>,
     e2e: (Option<f64>, Option<f64>),
 }
 
@@ -1514,17 +1700,25 @@ async fn stream_row(settings: &Settings, kind: Kind, conns: usize, sections: usi
     let events = Events::new(section_ids.clone(), settings.event_bytes, epoch);
     let mut published = vec![0u64; sections];
     let pid = server.pid().to_string();
+    if let Some(nice) = settings.server_nice {
+        prioritise(&pid, nice, kind.name());
+    }
     let per_section = (conns / sections).max(1);
     let start = Instant::now();
     let total = settings.warmup + settings.secs;
     let mut measured: Option<(Instant, [f64; 3], u64, u64, String)> = None;
+    let mut threads_before = BTreeMap::new();
     let mut sent = 0u64;
     while start.elapsed() < total {
         if measured.is_none() && start.elapsed() >= settings.warmup {
-            let metrics = match &server {
+            let metrics = match &mut server {
                 Server::Gateway(stack) => stack.metrics().await,
-                Server::Raw(_) => String::new(),
+                Server::Raw(raw) => {
+                    raw.restart_latency();
+                    String::new()
+                }
             };
+            threads_before = thread_times(&pid);
             measured = Some((
                 Instant::now(),
                 [cpu_seconds(&pid), cpu_seconds("self"), machine_busy_seconds()],
@@ -1559,23 +1753,25 @@ async fn stream_row(settings: &Settings, kind: Kind, conns: usize, sections: usi
         }
     }
     let window_end = {
-        let metrics = match &server {
-            Server::Gateway(stack) => stack.metrics().await,
-            Server::Raw(_) => String::new(),
+        let (metrics, raw_latency) = match &mut server {
+            Server::Gateway(stack) => (stack.metrics().await, None),
+            Server::Raw(raw) => (String::new(), raw.stats().latency),
         };
         (
             Instant::now(),
             [cpu_seconds(&pid), cpu_seconds("self"), machine_busy_seconds()],
+            thread_times(&pid),
             server.frames_sent().await,
             fleet.shared.frames.load(Relaxed),
             metrics,
+            raw_latency,
         )
     };
     let produce_errors = server.settle().await;
     fleet.drain(&published, Duration::from_secs(30)).await;
     let exact = fleet.exactness(&published);
     let (t0, cpu0, sent0, recv0, metrics0) = measured.expect("a measured window");
-    let (t1, cpu1, sent1, recv1, metrics1) = window_end;
+    let (t1, cpu1, threads_after, sent1, recv1, metrics1, raw_latency) = window_end;
     let wall = (t1 - t0).as_secs_f64();
     let own_latency = match &server {
         Server::Gateway(_) => {
@@ -1587,11 +1783,13 @@ async fn stream_row(settings: &Settings, kind: Kind, conns: usize, sections: usi
             let p99 = bucket_quantile(&delta, 0.99);
             let p999 = bucket_quantile(&delta, 0.999);
             match (p50, p99, p999) {
-                (Some(a), Some(b), Some(c)) => Some((a.0, a.1, b.0, b.1, c.1)),
+                (Some(a), Some(b), Some(c)) => {
+                    Some(OwnLatency { p50: a.0, p99: b.0, p999: c.0, buckets: Some([a.1, b.1, c.1]) })
+                }
                 _ => None,
             }
         }
-        Server::Raw(_) => None,
+        Server::Raw(_) => raw_latency,
     };
     let result = StreamResult {
         deliveries: sent1 - sent0,
@@ -1621,6 +1819,11 @@ async fn stream_row(settings: &Settings, kind: Kind, conns: usize, sections: usi
         cores()
     );
     println!(
+        "  {}: server threads, share of the window they ran / waited runnable for a CPU: {}",
+        kind.name(),
+        thread_shares(&threads_before, &threads_after, wall)
+    );
+    println!(
         "  {}: published {} events ({} produce errors); over {:.1} s: {} frames sent ({:.0}/s), {} received by the \
          clients ({:.0}/s); server CPU {:.2} s ({:.0} % of one core) → {:.0} deliveries per CPU-second",
         kind.name(),
@@ -1635,16 +1838,8 @@ async fn stream_row(settings: &Settings, kind: Kind, conns: usize, sections: usi
         100.0 * result.cpu / result.wall,
         result.deliveries as f64 / result.cpu.max(1e-9)
     );
-    if let Some((p50, b50, p99, b99, b999)) = result.own_latency {
-        println!(
-            "  {}: own route → socket latency: p50 ≈ {} (bucket ≤ {}), p99 ≈ {} (bucket ≤ {}), p99.9 bucket ≤ {}",
-            kind.name(),
-            ms(p50),
-            ms(b50),
-            ms(p99),
-            ms(b99),
-            ms(b999)
-        );
+    if let Some(own) = result.own_latency {
+        println!("  {}: own latency ({}): {own}", kind.name(), kind.own_latency_span());
     }
     println!(
         "  {}: end to end (publish → client), whole run: p50 {} p99 {}",
@@ -1670,6 +1865,10 @@ async fn stream_row(settings: &Settings, kind: Kind, conns: usize, sections: usi
     fleet.finish().await;
     drop(server);
     result
+}
+
+fn own_latency_cell(result: Option<&StreamResult>) -> String {
+    result.map_or("—".into(), |r| r.own_latency.map_or("no deliveries".into(), |own| own.short()))
 }
 
 fn fmt_opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
@@ -1708,6 +1907,9 @@ fn main() {
         window: setting("LOAD_WINDOW", 64) as u64,
         event_bytes: setting("LOAD_EVENT_BYTES", 550),
         snapshot_tables: setting("LOAD_SNAPSHOT_TABLES", 10),
+        server_nice: std::env::var("LOAD_SERVER_NICE").ok().map(|nice| {
+            nice.trim().parse().unwrap_or_else(|_| panic!("LOAD_SERVER_NICE={nice}: not a whole number (-20 to 19)"))
+        }),
         token: TokenBuilder::new().expires_in(4 * 3600).hs256(SECRET),
     };
     let has = |row: &str| settings.rows.iter().any(|r| r == row);
@@ -1769,15 +1971,11 @@ fn main() {
             let raw = results.get(Kind::Raw.name());
             table.push((
                 format!(
-                    "gateway's own route → socket latency (mesaya_delivery_seconds), {conns} connections in {sections} sections, {} deliveries/s offered",
+                    "own latency (gateway: route → socket, mesaya_delivery_seconds; raw: stdin → socket), {conns} connections in {sections} sections, {} deliveries/s offered",
                     settings.offered
                 ),
-                gateway.map_or("—".into(), |r| {
-                    r.own_latency.map_or("no deliveries".into(), |(p50, _, p99, b99, _)| {
-                        format!("p50 ≈ {}, p99 ≈ {} (bucket ≤ {})", ms(p50), ms(p99), ms(b99))
-                    })
-                }),
-                "—".into(),
+                own_latency_cell(gateway),
+                own_latency_cell(raw),
             ));
             table.push((
                 "  end to end, publish → client (gateway: through tansu; raw: through a pipe)".into(),
