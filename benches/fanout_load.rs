@@ -1907,7 +1907,7 @@ fn main() {
         window: setting("LOAD_WINDOW", 64) as u64,
         event_bytes: setting("LOAD_EVENT_BYTES", 550),
         snapshot_tables: setting("LOAD_SNAPSHOT_TABLES", 10),
-        server_nice: std::env::var("LOAD_SERVER_NICE").ok().map(|nice| {
+        server_nice: std::env::var("LOAD_SERVER_NICE").ok().filter(|nice| !nice.trim().is_empty()).map(|nice| {
             nice.trim().parse().unwrap_or_else(|_| panic!("LOAD_SERVER_NICE={nice}: not a whole number (-20 to 19)"))
         }),
         token: TokenBuilder::new().expires_in(4 * 3600).hs256(SECRET),
