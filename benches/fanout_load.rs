@@ -40,8 +40,8 @@
 //! every client opts in to resume tokens (`?resume=`). `LOAD_GATEWAY_BIN` measures another build
 //! of the gateway (an older commit's, built elsewhere) instead of this one.
 //!
-//! The `latency` and `cpu` rows print, for each busy server thread, the share of the window it
-//! ran and the share it waited runnable for a CPU (the kernel's schedstat): on this 2-core
+//! The `latency`, `cpu` and `closed` rows print, for each busy server thread, the share of the
+//! window it ran and the share it waited runnable for a CPU (the kernel's schedstat): on this 2-core
 //! machine the server shares the cores with its clients and the broker, and that wait is part of
 //! its latency. `LOAD_SERVER_NICE=-10` (root) gives the server's threads priority over
 //! everything else, as cores of its own would.
@@ -1541,7 +1541,7 @@ struct Settings {
     window: u64,
     event_bytes: usize,
     snapshot_tables: usize,
-    /// `LOAD_SERVER_NICE`, for the `latency` and `cpu` rows.
+    /// `LOAD_SERVER_NICE`, for the `latency`, `cpu` and `closed` rows.
     server_nice: Option<i32>,
     token: String,
 }
