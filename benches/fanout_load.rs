@@ -116,10 +116,17 @@ fn cpu_seconds(pid: &str) -> f64 {
     (ticks(11) + ticks(12)) / hz.max(1.0)
 }
 
-/// Every thread of `pid` by thread id: its name, and the nanoseconds it has run on a CPU and
-/// waited runnable for one (the kernel's schedstat). The wait is what a busy machine adds to
-/// a thread's latency.
-fn thread_times(pid: &str) -> BTreeMap<String, (String, u64, u64)> {
+/// One thread's time so far, from the kernel's schedstat.
+struct ThreadTimes {
+    name: String,
+    /// Nanoseconds it has run on a CPU.
+    ran: u64,
+    /// Nanoseconds it has waited runnable for one: what a busy machine adds to its latency.
+    waited: u64,
+}
+
+/// Every thread of `pid`, by thread id.
+fn thread_times(pid: &str) -> BTreeMap<String, ThreadTimes> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return BTreeMap::new() };
     tasks
         .filter_map(|task| {
@@ -128,24 +135,20 @@ fn thread_times(pid: &str) -> BTreeMap<String, (String, u64, u64)> {
             let schedstat = std::fs::read_to_string(path.join("schedstat")).ok()?;
             let mut fields = schedstat.split_whitespace().map(|v| v.parse::<u64>().ok());
             let (ran, waited) = (fields.next()??, fields.next()??);
-            Some((path.file_name()?.to_string_lossy().into_owned(), (name, ran, waited)))
+            Some((path.file_name()?.to_string_lossy().into_owned(), ThreadTimes { name, ran, waited }))
         })
         .collect()
 }
 
 /// "name ran / waited" as shares of `wall`, for each thread that was busy for at least 2 % of it,
 /// busiest first.
-fn thread_shares(
-    before: &BTreeMap<String, (String, u64, u64)>,
-    after: &BTreeMap<String, (String, u64, u64)>,
-    wall: f64,
-) -> String {
+fn thread_shares(before: &BTreeMap<String, ThreadTimes>, after: &BTreeMap<String, ThreadTimes>, wall: f64) -> String {
     let mut shares: Vec<(&str, f64, f64)> = after
         .iter()
-        .map(|(tid, (name, ran, waited))| {
-            let (ran0, waited0) = before.get(tid).map_or((0, 0), |(_, ran, waited)| (*ran, *waited));
+        .map(|(tid, now)| {
+            let (ran0, waited0) = before.get(tid).map_or((0, 0), |then| (then.ran, then.waited));
             let share = |now: u64, then: u64| now.saturating_sub(then) as f64 / 1e9 / wall;
-            (name.as_str(), share(*ran, ran0), share(*waited, waited0))
+            (now.name.as_str(), share(now.ran, ran0), share(now.waited, waited0))
         })
         .filter(|(_, ran, waited)| ran + waited >= 0.02)
         .collect();
@@ -1652,6 +1655,35 @@ struct StreamResult {
     e2e: (Option<f64>, Option<f64>),
 }
 
+/// What the harness reads at each end of a measured window.
+struct WindowMark {
+    at: Instant,
+    /// CPU-seconds so far: the server's, the harness's, the whole machine's.
+    cpu: [f64; 3],
+    threads: BTreeMap<String, ThreadTimes>,
+    frames_sent: u64,
+    frames_received: u64,
+    /// The gateway's `/metrics` (empty for the raw writer).
+    metrics: String,
+}
+
+impl WindowMark {
+    async fn read(server: &mut Server, pid: &str, fleet: &Fleet) -> WindowMark {
+        let metrics = match server {
+            Server::Gateway(stack) => stack.metrics().await,
+            Server::Raw(_) => String::new(),
+        };
+        WindowMark {
+            at: Instant::now(),
+            cpu: [cpu_seconds(pid), cpu_seconds("self"), machine_busy_seconds()],
+            threads: thread_times(pid),
+            frames_sent: server.frames_sent().await,
+            frames_received: fleet.shared.frames.load(Relaxed),
+            metrics,
+        }
+    }
+}
+
 /// One offered-load row (`latency` or `cpu`) for every target: `conns`
 /// connections over the stream sections at `LOAD_OFFERED` deliveries/s.
 async fn offered_rows(settings: &Settings, row: &str, conns: usize) -> HashMap<&'static str, StreamResult> {
@@ -1706,26 +1738,14 @@ async fn stream_row(settings: &Settings, kind: Kind, conns: usize, sections: usi
     let per_section = (conns / sections).max(1);
     let start = Instant::now();
     let total = settings.warmup + settings.secs;
-    let mut measured: Option<(Instant, [f64; 3], u64, u64, String)> = None;
-    let mut threads_before = BTreeMap::new();
+    let mut measured: Option<WindowMark> = None;
     let mut sent = 0u64;
     while start.elapsed() < total {
         if measured.is_none() && start.elapsed() >= settings.warmup {
-            let metrics = match &mut server {
-                Server::Gateway(stack) => stack.metrics().await,
-                Server::Raw(raw) => {
-                    raw.restart_latency();
-                    String::new()
-                }
-            };
-            threads_before = thread_times(&pid);
-            measured = Some((
-                Instant::now(),
-                [cpu_seconds(&pid), cpu_seconds("self"), machine_busy_seconds()],
-                server.frames_sent().await,
-                fleet.shared.frames.load(Relaxed),
-                metrics,
-            ));
+            measured = Some(WindowMark::read(&mut server, &pid, &fleet).await);
+            if let Server::Raw(raw) = &mut server {
+                raw.restart_latency();
+            }
         }
         match pace {
             Pace::Offered(offered) => {
@@ -1752,32 +1772,22 @@ async fn stream_row(settings: &Settings, kind: Kind, conns: usize, sections: usi
             }
         }
     }
-    let window_end = {
-        let (metrics, raw_latency) = match &mut server {
-            Server::Gateway(stack) => (stack.metrics().await, None),
-            Server::Raw(raw) => (String::new(), raw.stats().latency),
-        };
-        (
-            Instant::now(),
-            [cpu_seconds(&pid), cpu_seconds("self"), machine_busy_seconds()],
-            thread_times(&pid),
-            server.frames_sent().await,
-            fleet.shared.frames.load(Relaxed),
-            metrics,
-            raw_latency,
-        )
+    let window_end = WindowMark::read(&mut server, &pid, &fleet).await;
+    let raw_latency = match &mut server {
+        Server::Raw(raw) => raw.stats().latency,
+        Server::Gateway(_) => None,
     };
     let produce_errors = server.settle().await;
     fleet.drain(&published, Duration::from_secs(30)).await;
     let exact = fleet.exactness(&published);
-    let (t0, cpu0, sent0, recv0, metrics0) = measured.expect("a measured window");
-    let (t1, cpu1, threads_after, sent1, recv1, metrics1, raw_latency) = window_end;
-    let wall = (t1 - t0).as_secs_f64();
+    let window_start = measured.expect("a measured window");
+    let (start, end) = (&window_start, &window_end);
+    let wall = (end.at - start.at).as_secs_f64();
     let own_latency = match &server {
         Server::Gateway(_) => {
             let delta = delta_histogram(
-                &histogram(&metrics0, "mesaya_delivery_seconds"),
-                &histogram(&metrics1, "mesaya_delivery_seconds"),
+                &histogram(&start.metrics, "mesaya_delivery_seconds"),
+                &histogram(&end.metrics, "mesaya_delivery_seconds"),
             );
             let p50 = bucket_quantile(&delta, 0.5);
             let p99 = bucket_quantile(&delta, 0.99);
@@ -1792,12 +1802,12 @@ async fn stream_row(settings: &Settings, kind: Kind, conns: usize, sections: usi
         Server::Raw(_) => raw_latency,
     };
     let result = StreamResult {
-        deliveries: sent1 - sent0,
-        cpu: cpu1[0] - cpu0[0],
-        harness_cpu: cpu1[1] - cpu0[1],
-        machine_cpu: cpu1[2] - cpu0[2],
+        deliveries: end.frames_sent - start.frames_sent,
+        cpu: end.cpu[0] - start.cpu[0],
+        harness_cpu: end.cpu[1] - start.cpu[1],
+        machine_cpu: end.cpu[2] - start.cpu[2],
         wall,
-        client_frames: recv1 - recv0,
+        client_frames: end.frames_received - start.frames_received,
         exact,
         own_latency,
         e2e: (fleet.shared.latency.quantile_ms(0.5), fleet.shared.latency.quantile_ms(0.99)),
@@ -1821,7 +1831,7 @@ async fn stream_row(settings: &Settings, kind: Kind, conns: usize, sections: usi
     println!(
         "  {}: server threads, share of the window they ran / waited runnable for a CPU: {}",
         kind.name(),
-        thread_shares(&threads_before, &threads_after, wall)
+        thread_shares(&start.threads, &end.threads, wall)
     );
     println!(
         "  {}: published {} events ({} produce errors); over {:.1} s: {} frames sent ({:.0}/s), {} received by the \
