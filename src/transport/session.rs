@@ -45,67 +45,68 @@ const FAR_FUTURE: Duration = Duration::from_secs(365 * 24 * 3600);
 const READ_BUFFER_BYTES: usize = 256;
 const PONG: Frame = Frame::from_static(protocol::PONG_FRAME);
 
-pub async fn run<S: SnapshotSource + 'static>(
+/// Starts a client's session on this shard: its reader task now, and the
+/// returned future (spawned by the caller) for everything else.
+///
+/// The setup is done here, outside any future, because a task's future
+/// reserves room for everything it ever holds until the session ends: the
+/// returned one keeps only what a live session needs, so that an idle
+/// connection costs little memory and a connect moves few bytes.
+pub fn start<S: SnapshotSource + 'static>(
     state: Rc<ShardState<S>>,
     handed_off: HandedOff,
     registration: Registration,
     resumed: bool,
-    _session_guard: mpsc::Sender<()>,
-) {
-    // Held to the end: the registration leaves the hub and the permit frees
-    // the session's place when this task ends, however it ends.
-    let HandedOff { stream, read_buf, section, token, claims, client, permit: _permit, resume } = handed_off;
+    session_guard: mpsc::Sender<()>,
+) -> impl Future<Output = ()> {
+    let HandedOff { stream, read_buf, section, token, claims, client, permit, resume } = handed_off;
     // Only what the session needs from here on is kept: the rest (roles,
-    // permissions, a resume token) is freed now, not at the session's end.
+    // permissions, a resume token) is freed now.
     let Claims { subject, expires_at, .. } = claims;
     let opted_in = resume.is_some();
     drop(resume);
-    // A copy of the few pipelined bytes, so that hyper's whole read buffer,
-    // which `read_buf` is a slice of, is freed now and not at the session's end.
-    let pipelined = read_buf.to_vec();
-    drop(read_buf);
-    let connections = METRICS.connections.with_label_values(&[&state.index.to_string()]);
-    connections.inc();
     let log =
         SessionLog { section, shard: state.index, sub: subject, client: client.addr, request_id: client.request_id };
-    let result = async {
-        // TCP_NODELAY was set when it was accepted and stays with the socket.
-        let socket = Rc::new(TcpStream::from_std(stream)?);
+    // TCP_NODELAY was set when it was accepted and stays with the socket.
+    let client = TcpStream::from_std(stream).map(|socket| {
+        let socket = Rc::new(socket);
         let settings = &state.ctx.session;
         let config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER_BYTES)
             .max_message_size(Some(settings.max_frame_bytes))
             .max_frame_size(Some(settings.max_frame_bytes));
+        // A copy of the few pipelined bytes, so that hyper's whole read
+        // buffer, which `read_buf` is a slice of, is freed now.
+        let incoming = Incoming { reading: ReadOnly(Rc::clone(&socket)), pipelined: read_buf.to_vec(), config };
         // The reader starts before the snapshot call, so that a client who
         // leaves early cancels it. It makes the WebSocket stream itself, so
-        // this future, which lives as long as the session, never holds one.
+        // the session's future never holds one.
         let heard = Rc::new(Heard::default());
-        let outbox = registration.outbox();
-        let incoming = Incoming { reading: ReadOnly(Rc::clone(&socket)), pipelined, config };
+        let outbox = Rc::clone(registration.outbox());
         let reader = tokio::task::spawn_local(read_client(
             incoming,
-            Rc::clone(outbox),
+            Rc::clone(&outbox),
             Rc::clone(&heard),
             settings.client_messages_per_second,
         ));
-        let connection = Client {
-            reader,
-            heard,
-            writer: Rc::new(WireWriter::new(socket)),
-            outbox,
-            token,
-            expires_at,
-            resumed,
-            opted_in,
-        };
-        serve(&state, connection, &log).await;
-        Ok::<(), std::io::Error>(())
+        Client { reader, heard, writer: Rc::new(WireWriter::new(socket)), outbox, token, expires_at, resumed, opted_in }
+    });
+    // Held to the end: the registration leaves the hub, the permit frees the
+    // session's place, and the guard counts the session as running until
+    // this future ends, however it ends.
+    let held = (registration, permit, session_guard);
+    async move {
+        let _held = held;
+        match client {
+            Ok(client) => {
+                let connections = METRICS.connections.with_label_values(&[&state.index.to_string()]);
+                connections.inc();
+                serve(&state, client, &log).await;
+                connections.dec();
+            }
+            Err(error) => log.span().in_scope(|| tracing::warn!(%error, "could not adopt the socket")),
+        }
     }
-    .await;
-    if let Err(error) = result {
-        log.span().in_scope(|| tracing::warn!(%error, "could not adopt the socket"));
-    }
-    connections.dec();
 }
 
 /// Who a session's log lines are about. A span is made around each line
@@ -134,11 +135,11 @@ impl SessionLog {
 }
 
 /// The connection's parts the session drives once the reader runs.
-struct Client<'a> {
+struct Client {
     reader: JoinHandle<ReaderEnd>,
     heard: Rc<Heard>,
     writer: Rc<WireWriter>,
-    outbox: &'a Rc<Outbox>,
+    outbox: Rc<Outbox>,
     /// Needed only for the snapshot call, and freed after it.
     token: String,
     expires_at: Option<u64>,
@@ -148,7 +149,7 @@ struct Client<'a> {
     opted_in: bool,
 }
 
-async fn serve<S: SnapshotSource>(state: &ShardState<S>, client: Client<'_>, log: &SessionLog) {
+async fn serve<S: SnapshotSource>(state: &ShardState<S>, client: Client, log: &SessionLog) {
     let Client { mut reader, heard, writer, outbox, token, expires_at, resumed, opted_in } = client;
     // Dropping a JoinHandle detaches the task: a reader still waiting on a
     // peer that went silent would keep the socket open, and the outbox
@@ -170,7 +171,7 @@ async fn serve<S: SnapshotSource>(state: &ShardState<S>, client: Client<'_>, log
         };
         // Boxed: the HTTP call's future is large and lives only until the
         // snapshot arrives, while the session's own future lives for hours.
-        Box::pin(connect::fetch_snapshot(&state.snapshots, reports, floor, outbox, request, interrupted))
+        Box::pin(connect::fetch_snapshot(&state.snapshots, reports, floor, &outbox, request, interrupted))
             .instrument(log.span())
             .await
     };
@@ -184,7 +185,7 @@ async fn serve<S: SnapshotSource>(state: &ShardState<S>, client: Client<'_>, log
             outbox.attach(Rc::clone(&writer) as Rc<dyn DirectWriter>);
         }
         let terms = LiveTerms { expires_at, positions };
-        write_live(state, &writer, outbox, &heard, terms, reader, log).await;
+        write_live(state, &writer, &outbox, &heard, terms, reader, log).await;
         outbox.detach();
     }
     reader_abort.abort();
@@ -437,7 +438,10 @@ struct Incoming {
 /// pings would otherwise burn the shard thread every section on it shares.
 async fn read_client(incoming: Incoming, outbox: Rc<Outbox>, heard: Rc<Heard>, messages_per_second: u32) -> ReaderEnd {
     let Incoming { reading, pipelined, config } = incoming;
-    let mut stream = WebSocketStream::from_partially_read(reading, pipelined, Role::Server, Some(config)).await;
+    // Boxed: making the stream is a large future that ends at once, and this
+    // task's future lives as long as the connection.
+    let mut stream =
+        Box::pin(WebSocketStream::from_partially_read(reading, pipelined, Role::Server, Some(config))).await;
     let mut bucket = TokenBucket::new(messages_per_second);
     let count = |kind: &str| METRICS.client_messages.with_label_values(&[kind]).inc();
     while let Some(message) = stream.next().await {

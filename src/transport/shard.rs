@@ -188,7 +188,7 @@ fn adopt<S: SnapshotSource + 'static>(state: &Rc<ShardState<S>>, handed_off: Han
         }
         _ => false,
     };
-    tokio::task::spawn_local(session::run(Rc::clone(state), handed_off, registration, resumed, sessions));
+    tokio::task::spawn_local(session::start(Rc::clone(state), handed_off, registration, resumed, sessions));
 }
 
 /// The replay buffer's size in the instance-wide gauges: each shard adds
