@@ -12,8 +12,9 @@
 //!   costs a one-second SYN retransmit; the harness prints the kernel's overflow count), and each
 //!   server's CPU per connect. The raw writer then connects N clients once more, making the
 //!   gateway's snapshot call too: the same GET, with the client's token, to a stand-in API of its
-//!   own on keep-alive connections, the answer's body spliced unparsed into a pre-framed
-//!   `section.snapshot` frame: the floor of a connect with the snapshot call on this machine.
+//!   own (set up like the gateway's) on keep-alive connections, the answer's body spliced
+//!   unparsed into a `section.snapshot` text frame: the floor of a connect with the snapshot call
+//!   on this machine.
 //! - `latency`: each server's own latency over the measured window, 2 000 connections in 10
 //!   sections, `LOAD_OFFERED` (100 000) deliveries/s offered: the gateway's route → socket
 //!   (`mesaya_delivery_seconds`, bucket deltas), the raw writer's from reading an event off its
@@ -611,7 +612,8 @@ async fn raw_handshake(stream: &mut TcpStream) -> Option<([u8; 36], String)> {
     let path = head.lines().next()?.split(' ').nth(1)?;
     let rest = path.strip_prefix("/ws/restaurant/")?;
     let section: [u8; 36] = rest.as_bytes().get(..36)?.try_into().ok()?;
-    let token = rest[36..].strip_prefix('/').unwrap_or("").split('?').next().unwrap_or("").to_string();
+    let token =
+        rest.get(36..).unwrap_or("").strip_prefix('/').unwrap_or("").split('?').next().unwrap_or("").to_string();
     let key = head.lines().find_map(|l| {
         let (name, value) = l.split_once(':')?;
         name.trim().eq_ignore_ascii_case("sec-websocket-key").then(|| value.trim())
@@ -625,8 +627,8 @@ async fn raw_handshake(stream: &mut TcpStream) -> Option<([u8; 36], String)> {
 }
 
 /// The raw writer's snapshot call, the floor of the gateway's: the same GET with the client's
-/// token to the same stand-in API, on keep-alive connections, and the answer's body spliced
-/// unparsed into a pre-framed `section.snapshot` frame.
+/// token to a stand-in API set up like the gateway's, on keep-alive connections, and the answer's
+/// body spliced unparsed into a `section.snapshot` text frame.
 struct RawSnapshots {
     api: std::net::SocketAddr,
     idle: Mutex<Vec<TcpStream>>,
@@ -659,7 +661,7 @@ impl RawSnapshots {
             }
             if let Some(end) = find(&answer, b"\r\n\r\n") {
                 let head = std::str::from_utf8(&answer[..end]).map_err(|_| "API head not UTF-8")?;
-                if head.split(' ').nth(1) != Some("200") {
+                if head.lines().next().and_then(|status| status.split(' ').nth(1)) != Some("200") {
                     return Err(format!("API answered {}", head.lines().next().unwrap_or("")));
                 }
                 let length = head.lines().find_map(|l| {
@@ -674,7 +676,10 @@ impl RawSnapshots {
                 return Err("API closed mid-body".into());
             }
         }
-        self.idle.lock().unwrap().push(api);
+        // Kept for the next call only when nothing followed the answer.
+        if answer.len() == head_end + body_len {
+            self.idle.lock().unwrap().push(api);
+        }
         let body = &answer[head_end..head_end + body_len];
         Ok(text_frame(&[br#"{"event":"section.snapshot","payload":"#, body, b"}"]))
     }
@@ -774,7 +779,8 @@ async fn raw_shard(mut rx: mpsc::UnboundedReceiver<ShardMsg>, stats: Arc<RawStat
 /// `[kind u8][len u32 LE][body]`: kind 0 an event (36-byte section id, then the frame's bytes),
 /// kind 1 a stats request, answered with one `STATS …` line on stdout (counters, then the p50,
 /// p99 and p99.9 of its own latency in ms, NaN before any delivery), kind 2 "forget the latencies
-/// so far" (the measured window starts). Exits when stdin closes.
+/// so far" (the measured window starts). Exits when stdin closes. With `LOAD_RAW_SNAPSHOT_API`
+/// set, each connect makes the snapshot call to that API before the client is held.
 fn raw_main() {
     let shards = setting("LOAD_RAW_SHARDS", cores()).max(1);
     let max_pending = setting("LOAD_RAW_MAX_PENDING", 4 << 20);
@@ -850,7 +856,9 @@ fn raw_main() {
                             }
                         }
                         Err(_) => {
-                            stats.connect_errors.fetch_add(1, Relaxed);
+                            if stats.connect_errors.fetch_add(1, Relaxed) == 0 {
+                                eprintln!("raw writer: first failed connect: no answer within 10 s");
+                            }
                         }
                     }
                 });
@@ -1647,7 +1655,7 @@ impl Kind {
         match self {
             Kind::Gateway => "handshake + snapshot call + snapshot frame",
             Kind::Raw => "handshake only",
-            Kind::RawSnapshot => "handshake + snapshot call + the body spliced into a pre-framed frame",
+            Kind::RawSnapshot => "handshake + snapshot call + the body spliced into a frame",
         }
     }
 }
@@ -2111,8 +2119,8 @@ fn main() {
                     cell(Kind::Raw, &IdleResult::connects_cell),
                 ));
                 table.push((
-                    "  connects/s, both with the snapshot call (raw: the same GET to the same stand-in API on keep-alive \
-                     connections, its body spliced unparsed into a pre-framed frame)"
+                    "  connects/s, both with the snapshot call (raw: the same GET to an identical stand-in API on \
+                     keep-alive connections, its body spliced unparsed into a frame)"
                         .into(),
                     cell(Kind::Gateway, &IdleResult::connects_cell),
                     cell(Kind::RawSnapshot, &IdleResult::connects_cell),

@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 
 use crate::application::ports::{SnapshotError, SnapshotRequest, SnapshotSource};
 use crate::domain::snapshot::Snapshot;
-use crate::telemetry::METRICS;
+use crate::telemetry::{Counted, METRICS};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -94,21 +94,5 @@ impl SnapshotSource for HttpSnapshotSource {
     /// longer in all than one call may take.
     async fn fetch(&self, call: SnapshotRequest<'_>) -> Result<Snapshot, SnapshotError> {
         tokio::time::timeout(self.timeout, self.request_in_turn(call)).await.unwrap_or(Err(SnapshotError::TimedOut))
-    }
-}
-
-/// One call in the in-flight gauge, however it ends (abandoned included).
-struct Counted<'a>(&'a IntGauge);
-
-impl<'a> Counted<'a> {
-    fn new(gauge: &'a IntGauge) -> Self {
-        gauge.inc();
-        Self(gauge)
-    }
-}
-
-impl Drop for Counted<'_> {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }

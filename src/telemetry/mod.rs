@@ -162,3 +162,20 @@ impl Metrics {
         String::from_utf8(buffer).expect("Prometheus text is UTF-8")
     }
 }
+
+/// One in `gauge` for as long as this lives, however that ends (a future
+/// dropped half-way included).
+pub struct Counted<'a>(&'a IntGauge);
+
+impl<'a> Counted<'a> {
+    pub fn new(gauge: &'a IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

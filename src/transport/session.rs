@@ -27,8 +27,8 @@ use crate::domain::access::Claims;
 use crate::domain::frame::Frame;
 use crate::domain::ids::SectionId;
 use crate::domain::protocol::{self, CloseCode};
-use crate::telemetry::METRICS;
 use crate::telemetry::events::SessionClosed;
+use crate::telemetry::{Counted, METRICS};
 
 use super::context::ShardState;
 use super::mailbox::HandedOff;
@@ -100,9 +100,8 @@ pub fn start<S: SnapshotSource + 'static>(
         match client {
             Ok(client) => {
                 let connections = METRICS.connections.with_label_values(&[&state.index.to_string()]);
-                connections.inc();
+                let _counted = Counted::new(&connections);
                 serve(&state, client, &log).await;
-                connections.dec();
             }
             Err(error) => log.span().in_scope(|| tracing::warn!(%error, "could not adopt the socket")),
         }
