@@ -87,7 +87,10 @@ impl Snapshot {
             }
         };
 
-        let mut versions = HashMap::new();
+        let tables = section.tables.unwrap_or_default();
+        // Sized once: growing it insert by insert rehashed it several times
+        // per connect.
+        let mut versions = HashMap::with_capacity(1 + tables.len());
         let mut record = |kind, entity: &Entity| {
             if let (Some(id), Some(at)) = (&entity.id, &entity.updated_at)
                 && let Some(millis) = timestamp::parse_millis(at)
@@ -96,7 +99,6 @@ impl Snapshot {
             }
         };
         record(EntityKind::Section, &Entity { id: section.id, updated_at: section.updated_at });
-        let tables = section.tables.unwrap_or_default();
         for table in &tables {
             record(EntityKind::Table, table);
         }
