@@ -61,24 +61,24 @@ impl SectionHub {
             return report;
         };
         let unflushed = &mut self.unflushed;
-        outboxes.retain(|outbox| match outbox.push_event(Arc::clone(delivery)) {
-            outcome @ (PushOutcome::Queued | PushOutcome::Conflated(_)) => {
-                report.queued += 1;
-                if let PushOutcome::Conflated(dropped) = outcome {
-                    report.conflated += dropped;
+        outboxes.retain(|outbox| {
+            let conflated = match outbox.push_event(Arc::clone(delivery)) {
+                PushOutcome::Queued => 0,
+                PushOutcome::Conflated(dropped) => dropped,
+                PushOutcome::Overflowed => {
+                    report.slow_closed += 1;
+                    outbox.request_close(CloseCode::SLOW_CONSUMER, false);
+                    return false;
                 }
-                if outbox.mark_unflushed() {
-                    unflushed.push(Rc::clone(outbox));
-                }
-                true
+                PushOutcome::AlreadySent => return true,
+                PushOutcome::Closing => return false,
+            };
+            report.queued += 1;
+            report.conflated += conflated;
+            if outbox.mark_unflushed() {
+                unflushed.push(Rc::clone(outbox));
             }
-            PushOutcome::Overflowed => {
-                report.slow_closed += 1;
-                outbox.request_close(CloseCode::SLOW_CONSUMER, false);
-                false
-            }
-            PushOutcome::AlreadySent => true,
-            PushOutcome::Closing => false,
+            true
         });
         if delivery.ends_section {
             for outbox in self.sections.remove(&section).unwrap_or_default() {
