@@ -614,10 +614,7 @@ async fn raw_handshake(stream: &mut TcpStream) -> Option<([u8; 36], String)> {
     let section: [u8; 36] = rest.as_bytes().get(..36)?.try_into().ok()?;
     let token =
         rest.get(36..).unwrap_or("").strip_prefix('/').unwrap_or("").split('?').next().unwrap_or("").to_string();
-    let key = head.lines().find_map(|l| {
-        let (name, value) = l.split_once(':')?;
-        name.trim().eq_ignore_ascii_case("sec-websocket-key").then(|| value.trim())
-    })?;
+    let key = header(head, "sec-websocket-key")?;
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
@@ -655,22 +652,14 @@ impl RawSnapshots {
         );
         api.write_all(request.as_bytes()).await.map_err(|e| format!("API write: {:?}", e.kind()))?;
         let mut answer = BytesMut::with_capacity(8192);
-        let (head_end, body_len) = loop {
-            if api.read_buf(&mut answer).await.map_err(|e| format!("API read: {:?}", e.kind()))? == 0 {
-                return Err("API closed".into());
-            }
-            if let Some(end) = find(&answer, b"\r\n\r\n") {
-                let head = std::str::from_utf8(&answer[..end]).map_err(|_| "API head not UTF-8")?;
-                if head.lines().next().and_then(|status| status.split(' ').nth(1)) != Some("200") {
-                    return Err(format!("API answered {}", head.lines().next().unwrap_or("")));
-                }
-                let length = head.lines().find_map(|l| {
-                    let (name, value) = l.split_once(':')?;
-                    name.trim().eq_ignore_ascii_case("content-length").then(|| value.trim().parse::<usize>().ok())?
-                });
-                break (end + 4, length.ok_or("API answer without Content-Length")?);
-            }
-        };
+        let head = read_head(&mut api, &mut answer).await.map_err(|why| format!("API: {why}"))?;
+        if head.status != "200" {
+            return Err(format!("API answered {}", head.status));
+        }
+        let head_end = head.len;
+        let body_len = header(&head.text, "content-length")
+            .and_then(|length| length.parse::<usize>().ok())
+            .ok_or("API answer without Content-Length")?;
         while answer.len() < head_end + body_len {
             if api.read_buf(&mut answer).await.map_err(|e| format!("API read: {:?}", e.kind()))? == 0 {
                 return Err("API closed mid-body".into());
@@ -1297,27 +1286,48 @@ async fn open(port: u16, path: &str, buf_cap: usize) -> Result<(TcpStream, Bytes
     );
     stream.write_all(request.as_bytes()).await.map_err(|e| format!("send request: {:?}", e.kind()))?;
     let mut buf = BytesMut::with_capacity(buf_cap.max(4096));
+    let head = read_head(&mut stream, &mut buf).await.map_err(|why| format!("handshake: {why}"))?;
+    if head.status != "101" {
+        return Err(format!("HTTP {}", head.status));
+    }
+    buf.advance(head.len);
+    Ok((stream, buf))
+}
+
+/// The head of an HTTP/1 answer.
+struct Head {
+    /// Up to its blank line.
+    text: String,
+    /// The second word of the status line (`?` when there is none).
+    status: String,
+    /// Its length in the bytes read, blank line included.
+    len: usize,
+}
+
+/// Reads an HTTP/1 answer off `stream` into `buf` until its head is complete; what was read past
+/// the head stays in `buf`, behind it.
+async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Head, String> {
     loop {
-        let read = stream.read_buf(&mut buf).await.map_err(|e| format!("handshake: {:?}", e.kind()))?;
-        if read == 0 {
-            return Err("closed during the handshake".into());
+        if stream.read_buf(buf).await.map_err(|e| format!("read: {:?}", e.kind()))? == 0 {
+            return Err("closed before the end of the head".into());
         }
-        if let Some(end) = find(&buf, b"\r\n\r\n") {
-            let status = std::str::from_utf8(&buf[..end])
-                .ok()
-                .and_then(|head| head.split(' ').nth(1))
-                .unwrap_or("?")
-                .to_string();
-            if status != "101" {
-                return Err(format!("HTTP {status}"));
-            }
-            buf.advance(end + 4);
-            return Ok((stream, buf));
+        if let Some(end) = find(buf, b"\r\n\r\n") {
+            let text = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let status = text.lines().next().and_then(|line| line.split(' ').nth(1)).unwrap_or("?").to_string();
+            return Ok(Head { text, status, len: end + 4 });
         }
         if buf.len() > 16 << 10 {
-            return Err("oversized handshake answer".into());
+            return Err("oversized head".into());
         }
     }
+}
+
+/// The value of header `name` (any case) in an HTTP head.
+fn header<'h>(head: &'h str, name: &str) -> Option<&'h str> {
+    head.lines().skip(1).find_map(|line| {
+        let (field, value) = line.split_once(':')?;
+        field.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+    })
 }
 
 /// One client: connects (holding a permit until it is live), then reads every frame, checking
