@@ -1,21 +1,23 @@
 //! The snapshot call: `GET {REST_BASE_URL}{SECTION_SNAPSHOT_PATH}` with the
-//! client's own token, on a pooled hyper client. One instance per shard, so
-//! pooled connections stay on the shard's thread; all of them share one
-//! limit on calls in flight.
+//! client's own token, on keep-alive HTTP/1.1 connections to the API. One
+//! instance per shard, so its connections stay on the shard's thread; all of
+//! them share one limit on calls in flight.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ACCEPT, AUTHORIZATION};
-use http::{HeaderName, Request, StatusCode};
+use http::header::{ACCEPT, AUTHORIZATION, HOST};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
 use prometheus::IntGauge;
+use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
 use crate::application::ports::{SnapshotError, SnapshotRequest, SnapshotSource};
 use crate::domain::snapshot::Snapshot;
@@ -26,30 +28,69 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// A section's layout is small; anything far bigger is not a snapshot.
 const MAX_BODY_BYTES: usize = 16 << 20;
+/// An API connection idle longer is closed rather than used: a proxy or NAT
+/// between may have dropped it without a word. (hyper-util's pool default,
+/// which the gateway used before it kept its own connections.)
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
+type Sender = SendRequest<Empty<Bytes>>;
+
+/// The API's address, read once from `REST_BASE_URL`.
+struct Api {
+    /// `host:port`, to connect to.
+    address: String,
+    /// The `Host` header: the host, and the port when the URL names one.
+    host: HeaderValue,
+    /// The URL's path, put before `SECTION_SNAPSHOT_PATH` (empty for none).
+    path_prefix: String,
+}
+
+impl Api {
+    /// `None` when `base_url` is not `http://host[:port][/path]`, which the
+    /// configuration has already refused.
+    fn parse(base_url: &str) -> Option<Self> {
+        let uri: Uri = base_url.parse().ok()?;
+        let host = uri.host()?;
+        let port = uri.port_u16();
+        let authority = match port {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_string(),
+        };
+        Some(Self {
+            address: format!("{host}:{}", port.unwrap_or(80)),
+            host: HeaderValue::from_str(&authority).ok()?,
+            path_prefix: uri.path().trim_end_matches('/').to_string(),
+        })
+    }
+}
+
+/// Each shard keeps its own keep-alive connections, in a plain list: a call
+/// takes one and puts it back once the answer is read. hyper-util's pool did
+/// the same with a lock, shared state and a connect raced against every
+/// checkout, which cost about 3 % of a connect's instructions.
 pub struct HttpSnapshotSource {
-    client: Client<HttpConnector, Empty<Bytes>>,
-    base_url: String,
+    api: Api,
     path_template: String,
     timeout: Duration,
     /// Calls in flight on the whole instance: shared by every shard's source.
     in_flight: Arc<Semaphore>,
     in_flight_gauge: IntGauge,
+    /// This shard's connections to the API that no call is using, and since
+    /// when.
+    idle: RefCell<Vec<(Sender, Instant)>>,
 }
 
 impl HttpSnapshotSource {
     /// `in_flight` holds one permit per call allowed at once, instance-wide.
+    /// `base_url` is `REST_BASE_URL` as the configuration checked it.
     pub fn new(base_url: &str, path_template: &str, timeout: Duration, in_flight: Arc<Semaphore>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(timeout));
         Self {
-            client: Client::builder(TokioExecutor::new()).build(connector),
-            base_url: base_url.to_string(),
+            api: Api::parse(base_url).expect("REST_BASE_URL is checked at start-up"),
             path_template: path_template.to_string(),
             timeout,
             in_flight,
             in_flight_gauge: METRICS.snapshot_calls_in_flight.clone(),
+            idle: RefCell::default(),
         }
     }
 
@@ -61,8 +102,9 @@ impl HttpSnapshotSource {
     }
 
     async fn request(&self, call: SnapshotRequest<'_>) -> Result<Snapshot, SnapshotError> {
-        let uri = format!("{}{}", self.base_url, self.path_template.replace("{id}", &call.section.to_string()));
-        let request = Request::get(uri)
+        let path = self.path_template.replace("{id}", &call.section.to_string());
+        let request = Request::get(format!("{}{path}", self.api.path_prefix))
+            .header(HOST, self.api.host.clone())
             .header(AUTHORIZATION, format!("Bearer {}", call.token))
             .header(ACCEPT, "application/json")
             // Exactly one address: the API's throttler keys on the first.
@@ -70,7 +112,7 @@ impl HttpSnapshotSource {
             .header(&X_REQUEST_ID, call.request_id)
             .body(Empty::new())
             .map_err(|_| SnapshotError::Unreachable("invalid request URI".into()))?;
-        let response = self.client.request(request).await.map_err(|e| SnapshotError::Unreachable(e.to_string()))?;
+        let (response, connection) = self.send(request).await?;
         match response.status() {
             StatusCode::OK => {}
             StatusCode::UNAUTHORIZED => return Err(SnapshotError::Unauthorized),
@@ -85,7 +127,57 @@ impl HttpSnapshotSource {
             .await
             .map_err(|_| SnapshotError::Unparseable)?
             .to_bytes();
+        // Only a connection whose answer was read to its end can carry the
+        // next call; one dropped half-way (an error answer's unread body, a
+        // cancelled call) is closed by hyper.
+        self.idle.borrow_mut().push((connection, Instant::now()));
         Snapshot::parse(&body).map_err(|_| SnapshotError::Unparseable)
+    }
+
+    /// Sends on an idle connection when one is open, else on a new one. The
+    /// API closes keep-alive connections it finds idle (Node's default is
+    /// after 5 s): a request that such a connection could no longer take is
+    /// sent again on a new one. One the API received is never sent twice.
+    async fn send(&self, request: Request<Empty<Bytes>>) -> Result<(Response<Incoming>, Sender), SnapshotError> {
+        let unreachable = |error: hyper::Error| SnapshotError::Unreachable(error.to_string());
+        let mut request = request;
+        while let Some(mut connection) = self.take_idle() {
+            match connection.try_send_request(request).await {
+                Ok(response) => return Ok((response, connection)),
+                Err(mut failed) => match failed.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(unreachable(failed.into_error())),
+                },
+            }
+        }
+        let mut connection = self.connect().await?;
+        let response = connection.send_request(request).await.map_err(unreachable)?;
+        Ok((response, connection))
+    }
+
+    /// The most recently used open connection. The ones passed over (the
+    /// API hung up, or they sat too long) are dropped, which closes them.
+    fn take_idle(&self) -> Option<Sender> {
+        let mut idle = self.idle.borrow_mut();
+        let fresh_since = Instant::now().checked_sub(IDLE_TIMEOUT);
+        std::iter::from_fn(|| idle.pop())
+            .find(|(connection, since)| connection.is_ready() && fresh_since.is_none_or(|fresh| *since >= fresh))
+            .map(|(connection, _)| connection)
+    }
+
+    async fn connect(&self) -> Result<Sender, SnapshotError> {
+        let unreachable = |error: &dyn std::fmt::Display| SnapshotError::Unreachable(error.to_string());
+        let stream = TcpStream::connect(&self.api.address).await.map_err(|e| unreachable(&e))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await.map_err(|e| unreachable(&e))?;
+        // The connection's I/O runs beside the session on this shard, and
+        // ends when the API or the last sender closes it.
+        tokio::task::spawn_local(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "API connection ended with an error");
+            }
+        });
+        Ok(sender)
     }
 }
 
@@ -94,5 +186,84 @@ impl SnapshotSource for HttpSnapshotSource {
     /// longer in all than one call may take.
     async fn fetch(&self, call: SnapshotRequest<'_>) -> Result<Snapshot, SnapshotError> {
         tokio::time::timeout(self.timeout, self.request_in_turn(call)).await.unwrap_or(Err(SnapshotError::TimedOut))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::task::LocalSet;
+
+    use super::*;
+    use crate::domain::ids::SectionId;
+
+    const BODY: &str = r#"{"data":{"id":"5b0c7c1e-2f0a-4b7e-9a51-0d3c2b7e8f11","tables":[]}}"#;
+
+    /// An API on a plain socket that answers every request with a section. With
+    /// `close_after_answer` it closes each connection after its first answer,
+    /// without saying so in the answer, as Node does to a keep-alive
+    /// connection once it has sat idle. Returns its URL and how many
+    /// connections it has accepted.
+    async fn api(close_after_answer: bool) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while let Ok(read @ 1..) = stream.read(&mut chunk).await {
+                        request.extend_from_slice(&chunk[..read]);
+                        if !request.ends_with(b"\r\n\r\n") {
+                            continue;
+                        }
+                        request.clear();
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{BODY}",
+                            BODY.len()
+                        );
+                        if stream.write_all(answer.as_bytes()).await.is_err() || close_after_answer {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        (url, accepted)
+    }
+
+    async fn fetch_three_times(close_after_answer: bool) -> usize {
+        let (url, accepted) = api(close_after_answer).await;
+        let source =
+            HttpSnapshotSource::new(&url, "/sections/{id}", Duration::from_secs(5), Arc::new(Semaphore::new(1)));
+        let section = SectionId::parse("5b0c7c1e-2f0a-4b7e-9a51-0d3c2b7e8f11").unwrap();
+        let request =
+            SnapshotRequest { section, token: "jwt", client_addr: Ipv4Addr::LOCALHOST.into(), request_id: "r1" };
+        LocalSet::new()
+            .run_until(async {
+                for call in 1..=3 {
+                    let snapshot = source.fetch(request).await.unwrap_or_else(|e| panic!("call {call}: {e}"));
+                    assert!(snapshot.table_ids.is_empty());
+                }
+            })
+            .await;
+        accepted.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn one_kept_alive_connection_carries_every_call() {
+        assert_eq!(fetch_three_times(false).await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_api_closed_is_not_used_again() {
+        assert_eq!(fetch_three_times(true).await, 3);
     }
 }
