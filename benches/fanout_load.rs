@@ -110,15 +110,22 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// utime + stime of every thread of `pid`, in seconds.
-fn cpu_seconds(pid: &str) -> f64 {
+/// utime and stime of every thread of `pid`, in seconds: its own code's time and the kernel's
+/// on its behalf.
+fn cpu_split(pid: &str) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some(close) = stat.rfind(')') else { return 0.0 };
+    let Some(close) = stat.rfind(')') else { return (0.0, 0.0) };
     let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // SAFETY: sysconf only reads a constant of the system.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(11) + ticks(12)) / hz.max(1.0)
+    (ticks(11) / hz.max(1.0), ticks(12) / hz.max(1.0))
+}
+
+/// utime + stime of every thread of `pid`, in seconds.
+fn cpu_seconds(pid: &str) -> f64 {
+    let (user, system) = cpu_split(pid);
+    user + system
 }
 
 /// One thread's time so far, from the kernel's schedstat.
@@ -1706,13 +1713,18 @@ struct IdleResult {
     live: usize,
     rss_per_conn_kib: f64,
     connects_per_s: f64,
-    /// The server's CPU time (user + system) per connect, in µs.
-    server_cpu_per_connect_us: f64,
+    /// The server's CPU time per connect, in µs: in user space, and in the kernel.
+    server_cpu_per_connect_us: (f64, f64),
 }
 
 impl IdleResult {
     fn connects_cell(&self) -> String {
-        format!("{:.0} ({:.0} µs of server CPU each)", self.connects_per_s, self.server_cpu_per_connect_us)
+        let (user, kernel) = self.server_cpu_per_connect_us;
+        format!(
+            "{:.0} ({:.0} µs of server CPU each: {user:.0} in user space, {kernel:.0} in the kernel)",
+            self.connects_per_s,
+            user + kernel
+        )
     }
 }
 
@@ -1727,7 +1739,7 @@ async fn idle_connect(settings: &Settings, kind: Kind) -> IdleResult {
     let before = rss_kib(pid);
     let (paths, section_of) = paths(&sections, n, &settings.token);
     let overflows = listen_overflows();
-    let cpu_before = (cpu_seconds(&pid.to_string()), cpu_seconds("self"), machine_busy_seconds());
+    let cpu_before = (cpu_split(&pid.to_string()), cpu_seconds("self"), machine_busy_seconds());
     let fleet = Fleet::start(
         server.port(),
         paths,
@@ -1742,7 +1754,9 @@ async fn idle_connect(settings: &Settings, kind: Kind) -> IdleResult {
     let connects_per_s = live as f64 / elapsed.max(1e-9);
     // Where the machine's CPU went while connecting: the connect rate is the machine's when the
     // clients and the stand-in API (this process) take as much as the server.
-    let server_cpu = cpu_seconds(&pid.to_string()) - cpu_before.0;
+    let server_split = cpu_split(&pid.to_string());
+    let server_split = (server_split.0 - cpu_before.0.0, server_split.1 - cpu_before.0.1);
+    let server_cpu = server_split.0 + server_split.1;
     let harness_cpu = cpu_seconds("self") - cpu_before.1;
     let machine_cpu = machine_busy_seconds() - cpu_before.2;
     println!(
@@ -1787,7 +1801,10 @@ async fn idle_connect(settings: &Settings, kind: Kind) -> IdleResult {
         live,
         rss_per_conn_kib,
         connects_per_s,
-        server_cpu_per_connect_us: 1e6 * server_cpu / live.max(1) as f64,
+        server_cpu_per_connect_us: (
+            1e6 * server_split.0 / live.max(1) as f64,
+            1e6 * server_split.1 / live.max(1) as f64,
+        ),
     }
 }
 

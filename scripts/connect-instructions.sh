@@ -79,7 +79,7 @@ callgrind_annotate --inclusive=yes --threshold=100 "$dump" | awk -v n="$conns" '
     pattern[5] = "shard::adopt ";                    name[5] = "the hand-off arriving at the owning shard"
     pattern[6] = "session::start::[{][{]closure";    name[6] = "the session task: the snapshot call, its parse, the snapshot frame"
     pattern[7] = "Snapshot::parse ";                 name[7] = "  of which the snapshot parse"
-    pattern[8] = "HttpSnapshotSource::connect::[{][{]closure[}][}]::[{][{]closure"; name[8] = "the API connection's task (hyper): the call on the wire"
+    pattern[8] = "HttpSnapshotSource::connect::[{][{]closure[}][}]::[{][{]closure"; name[8] = "the API connection task (hyper): the call on the wire"
     pattern[9] = "learn_section";                    name[9] = "the ingest thread learning the section"
   }
   {
