@@ -257,6 +257,17 @@ mod tests {
         accepted.load(Ordering::SeqCst)
     }
 
+    #[test]
+    fn the_api_address_keeps_the_urls_port_and_path() {
+        let api = Api::parse("http://api.internal:3000/v2").unwrap();
+        assert_eq!((api.address.as_str(), api.host.to_str().unwrap()), ("api.internal:3000", "api.internal:3000"));
+        assert_eq!(api.path_prefix, "/v2");
+        let api = Api::parse("http://api").unwrap();
+        assert_eq!((api.address.as_str(), api.host.to_str().unwrap()), ("api:80", "api"), "no port named");
+        assert_eq!(api.path_prefix, "");
+        assert_eq!(Api::parse("http://[::1]:8080").unwrap().address, "[::1]:8080");
+    }
+
     #[tokio::test]
     async fn one_kept_alive_connection_carries_every_call() {
         assert_eq!(fetch_three_times(false).await, 1);
