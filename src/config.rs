@@ -264,7 +264,7 @@ impl Config {
 
         let rest_base_url = env.string("REST_BASE_URL", "http://localhost:3000").trim_end_matches('/').to_string();
         match rest_base_url.parse::<http::Uri>() {
-            Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => {}
+            Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() && uri.query().is_none() => {}
             Ok(uri) if uri.scheme_str() == Some("https") => {
                 return Err(ConfigError::new(
                     "REST_BASE_URL",
@@ -274,7 +274,7 @@ impl Config {
             _ => {
                 return Err(ConfigError::new(
                     "REST_BASE_URL",
-                    format!("expected http://host[:port], got {rest_base_url:?}"),
+                    format!("expected http://host[:port][/path], got {rest_base_url:?}"),
                 ));
             }
         }
@@ -420,6 +420,7 @@ mod tests {
             (&[key, ("SHARDS", "0")], "SHARDS"),
             (&[key, ("REST_TIMEOUT", "soon")], "REST_TIMEOUT"),
             (&[key, ("REST_BASE_URL", "localhost:3000")], "REST_BASE_URL"),
+            (&[key, ("REST_BASE_URL", "http://api:3000/v1?tenant=a")], "REST_BASE_URL"),
             (&[key, ("SECTION_SNAPSHOT_PATH", "/api/sections")], "SECTION_SNAPSHOT_PATH"),
             (&[key, ("KAFKA_TOPICS", "^mesa-ya.(")], "KAFKA_TOPICS"),
             (&[key, ("LOG_FORMAT", "xml")], "LOG_FORMAT"),

@@ -28,9 +28,10 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// A section's layout is small; anything far bigger is not a snapshot.
 const MAX_BODY_BYTES: usize = 16 << 20;
-/// An API connection idle longer is closed rather than used: a proxy or NAT
-/// between may have dropped it without a word. (hyper-util's pool default,
-/// which the gateway used before it kept its own connections.)
+/// An API connection idle longer is not used again (and is closed when a
+/// call comes across it): a proxy or NAT between may have dropped it without
+/// a word. (hyper-util's pool default, which the gateway used before it kept
+/// its own connections.)
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 type Sender = SendRequest<Empty<Bytes>>;
@@ -39,7 +40,8 @@ type Sender = SendRequest<Empty<Bytes>>;
 struct Api {
     /// `host:port`, to connect to.
     address: String,
-    /// The `Host` header: the host, and the port when the URL names one.
+    /// The `Host` header: the host, and the port when the URL names one
+    /// other than 80.
     host: HeaderValue,
     /// The URL's path, put before `SECTION_SNAPSHOT_PATH` (empty for none).
     path_prefix: String,
@@ -53,8 +55,8 @@ impl Api {
         let host = uri.host()?;
         let port = uri.port_u16();
         let authority = match port {
-            Some(port) => format!("{host}:{port}"),
-            None => host.to_string(),
+            Some(port) if port != 80 => format!("{host}:{port}"),
+            _ => host.to_string(),
         };
         Some(Self {
             address: format!("{host}:{}", port.unwrap_or(80)),
@@ -113,7 +115,16 @@ impl HttpSnapshotSource {
             .body(Empty::new())
             .map_err(|_| SnapshotError::Unreachable("invalid request URI".into()))?;
         let (response, connection) = self.send(request).await?;
-        match response.status() {
+        let status = response.status();
+        // Read whatever the status, so that the connection can carry the
+        // next call: a 401 or 429 storm must not turn into a connect storm.
+        // A connection whose answer was not read to its end (too big, cut
+        // off, or the call was cancelled) is dropped, which closes it.
+        let body = Limited::new(response.into_body(), MAX_BODY_BYTES).collect().await;
+        if body.is_ok() {
+            self.idle.borrow_mut().push((connection, Instant::now()));
+        }
+        match status {
             StatusCode::OK => {}
             StatusCode::UNAUTHORIZED => return Err(SnapshotError::Unauthorized),
             StatusCode::FORBIDDEN => return Err(SnapshotError::Forbidden),
@@ -122,22 +133,16 @@ impl HttpSnapshotSource {
             status if status.is_client_error() => return Err(SnapshotError::Rejected(status.as_u16())),
             status => return Err(SnapshotError::ServerError(status.as_u16())),
         }
-        let body = Limited::new(response.into_body(), MAX_BODY_BYTES)
-            .collect()
-            .await
-            .map_err(|_| SnapshotError::Unparseable)?
-            .to_bytes();
-        // Only a connection whose answer was read to its end can carry the
-        // next call; one dropped half-way (an error answer's unread body, a
-        // cancelled call) is closed by hyper.
-        self.idle.borrow_mut().push((connection, Instant::now()));
+        let body = body.map_err(|_| SnapshotError::Unparseable)?.to_bytes();
         Snapshot::parse(&body).map_err(|_| SnapshotError::Unparseable)
     }
 
     /// Sends on an idle connection when one is open, else on a new one. The
     /// API closes keep-alive connections it finds idle (Node's default is
-    /// after 5 s): a request that such a connection could no longer take is
-    /// sent again on a new one. One the API received is never sent twice.
+    /// after 5 s): a request that such a connection could no longer take
+    /// (hyper hands it back unsent) is sent again on a new one. A request
+    /// that went out is never sent twice: if the API closes the connection
+    /// just after it, the call fails, as it did with hyper-util.
     async fn send(&self, request: Request<Empty<Bytes>>) -> Result<(Response<Incoming>, Sender), SnapshotError> {
         let unreachable = |error: hyper::Error| SnapshotError::Unreachable(error.to_string());
         let mut request = request;
@@ -167,7 +172,7 @@ impl HttpSnapshotSource {
 
     async fn connect(&self) -> Result<Sender, SnapshotError> {
         let unreachable = |error: &dyn std::fmt::Display| SnapshotError::Unreachable(error.to_string());
-        let stream = TcpStream::connect(&self.api.address).await.map_err(|e| unreachable(&e))?;
+        let stream = self.connect_any().await?;
         let _ = stream.set_nodelay(true);
         let (sender, connection) = http1::handshake(TokioIo::new(stream)).await.map_err(|e| unreachable(&e))?;
         // The connection's I/O runs beside the session on this shard, and
@@ -178,6 +183,24 @@ impl HttpSnapshotSource {
             }
         });
         Ok(sender)
+    }
+    /// Tries the API's addresses in turn (a name may have an IPv6 and an
+    /// IPv4 one), each for its share of `REST_TIMEOUT` as hyper-util did, so
+    /// that one that never answers leaves time for the next.
+    async fn connect_any(&self) -> Result<TcpStream, SnapshotError> {
+        let unreachable = |why: String| SnapshotError::Unreachable(why);
+        let addresses: Vec<_> =
+            tokio::net::lookup_host(&self.api.address).await.map_err(|e| unreachable(e.to_string()))?.collect();
+        let attempt = self.timeout / addresses.len().max(1) as u32;
+        let mut last = format!("{} resolves to no address", self.api.address);
+        for address in addresses {
+            match tokio::time::timeout(attempt, TcpStream::connect(address)).await {
+                Ok(Ok(stream)) => return Ok(stream),
+                Ok(Err(error)) => last = format!("{address}: {error}"),
+                Err(_) => last = format!("{address}: no answer within {attempt:?}"),
+            }
+        }
+        Err(unreachable(last))
     }
 }
 
@@ -203,12 +226,12 @@ mod tests {
 
     const BODY: &str = r#"{"data":{"id":"5b0c7c1e-2f0a-4b7e-9a51-0d3c2b7e8f11","tables":[]}}"#;
 
-    /// An API on a plain socket that answers every request with a section. With
-    /// `close_after_answer` it closes each connection after its first answer,
-    /// without saying so in the answer, as Node does to a keep-alive
-    /// connection once it has sat idle. Returns its URL and how many
-    /// connections it has accepted.
-    async fn api(close_after_answer: bool) -> (String, Arc<AtomicUsize>) {
+    /// An API on a plain socket that answers every request with `status` and
+    /// a section. With `close_after_answer` it closes each connection after
+    /// its first answer, without saying so in the answer, as Node does to a
+    /// keep-alive connection once it has sat idle. Returns its URL and how
+    /// many connections it has accepted.
+    async fn api(status: &'static str, close_after_answer: bool) -> (String, Arc<AtomicUsize>) {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -226,7 +249,7 @@ mod tests {
                         }
                         request.clear();
                         let answer = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{BODY}",
+                            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{BODY}",
                             BODY.len()
                         );
                         if stream.write_all(answer.as_bytes()).await.is_err() || close_after_answer {
@@ -239,22 +262,27 @@ mod tests {
         (url, accepted)
     }
 
-    async fn fetch_three_times(close_after_answer: bool) -> usize {
-        let (url, accepted) = api(close_after_answer).await;
+    /// Three calls in a row: what each returned, and how many connections
+    /// the API accepted for them.
+    async fn call_three_times(
+        status: &'static str,
+        close_after_answer: bool,
+    ) -> (Vec<Result<(), SnapshotError>>, usize) {
+        let (url, accepted) = api(status, close_after_answer).await;
         let source =
             HttpSnapshotSource::new(&url, "/sections/{id}", Duration::from_secs(5), Arc::new(Semaphore::new(1)));
         let section = SectionId::parse("5b0c7c1e-2f0a-4b7e-9a51-0d3c2b7e8f11").unwrap();
         let request =
             SnapshotRequest { section, token: "jwt", client_addr: Ipv4Addr::LOCALHOST.into(), request_id: "r1" };
+        let mut outcomes = Vec::new();
         LocalSet::new()
             .run_until(async {
-                for call in 1..=3 {
-                    let snapshot = source.fetch(request).await.unwrap_or_else(|e| panic!("call {call}: {e}"));
-                    assert!(snapshot.table_ids.is_empty());
+                for _ in 0..3 {
+                    outcomes.push(source.fetch(request).await.map(|_| ()));
                 }
             })
             .await;
-        accepted.load(Ordering::SeqCst)
+        (outcomes, accepted.load(Ordering::SeqCst))
     }
 
     #[test]
@@ -264,17 +292,24 @@ mod tests {
         assert_eq!(api.path_prefix, "/v2");
         let api = Api::parse("http://api").unwrap();
         assert_eq!((api.address.as_str(), api.host.to_str().unwrap()), ("api:80", "api"), "no port named");
+        assert_eq!(Api::parse("http://api:80").unwrap().host.to_str().unwrap(), "api", "the default port");
         assert_eq!(api.path_prefix, "");
         assert_eq!(Api::parse("http://[::1]:8080").unwrap().address, "[::1]:8080");
     }
 
     #[tokio::test]
     async fn one_kept_alive_connection_carries_every_call() {
-        assert_eq!(fetch_three_times(false).await, 1);
+        assert_eq!(call_three_times("200 OK", false).await, (vec![Ok(()), Ok(()), Ok(())], 1));
     }
 
     #[tokio::test]
     async fn a_connection_the_api_closed_is_not_used_again() {
-        assert_eq!(fetch_three_times(true).await, 3);
+        assert_eq!(call_three_times("200 OK", true).await, (vec![Ok(()), Ok(()), Ok(())], 3));
+    }
+
+    #[tokio::test]
+    async fn an_error_answer_leaves_its_connection_for_the_next_call() {
+        let refused = || Err(SnapshotError::Unauthorized);
+        assert_eq!(call_three_times("401 Unauthorized", false).await, (vec![refused(), refused(), refused()], 1));
     }
 }
