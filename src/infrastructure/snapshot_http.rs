@@ -184,13 +184,15 @@ impl HttpSnapshotSource {
         });
         Ok(sender)
     }
+
     /// Tries the API's addresses in turn (a name may have an IPv6 and an
     /// IPv4 one), each for its share of `REST_TIMEOUT` as hyper-util did, so
     /// that one that never answers leaves time for the next.
     async fn connect_any(&self) -> Result<TcpStream, SnapshotError> {
-        let unreachable = |why: String| SnapshotError::Unreachable(why);
-        let addresses: Vec<_> =
-            tokio::net::lookup_host(&self.api.address).await.map_err(|e| unreachable(e.to_string()))?.collect();
+        let addresses: Vec<_> = tokio::net::lookup_host(&self.api.address)
+            .await
+            .map_err(|e| SnapshotError::Unreachable(e.to_string()))?
+            .collect();
         let attempt = self.timeout / addresses.len().max(1) as u32;
         let mut last = format!("{} resolves to no address", self.api.address);
         for address in addresses {
@@ -200,7 +202,7 @@ impl HttpSnapshotSource {
                 Err(_) => last = format!("{address}: no answer within {attempt:?}"),
             }
         }
-        Err(unreachable(last))
+        Err(SnapshotError::Unreachable(last))
     }
 }
 
