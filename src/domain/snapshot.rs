@@ -1,6 +1,7 @@
 //! The section snapshot: the body of the one REST call a connection makes.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -11,8 +12,9 @@ use super::ids::EntityId;
 use super::timestamp;
 
 /// A parsed snapshot: the frame to send first, and what the handoff needs to
-/// know about the entities it holds.
-#[derive(Debug)]
+/// know about the entities it holds. A clone shares the frame's and the
+/// payload's bytes.
+#[derive(Clone, Debug)]
 pub struct Snapshot {
     pub frame: Frame,
     /// `updatedAt` (ms) of each entity the snapshot holds: the section itself
@@ -24,7 +26,7 @@ pub struct Snapshot {
     pub restaurant_id: Option<EntityId>,
     /// The payload as the API sent it (envelope removed), kept while the
     /// gateway may still add `objects` to it.
-    payload: Option<Box<str>>,
+    payload: Option<Arc<str>>,
 }
 
 /// A section's objects as the gateway knows them from Kafka: the JSON array

@@ -2,5 +2,6 @@
 
 pub mod jwt;
 pub mod kafka;
+pub mod recent_snapshots;
 pub mod resume_token;
 pub mod snapshot_http;

@@ -20,8 +20,11 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::application::ports::{SnapshotError, SnapshotRequest, SnapshotSource};
+use crate::domain::ids::SectionId;
 use crate::domain::snapshot::Snapshot;
 use crate::telemetry::{Counted, METRICS};
+
+use super::recent_snapshots::RecentSnapshots;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -80,6 +83,8 @@ pub struct HttpSnapshotSource {
     /// This shard's connections to the API that no call is using, and since
     /// when.
     idle: RefCell<Vec<(Sender, Instant)>>,
+    /// The last body each section's call read here, parsed.
+    recent: RefCell<RecentSnapshots>,
 }
 
 impl HttpSnapshotSource {
@@ -93,6 +98,7 @@ impl HttpSnapshotSource {
             in_flight,
             in_flight_gauge: METRICS.snapshot_calls_in_flight.clone(),
             idle: RefCell::default(),
+            recent: RefCell::default(),
         }
     }
 
@@ -134,7 +140,19 @@ impl HttpSnapshotSource {
             status => return Err(SnapshotError::ServerError(status.as_u16())),
         }
         let body = body.map_err(|_| SnapshotError::Unparseable)?.to_bytes();
-        Snapshot::parse(&body).map_err(|_| SnapshotError::Unparseable)
+        self.parse(call.section, &body)
+    }
+
+    /// Parses `body`, unless it is the one this shard read for the section
+    /// last time.
+    fn parse(&self, section: SectionId, body: &[u8]) -> Result<Snapshot, SnapshotError> {
+        if let Some(snapshot) = self.recent.borrow().get(section, body) {
+            METRICS.snapshot_bodies_reused.inc();
+            return Ok(snapshot);
+        }
+        let snapshot = Snapshot::parse(body).map_err(|_| SnapshotError::Unparseable)?;
+        self.recent.borrow_mut().keep(section, body, &snapshot);
+        Ok(snapshot)
     }
 
     /// Sends on an idle connection when one is open, else on a new one. The

@@ -26,6 +26,7 @@ pub struct Metrics {
     pub delivery_seconds: Histogram,
     pub snapshot_outcomes: IntCounterVec,
     pub snapshot_calls_in_flight: IntGauge,
+    pub snapshot_bodies_reused: IntCounter,
     pub handoff_skipped: IntCounter,
     pub consumer_lag: IntGaugeVec,
     pub shard_mailbox_pushed: IntCounterVec,
@@ -115,6 +116,11 @@ impl Metrics {
                 &r,
                 "mesaya_snapshot_calls_in_flight",
                 "Snapshot calls waiting for the API now (at most SNAPSHOT_CONCURRENCY)",
+            ),
+            snapshot_bodies_reused: counter(
+                &r,
+                "mesaya_snapshot_bodies_reused_total",
+                "Snapshot bodies not parsed again: the same bytes as the section's last one on this shard",
             ),
             handoff_skipped: counter(
                 &r,
