@@ -207,12 +207,16 @@ async fn snapshots_and_link_frames_carry_the_latest_entity_of_every_linked_objec
     send_v2(&stack, SECTION_OBJECTS, "deleted", &link_known).await;
     expect_event(&mut client_a, "a deleted link", "section-object.deleted", &link_known).await;
 
-    // New clients get the links as they stand, each with its object's latest entity.
+    // New clients get the links as they stand, each with its object's latest entity,
+    // though the API's bodies are the same bytes as before and are not parsed again.
+    let reused = || stack.metric("mesaya_snapshot_bodies_reused_total", "");
+    assert_eq!(reused().await, 0.0);
     let (_, snapshot) = stack.watch(&a).await;
     let expected = [with_object(&link_unknown, &late_object), link_never.clone()];
     assert_snapshot("A after the changes", &snapshot, &body_a, &expected);
     let (_, snapshot) = stack.watch(&b).await;
     assert_snapshot("B after the changes", &snapshot, &body_b, &[with_object(&link_b, &object)]);
+    assert_eq!(reused().await, 2.0, "each section's owning shard read its body before");
 
     // Bodies that have `objects` of their own are sent as they are, though
     // the gateway knows a link of each section.
