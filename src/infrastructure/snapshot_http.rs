@@ -104,7 +104,7 @@ impl HttpSnapshotSource {
 
     /// Waits for a place among the calls in flight, then makes the call.
     async fn request_in_turn(&self, call: SnapshotRequest<'_>) -> Result<Snapshot, SnapshotError> {
-        let _place = self.in_flight.acquire().await.map_err(|_| SnapshotError::Unreachable("shutting down".into()))?;
+        let _place = self.in_flight.acquire().await.map_err(|_| unreachable("shutting down"))?;
         let _counted = Counted::new(&self.in_flight_gauge);
         self.request(call).await
     }
@@ -119,7 +119,7 @@ impl HttpSnapshotSource {
             .header(&X_FORWARDED_FOR, call.client_addr.to_string())
             .header(&X_REQUEST_ID, call.request_id)
             .body(Empty::new())
-            .map_err(|_| SnapshotError::Unreachable("invalid request URI".into()))?;
+            .map_err(|_| unreachable("invalid request URI"))?;
         let (response, connection) = self.send(request).await?;
         let status = response.status();
         // Read whatever the status, so that the connection can carry the
@@ -162,7 +162,6 @@ impl HttpSnapshotSource {
     /// that went out is never sent twice: if the API closes the connection
     /// just after it, the call fails, as it did with hyper-util.
     async fn send(&self, request: Request<Empty<Bytes>>) -> Result<(Response<Incoming>, Sender), SnapshotError> {
-        let unreachable = |error: hyper::Error| SnapshotError::Unreachable(error.to_string());
         let mut request = request;
         while let Some(mut connection) = self.take_idle() {
             match connection.try_send_request(request).await {
@@ -189,10 +188,9 @@ impl HttpSnapshotSource {
     }
 
     async fn connect(&self) -> Result<Sender, SnapshotError> {
-        let unreachable = |error: &dyn std::fmt::Display| SnapshotError::Unreachable(error.to_string());
         let stream = self.connect_any().await?;
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await.map_err(|e| unreachable(&e))?;
+        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await.map_err(unreachable)?;
         // The connection's I/O runs beside the session on this shard, and
         // ends when the API or the last sender closes it.
         tokio::task::spawn_local(async move {
@@ -207,10 +205,7 @@ impl HttpSnapshotSource {
     /// IPv4 one), each for its share of `REST_TIMEOUT` as hyper-util did, so
     /// that one that never answers leaves time for the next.
     async fn connect_any(&self) -> Result<TcpStream, SnapshotError> {
-        let addresses: Vec<_> = tokio::net::lookup_host(&self.api.address)
-            .await
-            .map_err(|e| SnapshotError::Unreachable(e.to_string()))?
-            .collect();
+        let addresses: Vec<_> = tokio::net::lookup_host(&self.api.address).await.map_err(unreachable)?.collect();
         let attempt = self.timeout / addresses.len().max(1) as u32;
         let mut last = format!("{} resolves to no address", self.api.address);
         for address in addresses {
@@ -220,8 +215,13 @@ impl HttpSnapshotSource {
                 Err(_) => last = format!("{address}: no answer within {attempt:?}"),
             }
         }
-        Err(SnapshotError::Unreachable(last))
+        Err(unreachable(last))
     }
+}
+
+/// The API could not be reached or talked to, and why.
+fn unreachable(why: impl std::fmt::Display) -> SnapshotError {
+    SnapshotError::Unreachable(why.to_string())
 }
 
 impl SnapshotSource for HttpSnapshotSource {
