@@ -17,6 +17,7 @@ use mesaya_realtime::application::outbox::{Outbox, QueueLimits};
 use mesaya_realtime::application::ports::{DirectWriter, ResumeGrant, ResumeTokens};
 use mesaya_realtime::application::replay::{Replay, ReplayLimits};
 use mesaya_realtime::application::router::EventRouter;
+use mesaya_realtime::domain::audience::{Audience, UserId};
 use mesaya_realtime::domain::entity::{Action, EntityKey, EntityKind};
 use mesaya_realtime::domain::envelope;
 use mesaya_realtime::domain::frame::Frame;
@@ -69,8 +70,8 @@ fn table_updated() -> Arc<Delivery> {
 }
 
 fn live_outbox() -> Rc<Outbox> {
-    let outbox = Rc::new(Outbox::new(QueueLimits { max_frames: 1024, max_bytes: 4 << 20 }));
-    outbox.go_live(&Snapshot::parse(br#"{"data":{"id":"s"}}"#).unwrap());
+    let outbox = Rc::new(Outbox::new(QueueLimits { max_frames: 1024, max_bytes: 4 << 20 }, UserId::new("u1")));
+    outbox.go_live(&Snapshot::parse(br#"{"data":{"id":"s"}}"#).unwrap(), Audience::Staff);
     outbox
 }
 
@@ -182,7 +183,7 @@ fn conflation(c: &mut Criterion) {
     let deliveries: Vec<Arc<Delivery>> = (0..16)
         .map(|n| {
             Arc::new(Delivery {
-                frame: Frame::event(EntityKind::Table, Action::Updated, TABLE_UPDATED),
+                frames: Frame::event(EntityKind::Table, Action::Updated, TABLE_UPDATED).into(),
                 key: EntityKey::new(EntityKind::Table, format!("table-{n}")),
                 action: Action::Updated,
                 updated_at: None,
@@ -195,8 +196,8 @@ fn conflation(c: &mut Criterion) {
     let mut group = c.benchmark_group("outbox");
     group.throughput(Throughput::Elements(1));
     group.bench_function("push_into_a_full_queue_of_16_entities", |b| {
-        let outbox = Outbox::new(QueueLimits { max_frames: 64, max_bytes: 4 << 20 });
-        outbox.go_live(&snapshot);
+        let outbox = Outbox::new(QueueLimits { max_frames: 64, max_bytes: 4 << 20 }, UserId::new("u1"));
+        outbox.go_live(&snapshot, Audience::Staff);
         let mut n = 0;
         b.iter(|| {
             n += 1;
@@ -221,7 +222,7 @@ fn resume(c: &mut Criterion) {
     let frame = Frame::event(EntityKind::Table, Action::Updated, TABLE_UPDATED);
     let delivery_at = |offset: i64| {
         Arc::new(Delivery {
-            frame: frame.clone(),
+            frames: frame.clone().into(),
             key: EntityKey::new(EntityKind::Table, "t"),
             action: Action::Updated,
             updated_at: None,

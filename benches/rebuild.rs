@@ -11,6 +11,9 @@ use std::time::Instant;
 use mesaya_realtime::application::floor::SharedFloor;
 use mesaya_realtime::application::ingest::Ingest;
 use mesaya_realtime::application::ports::Dispatch;
+use mesaya_realtime::application::restaurants::SharedRestaurants;
+use mesaya_realtime::application::router::EventRouter;
+use mesaya_realtime::domain::audience::Disclosure;
 use mesaya_realtime::domain::ids::SectionId;
 use mesaya_realtime::domain::position::{Position, Progress};
 
@@ -50,7 +53,11 @@ fn record(data: serde_json::Value) -> Vec<u8> {
 fn main() {
     let sections: u128 = std::env::var("REBUILD_SECTIONS").ok().and_then(|n| n.parse().ok()).unwrap_or(10_000);
     let floor = SharedFloor::default();
-    let mut ingest = Ingest::new(Nowhere, 1 << 20, floor.clone());
+    let mut ingest = Ingest::new(
+        Nowhere,
+        1 << 20,
+        EventRouter::new(floor.clone(), SharedRestaurants::default(), Disclosure::default()),
+    );
     let before = resident_bytes();
     // Only the replay is timed, not making the records up.
     let mut replaying = std::time::Duration::ZERO;

@@ -73,7 +73,7 @@ fn run(budget: usize, events_per_second: u64, sections: &[SectionId]) -> Outcome
     for offset in 0..events {
         let section = sections[(offset as usize * 7919) % sections.len()];
         let delivery = Arc::new(Delivery {
-            frame: frame(&section, offset),
+            frames: frame(&section, offset).into(),
             key: EntityKey::new(EntityKind::Table, "t"),
             action: Action::Updated,
             updated_at: None,

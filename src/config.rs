@@ -8,6 +8,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use crate::application::outbox::QueueLimits;
+use crate::domain::audience::{DEFAULT_PUBLIC_RESERVATION_FIELDS, PublicFields};
 
 /// The default `KAFKA_TOPICS`: the v1 (`mesa-ya.<domain>.<verb>`) and v2
 /// (`mesa-ya.<domain>.events`) topics of every section-related domain,
@@ -107,6 +108,10 @@ pub struct Config {
     pub jwt: JwtSettings,
     pub allowed_roles: Vec<String>,
     pub required_permission: Option<String>,
+    /// Roles that see every reservation whole (`WS_STAFF_ROLES`).
+    pub staff_roles: Vec<String>,
+    /// What public connections see of a reservation.
+    pub public_reservation_fields: PublicFields,
     pub rest_base_url: String,
     pub snapshot_path: String,
     pub rest_timeout: Duration,
@@ -202,6 +207,19 @@ fn client_rate<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<u32, Confi
         return Err(ConfigError::new("WS_CLIENT_RATE", "must be greater than 0"));
     }
     Ok(rate)
+}
+
+/// `WS_PUBLIC_RESERVATION_FIELDS`: plain field names only, so that a typo
+/// such as `user id` cannot silently hide a field from everyone.
+fn public_reservation_fields<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<PublicFields, ConfigError> {
+    let fields = env.list("WS_PUBLIC_RESERVATION_FIELDS", DEFAULT_PUBLIC_RESERVATION_FIELDS);
+    if let Some(bad) = fields.iter().find(|field| !field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')) {
+        return Err(ConfigError::new(
+            "WS_PUBLIC_RESERVATION_FIELDS",
+            format!("expected field names like status,tableId, got {bad:?}"),
+        ));
+    }
+    Ok(PublicFields::new(fields))
 }
 
 fn trusted_proxies<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Vec<IpNet>, ConfigError> {
@@ -316,6 +334,8 @@ impl Config {
             jwt,
             allowed_roles: env.list("WS_ALLOWED_ROLES", "USER,OWNER,ADMIN"),
             required_permission: env.get("WS_REQUIRED_PERMISSION"),
+            staff_roles: env.list("WS_STAFF_ROLES", "ADMIN"),
+            public_reservation_fields: public_reservation_fields(&env)?,
             rest_base_url,
             snapshot_path,
             rest_timeout: env.duration("REST_TIMEOUT", Duration::from_secs(5))?,
@@ -364,6 +384,8 @@ mod tests {
         assert_eq!(config.kafka.brokers, "localhost:9092");
         assert_eq!(config.kafka.topics, vec![DEFAULT_TOPICS.to_string()]);
         assert_eq!(config.allowed_roles, vec!["USER", "OWNER", "ADMIN"]);
+        assert_eq!(config.staff_roles, vec!["ADMIN"]);
+        assert_eq!(config.public_reservation_fields, PublicFields::parse(DEFAULT_PUBLIC_RESERVATION_FIELDS));
         assert_eq!(config.snapshot_path, "/api/section/{id}");
         assert_eq!(config.rest_timeout, Duration::from_secs(5));
         assert!(config.shards >= 1);
@@ -439,6 +461,7 @@ mod tests {
             (&[key, ("RESUME_WINDOW", "25h")], "RESUME_WINDOW"),
             (&[key, ("RESUME_BUFFER", "lots")], "RESUME_BUFFER"),
             (&[key, ("RESUME_BUFFER_BYTES", "64 parsecs")], "RESUME_BUFFER_BYTES"),
+            (&[key, ("WS_PUBLIC_RESERVATION_FIELDS", "id,user name")], "WS_PUBLIC_RESERVATION_FIELDS"),
             (&[key, ("RESUME_BUFFER_BYTES", "99999999999999999999GiB")], "RESUME_BUFFER_BYTES"),
         ];
         for (vars, variable) in cases {

@@ -9,11 +9,15 @@ use std::time::Duration;
 use mesaya_realtime::application::admission::Admission;
 use mesaya_realtime::application::authorize::Authorizer;
 use mesaya_realtime::application::floor::SharedFloor;
+use mesaya_realtime::application::ingest::Ingest;
 use mesaya_realtime::application::readiness::Readiness;
 use mesaya_realtime::application::replay::ReplayLimits;
+use mesaya_realtime::application::restaurants::SharedRestaurants;
 use mesaya_realtime::application::resume::ResumeSettings;
+use mesaya_realtime::application::router::EventRouter;
 use mesaya_realtime::config::{Config, LogFormat};
 use mesaya_realtime::domain::access::AccessPolicy;
+use mesaya_realtime::domain::audience::{Disclosure, StaffRoles};
 use mesaya_realtime::infrastructure::jwt::JwtVerifier;
 use mesaya_realtime::infrastructure::kafka::KafkaIngest;
 use mesaya_realtime::infrastructure::resume_token::HmacResumeTokens;
@@ -121,6 +125,7 @@ fn run(config: Config, verifier: JwtVerifier, listener: std::net::TcpListener) -
     let readiness = Arc::new(Readiness::default());
     let shutdown = Shutdown::default();
     let floor = SharedFloor::default();
+    let restaurants = SharedRestaurants::default();
     let mut threads = Threads::default();
     let (reports, learned_sections) = crossbeam_channel::bounded(section_reports::CAPACITY);
     let (mailboxes, inboxes): (Vec<_>, Vec<_>) =
@@ -140,6 +145,8 @@ fn run(config: Config, verifier: JwtVerifier, listener: std::net::TcpListener) -
         session: config.session.clone(),
         drain_timeout: config.drain_timeout,
         floor: floor.clone(),
+        restaurants: restaurants.clone(),
+        staff_roles: StaffRoles::new(config.staff_roles.clone()),
         resume: config.resume.as_ref().map(|resume| ResumeSettings {
             tokens: Arc::new(HmacResumeTokens::new(&resume.secret)),
             window: resume.window,
@@ -170,10 +177,11 @@ fn run(config: Config, verifier: JwtVerifier, listener: std::net::TcpListener) -
     }
     drop((listener, reports));
 
+    let disclosure = Disclosure { reservation: config.public_reservation_fields.clone(), ..Disclosure::default() };
+    let router = EventRouter::new(floor, restaurants, disclosure);
     let ingest = KafkaIngest::new(
         config.kafka.clone(),
-        ShardDispatch::new(shards),
-        floor,
+        Ingest::new(ShardDispatch::new(shards), config.kafka.max_record_bytes, router),
         learned_sections,
         Arc::clone(&readiness),
         shutdown.clone(),

@@ -57,8 +57,10 @@ const OBJECT: u128 = 3;
 const LINK: u128 = 4;
 const RESERVATION: u128 = 5;
 const RESTAURANT: u128 = 6;
+const OWNER: u128 = 7;
 /// (tag, pool size): small pools, so links, moves and deletes collide often.
-const POOLS: [(u128, usize); 6] = [(SECTION, 3), (TABLE, 4), (OBJECT, 3), (LINK, 4), (RESERVATION, 3), (RESTAURANT, 2)];
+const POOLS: [(u128, usize); 7] =
+    [(SECTION, 3), (TABLE, 4), (OBJECT, 3), (LINK, 4), (RESERVATION, 3), (RESTAURANT, 2), (OWNER, 2)];
 
 fn pool_id(tag: u128, i: usize) -> String {
     uuid::Uuid::from_u128((tag << 64) | i as u128).hyphenated().to_string()
@@ -455,7 +457,7 @@ struct Seen {
 }
 
 fn seen(section: SectionId, delivery: &Delivery) -> Seen {
-    let frame: Value = serde_json::from_slice(delivery.frame.utf8_bytes()).unwrap();
+    let frame: Value = serde_json::from_slice(delivery.frames.full().utf8_bytes()).unwrap();
     Seen {
         section,
         event: frame["event"].as_str().expect("frames name their event").to_string(),
@@ -511,6 +513,8 @@ struct Model {
     objects: HashMap<String, String>,
     /// section → its restaurant
     restaurants: HashMap<SectionId, String>,
+    /// restaurant → its owner
+    owners: HashMap<String, String>,
     /// (table, held at ms, reservation), oldest first
     held: Vec<(String, u64, EntityEvent)>,
 }
@@ -580,10 +584,16 @@ impl Model {
                 }
             }
             EntityKind::Restaurant => {
+                sections = self.restaurants.iter().filter(|(_, r)| **r == id).map(|(section, _)| *section).collect();
+                if deleted {
+                    self.owners.remove(&id);
+                    self.restaurants.retain(|_, restaurant| *restaurant != id);
+                } else if let Some(owner) = json_of(&event.payload)["ownerId"].as_str() {
+                    self.owners.insert(id.clone(), owner.to_string());
+                }
                 if event.action == Action::Created {
                     return None;
                 }
-                sections = self.restaurants.iter().filter(|(_, r)| **r == id).map(|(section, _)| *section).collect();
                 if sections.is_empty() {
                     return None;
                 }
@@ -654,6 +664,7 @@ impl Model {
             section_objects: self.links.len(),
             objects: self.objects.len(),
             restaurants: self.restaurants.values().collect::<HashSet<_>>().len(),
+            restaurant_owners: self.owners.len(),
             held_reservations: self.held.len(),
         }
     }
@@ -714,7 +725,8 @@ fn arb_pooled_change() -> impl Strategy<Value = (String, Value)> {
                     put("objectId", object, OBJECT);
                 }
                 EntityKind::Reservation => put("tableId", table, TABLE),
-                EntityKind::Object | EntityKind::Restaurant => {}
+                EntityKind::Restaurant => put("ownerId", section, OWNER),
+                EntityKind::Object => {}
             }
             if let Some(at) = updated_at {
                 entity.insert("updatedAt".into(), json!(at));
@@ -842,7 +854,7 @@ impl Harness {
             prop_assert!(main.iter().all(|(_, d)| Arc::ptr_eq(d, first)), "{}", what);
             // The object goes last into a section-object's payload.
             if let Some(object) = &expected.object {
-                let text = std::str::from_utf8(first.frame.utf8_bytes()).unwrap();
+                let text = std::str::from_utf8(first.frames.full().utf8_bytes()).unwrap();
                 prop_assert!(text.ends_with(&format!("\"object\":{object}}}}}")), "{}: {}", what, text);
             }
         }
@@ -859,12 +871,13 @@ impl Harness {
     }
 
     /// Deletes every section named so far (tables, links and restaurants
-    /// only ever point at those) and every object the model holds, and lets
-    /// every hold run out.
+    /// only ever point at those), every object and every owned restaurant
+    /// the model holds, and lets every hold run out.
     fn delete_everything(&mut self) -> Result<(), TestCaseError> {
         let sections = self.named.iter().map(|section| ("sections", section.to_string()));
         let objects = self.model.objects.keys().map(|object| ("objects", object.clone()));
-        for (domain, id) in sections.chain(objects).collect::<Vec<_>>() {
+        let owned = self.model.owners.keys().map(|restaurant| ("restaurants", restaurant.clone()));
+        for (domain, id) in sections.chain(objects).chain(owned).collect::<Vec<_>>() {
             let record = json!({"event_type": "deleted", "data": {"id": id}});
             self.record(&format!("mesa-ya.{domain}.events"), &record)?;
             prop_assert_eq!(self.router.link_counts(), self.model.counts());

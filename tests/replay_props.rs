@@ -71,7 +71,7 @@ fn frame_for(p: i32, offset: i64) -> Frame {
 
 fn delivery(p: i32, offset: i64, placed: bool) -> Arc<Delivery> {
     Arc::new(Delivery {
-        frame: frame_for(p, offset),
+        frames: frame_for(p, offset).into(),
         key: EntityKey::new(EntityKind::Table, format!("{p}-{offset}").as_str()),
         action: Action::Updated,
         updated_at: None,

@@ -9,8 +9,9 @@
 //!    ([`FloorPlan`]). A snapshot reports its tables and restaurant
 //!    (reservations and restaurant events for them become routable), then
 //!    ends the holding phase: the snapshot frame goes first, followed by the
-//!    held events it does not already cover. A failed call asks for the
-//!    close code that tells the client why.
+//!    held events it does not already cover, all as the client's audience
+//!    sees them (staff if it owns the snapshot's restaurant, SPEC §2.7). A
+//!    failed call asks for the close code that tells the client why.
 //!
 //! The writer (transport) then sends whatever the outbox holds.
 
@@ -20,13 +21,16 @@ use std::rc::Rc;
 
 use tokio::time::Instant;
 
+use crate::domain::audience::{UserId, Viewer};
 use crate::domain::ids::SectionId;
 use crate::domain::protocol::CloseCode;
 use crate::telemetry::events::SnapshotFetched;
 
 use super::hub::SectionHub;
 use super::outbox::{Outbox, QueueLimits};
-use super::ports::{FloorPlan, LearnedSection, SectionReporter, SnapshotError, SnapshotRequest, SnapshotSource};
+use super::ports::{
+    FloorPlan, LearnedSection, RestaurantOwners, SectionReporter, SnapshotError, SnapshotRequest, SnapshotSource,
+};
 
 /// A client's place among its section's subscribers. Dropping it leaves,
 /// however the session ends (a panicking session included), so the hub
@@ -53,9 +57,14 @@ impl Drop for Registration {
     }
 }
 
-/// Subscribes a new client to its section, holding.
-pub fn register(hub: &Rc<RefCell<SectionHub>>, section: SectionId, limits: QueueLimits) -> Registration {
-    let outbox = Rc::new(Outbox::new(limits));
+/// Subscribes a new client of user `viewer` to its section, holding.
+pub fn register(
+    hub: &Rc<RefCell<SectionHub>>,
+    section: SectionId,
+    limits: QueueLimits,
+    viewer: UserId,
+) -> Registration {
+    let outbox = Rc::new(Outbox::new(limits, viewer));
     hub.borrow_mut().subscribe(section, Rc::clone(&outbox));
     Registration { hub: Rc::clone(hub), section, outbox }
 }
@@ -82,16 +91,24 @@ pub enum Connected {
     Interrupted(Interruption),
 }
 
+/// What the snapshot phase reads and tells.
+pub struct SnapshotPorts<'a, S, R, F, O> {
+    pub snapshots: &'a S,
+    pub reports: &'a R,
+    pub floor: &'a F,
+    pub owners: &'a O,
+}
+
 /// Runs the snapshot call for a registered client and leaves its outbox
 /// either live or closing. `interrupted` abandons the call when it resolves.
-pub async fn fetch_snapshot<S: SnapshotSource, R: SectionReporter, F: FloorPlan>(
-    snapshots: &S,
-    reports: &R,
-    floor: &F,
+pub async fn fetch_snapshot<S: SnapshotSource, R: SectionReporter, F: FloorPlan, O: RestaurantOwners>(
+    ports: SnapshotPorts<'_, S, R, F, O>,
     outbox: &Outbox,
     request: SnapshotRequest<'_>,
+    viewer: &Viewer,
     interrupted: impl Future<Output = Interruption>,
 ) -> Connected {
+    let SnapshotPorts { snapshots, reports, floor, owners } = ports;
     let started = Instant::now();
     let fetched = tokio::select! {
         fetched = snapshots.fetch(request) => Ok(fetched),
@@ -110,7 +127,8 @@ pub async fn fetch_snapshot<S: SnapshotSource, R: SectionReporter, F: FloorPlan>
                 restaurant: snapshot.restaurant_id.clone(),
                 table_ids: snapshot.table_ids.clone(),
             });
-            Connected::Live { skipped: outbox.go_live(&snapshot) }
+            let owner = owners.owner_of(request.section, snapshot.restaurant_id.as_ref());
+            Connected::Live { skipped: outbox.go_live(&snapshot, viewer.audience(owner.as_ref())) }
         }
         Ok(Err(error)) => {
             outbox.request_close(error.close_code(), false);
@@ -134,6 +152,7 @@ mod tests {
     use std::time::Duration;
 
     use crate::application::delivery::Delivery;
+    use crate::domain::audience::Audience;
     use crate::domain::entity::{Action, EntityKey, EntityKind};
     use crate::domain::frame::Frame;
     use crate::domain::ids::EntityId;
@@ -185,13 +204,46 @@ mod tests {
         }
     }
 
+    /// Kafka told that `.0` owns restaurant `r1`, the snapshot's.
+    struct Owner(Option<UserId>);
+
+    impl RestaurantOwners for Owner {
+        fn owner_of(&self, _section: SectionId, restaurant: Option<&EntityId>) -> Option<UserId> {
+            self.0.clone().filter(|_| restaurant.is_some_and(|restaurant| &**restaurant == "r1"))
+        }
+    }
+
     fn section() -> SectionId {
         SectionId::parse(S1).unwrap()
     }
 
+    const OWNER: &str = "0a111111-1111-4111-8111-111111111111";
+
+    fn user() -> UserId {
+        UserId::new(OWNER)
+    }
+
+    /// The user, with the role OWNER.
+    fn owner_viewer() -> Viewer {
+        Viewer { subject: user(), staff_role: false, owner_role: true }
+    }
+
+    /// Who connects, and whom Kafka told owns the snapshot's restaurant.
+    struct Who {
+        viewer: Viewer,
+        owner: Option<UserId>,
+    }
+
+    impl Who {
+        /// An owner of another restaurant than the snapshot's.
+        fn stranger() -> Self {
+            Self { viewer: owner_viewer(), owner: Some(UserId::new("0b222222-2222-4222-8222-222222222222")) }
+        }
+    }
+
     fn held_update(table: &str, updated_at: &str) -> Arc<Delivery> {
         Arc::new(Delivery {
-            frame: Frame::event(EntityKind::Table, Action::Updated, &format!(r#"{{"id":"{table}"}}"#)),
+            frames: Frame::event(EntityKind::Table, Action::Updated, &format!(r#"{{"id":"{table}"}}"#)).into(),
             key: EntityKey::new(EntityKind::Table, table),
             action: Action::Updated,
             updated_at: crate::domain::timestamp::parse_millis(updated_at),
@@ -218,8 +270,19 @@ mod tests {
         held: &[Arc<Delivery>],
         interruption: Interruption,
     ) -> (Rc<Outbox>, Connected) {
+        connect_as(Who::stranger(), api, tables, held, interruption).await
+    }
+
+    async fn connect_as(
+        who: Who,
+        api: &FakeApi,
+        tables: &RecordedTables,
+        held: &[Arc<Delivery>],
+        interruption: Interruption,
+    ) -> (Rc<Outbox>, Connected) {
+        let Who { viewer, owner } = who;
         let hub = Rc::new(RefCell::new(SectionHub::default()));
-        let registration = register(&hub, section(), QueueLimits { max_frames: 16, max_bytes: 1 << 20 });
+        let registration = register(&hub, section(), QueueLimits { max_frames: 16, max_bytes: 1 << 20 }, user());
         for delivery in held {
             hub.borrow_mut().fan_out(section(), delivery);
         }
@@ -228,7 +291,8 @@ mod tests {
             interruption
         };
         let outbox = registration.outbox();
-        let connected = fetch_snapshot(api, tables, &OneLink, outbox, request(), interrupted).await;
+        let ports = SnapshotPorts { snapshots: api, reports: tables, floor: &OneLink, owners: &Owner(owner) };
+        let connected = fetch_snapshot(ports, outbox, request(), &viewer, interrupted).await;
         (Rc::clone(outbox), connected)
     }
 
@@ -265,8 +329,22 @@ mod tests {
             "added from Kafka"
         );
         outbox.pop_written(first.seq);
-        assert_eq!(outbox.front().map(|next| next.frame), Some(fresh.frame.clone()));
+        assert_eq!(outbox.front().map(|next| next.frame), Some(fresh.frames.full().clone()));
         assert!(outbox.close_request().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_owner_of_the_snapshots_restaurant_goes_live_as_staff_and_others_as_public() {
+        let api = FakeApi::answering(|| Ok(Snapshot::parse(BODY.as_bytes()).unwrap()));
+        let tables = RecordedTables::default();
+        let owner = Who { viewer: owner_viewer(), owner: Some(user()) };
+        let (outbox, _) = connect_as(owner, &api, &tables, &[], Interruption::Shutdown).await;
+        assert_eq!(outbox.audience(), Audience::Staff);
+        let (outbox, _) = connect_as(Who::stranger(), &api, &tables, &[], Interruption::Shutdown).await;
+        assert_eq!(outbox.audience(), Audience::Public { viewer: user() });
+        let unknown = Who { viewer: owner_viewer(), owner: None };
+        let (outbox, _) = connect_as(unknown, &api, &tables, &[], Interruption::Shutdown).await;
+        assert_eq!(outbox.audience(), Audience::Public { viewer: user() }, "a restaurant nobody owns");
     }
 
     #[tokio::test(start_paused = true)]
@@ -309,7 +387,8 @@ mod tests {
         let session = local.spawn_local({
             let hub = Rc::clone(&hub);
             async move {
-                let _registration = register(&hub, section(), QueueLimits { max_frames: 4, max_bytes: 1 << 20 });
+                let _registration =
+                    register(&hub, section(), QueueLimits { max_frames: 4, max_bytes: 1 << 20 }, user());
                 panic!("a bug in a session");
             }
         });

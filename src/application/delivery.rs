@@ -3,14 +3,16 @@
 
 use std::time::Instant;
 
+use crate::domain::audience::{Audience, Variants};
 use crate::domain::entity::{Action, EntityKey};
 use crate::domain::frame::Frame;
 use crate::domain::position::Position;
 
 #[derive(Debug)]
 pub struct Delivery {
-    /// Built once on the ingest thread; shared by every subscriber.
-    pub frame: Frame,
+    /// Built once on the ingest thread, one frame per audience that sees it
+    /// differently; shared by every subscriber.
+    pub frames: Variants,
     pub key: EntityKey,
     pub action: Action,
     pub updated_at: Option<i64>,
@@ -23,6 +25,13 @@ pub struct Delivery {
     /// table was known: where the ingest stood when it was released).
     /// Replay buffers and resume tokens are made of these.
     pub position: Option<Position>,
+}
+
+impl Delivery {
+    /// The frame a subscriber of `audience` gets.
+    pub fn frame_for(&self, audience: &Audience) -> &Frame {
+        self.frames.for_audience(audience)
+    }
 }
 
 /// When and from where the ingest thread routes: every frame of one record

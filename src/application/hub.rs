@@ -113,7 +113,7 @@ mod tests {
 
     fn delivery(id: &str, ends_section: bool) -> Arc<Delivery> {
         Arc::new(Delivery {
-            frame: Frame::event(EntityKind::Table, Action::Updated, "{}"),
+            frames: Frame::event(EntityKind::Table, Action::Updated, "{}").into(),
             key: EntityKey::new(EntityKind::Table, id),
             action: Action::Updated,
             updated_at: None,

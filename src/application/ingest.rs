@@ -10,7 +10,6 @@ use crate::domain::envelope::{self, Rejection};
 use crate::domain::position::{PartitionId, Position, Progress};
 
 use super::delivery::{Delivery, Stamp};
-use super::floor::SharedFloor;
 use super::ports::{Dispatch, LearnedSection};
 use super::router::{EventRouter, LinkCounts};
 
@@ -63,10 +62,9 @@ impl Record<'_> {
 const PROGRESS_EVERY: Duration = Duration::from_millis(25);
 
 impl<D: Dispatch> Ingest<D> {
-    /// `floor` is written here and read by the shards' snapshots.
-    pub fn new(dispatch: D, max_record_bytes: usize, floor: SharedFloor) -> Self {
+    pub fn new(dispatch: D, max_record_bytes: usize, router: EventRouter) -> Self {
         Self {
-            router: EventRouter::new(floor),
+            router,
             dispatch,
             max_record_bytes,
             progress: Progress::default(),
@@ -166,7 +164,7 @@ mod tests {
 
     impl Dispatch for &Recorder {
         fn dispatch(&self, section: SectionId, delivery: Arc<Delivery>) {
-            let frame: serde_json::Value = serde_json::from_slice(delivery.frame.utf8_bytes()).unwrap();
+            let frame: serde_json::Value = serde_json::from_slice(delivery.frames.full().utf8_bytes()).unwrap();
             self.0.borrow_mut().push((section, frame["event"].as_str().unwrap().to_string()));
         }
 
@@ -197,7 +195,7 @@ mod tests {
     #[test]
     fn a_table_event_reaches_its_section_once() {
         let recorder = Recorder::default();
-        let mut ingest = Ingest::new(&recorder, 1 << 20, SharedFloor::default());
+        let mut ingest = Ingest::new(&recorder, 1 << 20, EventRouter::default());
         let payload = v2("updated", serde_json::json!({"id": TABLE, "sectionId": S1}));
         assert_eq!(ingest.handle(record("mesa-ya.tables.events", &payload)), Ok(1));
         assert_eq!(recorder.take(), vec![(section(S1), "table.updated".to_string())]);
@@ -206,7 +204,7 @@ mod tests {
     #[test]
     fn malformed_and_unroutable_records_are_skipped_with_their_reason() {
         let recorder = Recorder::default();
-        let mut ingest = Ingest::new(&recorder, 128, SharedFloor::default());
+        let mut ingest = Ingest::new(&recorder, 128, EventRouter::default());
         let skipped =
             |ingest: &mut Ingest<&Recorder>, topic, payload: &[u8]| ingest.handle(record(topic, payload)).unwrap_err();
         assert_eq!(skipped(&mut ingest, "mesa-ya.tables.events", b"{nope").label(), "not_json");
@@ -222,7 +220,7 @@ mod tests {
     #[test]
     fn snapshots_release_held_reservations_and_replayed_links_route_objects() {
         let recorder = Recorder::default();
-        let mut ingest = Ingest::new(&recorder, 1 << 20, SharedFloor::default());
+        let mut ingest = Ingest::new(&recorder, 1 << 20, EventRouter::default());
 
         let reservation = v2("created", serde_json::json!({"id": RESERVATION, "tableId": TABLE}));
         assert_eq!(

@@ -13,5 +13,6 @@ pub mod outbox;
 pub mod ports;
 pub mod readiness;
 pub mod replay;
+pub mod restaurants;
 pub mod resume;
 pub mod router;

@@ -11,6 +11,11 @@
 //! not written) → *live* (after the snapshot frame: held events that the
 //! snapshot already covers are dropped, the rest are written in order) →
 //! *closing* (a close code was requested).
+//!
+//! An event is queued with all its frames ([`Delivery`]); the client's
+//! [`Audience`], decided when it goes live, picks the one written, so held
+//! and conflated events keep the choice (variants of one entity conflate
+//! together, as one queued event).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashSet, VecDeque};
@@ -20,6 +25,7 @@ use std::time::Instant;
 
 use tokio::sync::Notify;
 
+use crate::domain::audience::{Audience, UserId};
 use crate::domain::entity::Action;
 use crate::domain::frame::Frame;
 use crate::domain::position::Positions;
@@ -63,9 +69,10 @@ enum Item {
 }
 
 impl Item {
-    fn frame(&self) -> &Frame {
+    /// What a client of `audience` gets of this item.
+    fn frame(&self, audience: &Audience) -> &Frame {
         match self {
-            Self::Event(delivery) => &delivery.frame,
+            Self::Event(delivery) => delivery.frame_for(audience),
             Self::Control(frame) => frame,
         }
     }
@@ -79,8 +86,8 @@ struct Queued {
 }
 
 impl Queued {
-    fn next(&self) -> Next {
-        Next { seq: self.seq, frame: self.item.frame().clone() }
+    fn next(&self, audience: &Audience) -> Next {
+        Next { seq: self.seq, frame: self.item.frame(audience).clone() }
     }
 }
 
@@ -92,8 +99,10 @@ pub struct Next {
     pub frame: Frame,
 }
 
-#[derive(Default)]
 struct State {
+    /// Until the client goes live, the public audience of its own user:
+    /// nothing is written before then anyway.
+    audience: Audience,
     live: bool,
     queue: VecDeque<Queued>,
     next_seq: u64,
@@ -106,6 +115,10 @@ struct State {
 }
 
 impl State {
+    fn new(audience: Audience) -> Self {
+        Self { audience, live: false, queue: VecDeque::new(), next_seq: 0, bytes: 0, close: None, already_sent: None }
+    }
+
     /// The queue as the writer may see it: nothing while holding (before
     /// the snapshot) or once an immediate close was asked for.
     fn writable(&self) -> impl Iterator<Item = &Queued> {
@@ -117,12 +130,18 @@ impl State {
     fn enqueue(&mut self, item: Item, front: bool) {
         let queued = Queued { seq: self.next_seq, item };
         self.next_seq += 1;
-        self.bytes += queued.item.frame().len();
+        self.bytes += queued.item.frame(&self.audience).len();
         if front {
             self.queue.push_front(queued);
         } else {
             self.queue.push_back(queued);
         }
+    }
+
+    /// The bytes of what is queued, counted again (after items left or the
+    /// audience changed).
+    fn recount_bytes(&mut self) {
+        self.bytes = self.queue.iter().map(|queued| queued.item.frame(&self.audience).len()).sum();
     }
 }
 
@@ -138,9 +157,10 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    pub fn new(limits: QueueLimits) -> Self {
+    /// `viewer` is the client's user: its audience until it goes live.
+    pub fn new(limits: QueueLimits, viewer: UserId) -> Self {
         Self {
-            state: RefCell::default(),
+            state: RefCell::new(State::new(Audience::Public { viewer })),
             wake: Notify::new(),
             limits,
             direct: RefCell::default(),
@@ -237,8 +257,9 @@ impl Outbox {
     /// entity the snapshot already has at the same or a newer `updatedAt`
     /// (held deletes always stay), and puts the snapshot frame first, so the
     /// writer sends it like any frame, under the same timers and limits.
-    /// Returns how many held events were dropped.
-    pub fn go_live(&self, snapshot: &Snapshot) -> usize {
+    /// From now on the client gets the frames of `audience`. Returns how many
+    /// held events were dropped.
+    pub fn go_live(&self, snapshot: &Snapshot, audience: Audience) -> usize {
         let mut state = self.state.borrow_mut();
         let before = state.queue.len();
         state.queue.retain(|queued| match &queued.item {
@@ -246,7 +267,8 @@ impl Outbox {
             Item::Control(_) => true,
         });
         let dropped = before - state.queue.len();
-        state.bytes = state.queue.iter().map(|queued| queued.item.frame().len()).sum();
+        state.audience = audience;
+        state.recount_bytes();
         state.enqueue(Item::Control(snapshot.frame.clone()), true);
         state.live = true;
         drop(state);
@@ -257,7 +279,8 @@ impl Outbox {
     /// Whether `missed` fits in half of the queue's limits (beyond that, the
     /// next push would close the client as a slow consumer).
     pub fn has_room_for(&self, missed: &[Arc<Delivery>]) -> bool {
-        let bytes: usize = missed.iter().map(|delivery| delivery.frame.len()).sum();
+        // Counted as staff would get them: never less than any audience.
+        let bytes: usize = missed.iter().map(|delivery| delivery.frames.full().len()).sum();
         missed.len() < self.limits.max_frames / 2 && bytes < self.limits.max_bytes / 2
     }
 
@@ -270,9 +293,10 @@ impl Outbox {
 
     /// Ends the holding phase of a resumed client, instead of a snapshot:
     /// `section.resumed`, then the frames it missed, in order, then whatever
-    /// comes. Frames at or before `already_sent` are never queued again.
-    /// Called in the same turn as registration, so nothing is held yet.
-    pub fn go_live_resumed(&self, missed: &[Arc<Delivery>], already_sent: Positions) {
+    /// comes, all as `audience` gets them. Frames at or before
+    /// `already_sent` are never queued again. Called in the same turn as
+    /// registration, so nothing is held yet.
+    pub fn go_live_resumed(&self, missed: &[Arc<Delivery>], already_sent: Positions, audience: Audience) {
         let mut state = self.state.borrow_mut();
         state.queue.clear();
         state.bytes = 0;
@@ -280,8 +304,9 @@ impl Outbox {
         for delivery in missed {
             // Replayed, not routed now: control items, so they are neither
             // conflated nor timed as deliveries.
-            state.enqueue(Item::Control(delivery.frame.clone()), false);
+            state.enqueue(Item::Control(delivery.frame_for(&audience).clone()), false);
         }
+        state.audience = audience;
         state.already_sent = Some(Box::new(already_sent));
         state.live = true;
         drop(state);
@@ -298,13 +323,20 @@ impl Outbox {
     /// closing at once. They stay queued until [`Outbox::pop_written`], so an
     /// interrupted write loses nothing.
     pub fn fill_batch(&self, max: usize, each: impl FnMut(Next)) {
-        self.state.borrow().writable().take(max).map(Queued::next).for_each(each);
+        let state = self.state.borrow();
+        state.writable().take(max).map(|queued| queued.next(&state.audience)).for_each(each);
     }
 
     /// The first frame [`Outbox::fill_batch`] would give.
     #[cfg(test)]
     pub fn front(&self) -> Option<Next> {
-        self.state.borrow().writable().next().map(Queued::next)
+        let state = self.state.borrow();
+        state.writable().next().map(|queued| queued.next(&state.audience))
+    }
+
+    /// The audience the client's frames are chosen for.
+    pub fn audience(&self) -> Audience {
+        self.state.borrow().audience.clone()
     }
 
     /// Wakes the writer without queueing anything (the reader has a pong
@@ -323,7 +355,7 @@ impl Outbox {
             return None;
         }
         let queued = state.queue.pop_front()?;
-        state.bytes -= queued.item.frame().len();
+        state.bytes -= queued.item.frame(&state.audience).len();
         match queued.item {
             Item::Event(delivery) => Some(delivery.routed_at),
             Item::Control(_) => None,
@@ -386,7 +418,7 @@ fn conflate(state: &mut State) -> usize {
         }
     }
     state.queue = kept;
-    state.bytes = state.queue.iter().map(|queued| queued.item.frame().len()).sum();
+    state.recount_bytes();
     before - state.queue.len()
 }
 
@@ -426,7 +458,7 @@ pub(crate) mod tests {
     fn delivery(id: &str, action: Action, updated_at: Option<i64>) -> Arc<Delivery> {
         let payload = format!(r#"{{"id":"{id}","v":{}}}"#, updated_at.unwrap_or(0));
         Arc::new(Delivery {
-            frame: Frame::event(EntityKind::Table, action, &payload),
+            frames: Frame::event(EntityKind::Table, action, &payload).into(),
             key: EntityKey::new(EntityKind::Table, id),
             action,
             updated_at,
@@ -450,14 +482,18 @@ pub(crate) mod tests {
         outbox.pop_written(next.seq);
     }
 
+    pub(crate) fn viewer() -> UserId {
+        UserId::new("u1")
+    }
+
     fn limits(max_frames: usize) -> QueueLimits {
         QueueLimits { max_frames, max_bytes: 1 << 20 }
     }
 
     /// An outbox past its handoff, its snapshot frame already written.
     pub(crate) fn live_outbox(max_frames: usize) -> Outbox {
-        let outbox = Outbox::new(limits(max_frames));
-        outbox.go_live(&Snapshot::parse(br#"{"id":"s"}"#).unwrap());
+        let outbox = Outbox::new(limits(max_frames), viewer());
+        outbox.go_live(&Snapshot::parse(br#"{"id":"s"}"#).unwrap(), Audience::Staff);
         write_front(&outbox);
         outbox
     }
@@ -471,7 +507,7 @@ pub(crate) mod tests {
 
     #[test]
     fn holds_until_live_then_skips_what_the_snapshot_covers() {
-        let outbox = Outbox::new(limits(100));
+        let outbox = Outbox::new(limits(100), viewer());
         let at = crate::domain::timestamp::parse_millis("2026-01-10T16:00:00.000Z").unwrap();
         let older = delivery("t1", Action::Updated, Some(at - 1));
         let same = delivery("t1", Action::Updated, Some(at));
@@ -484,15 +520,20 @@ pub(crate) mod tests {
         assert_eq!(outbox.front(), None, "nothing is written while holding");
 
         let snapshot = snapshot_with_table("t1", "2026-01-10T16:00:00.000Z");
-        assert_eq!(outbox.go_live(&snapshot), 2);
+        assert_eq!(outbox.go_live(&snapshot, Audience::Staff), 2);
         assert_eq!(
             drain(&outbox),
-            vec![snapshot.frame.clone(), other.frame.clone(), newer.frame.clone(), deleted.frame.clone()]
+            vec![
+                snapshot.frame.clone(),
+                other.frames.full().clone(),
+                newer.frames.full().clone(),
+                deleted.frames.full().clone()
+            ]
         );
 
         // After the snapshot, events pass unfiltered.
         outbox.push_event(Arc::clone(&older));
-        assert_eq!(drain(&outbox), vec![older.frame.clone()]);
+        assert_eq!(drain(&outbox), vec![older.frames.full().clone()]);
     }
 
     #[test]
@@ -506,8 +547,8 @@ pub(crate) mod tests {
         assert_eq!(
             drain(&outbox),
             vec![
-                delivery("a", Action::Updated, Some(3)).frame.clone(),
-                delivery("b", Action::Updated, Some(2)).frame.clone()
+                delivery("a", Action::Updated, Some(3)).frames.full().clone(),
+                delivery("b", Action::Updated, Some(2)).frames.full().clone()
             ]
         );
     }
@@ -524,11 +565,11 @@ pub(crate) mod tests {
         let a3 = delivery("a", Action::Updated, Some(3));
         outbox.push_event(Arc::clone(&a3));
         let writing = outbox.front().unwrap();
-        assert_eq!(writing.frame, a1.frame);
+        assert_eq!(&writing.frame, a1.frames.full());
         let b2 = delivery("b", Action::Updated, Some(2));
         assert_eq!(outbox.push_event(Arc::clone(&b2)), PushOutcome::Conflated(3));
         outbox.pop_written(writing.seq);
-        assert_eq!(drain(&outbox), vec![a3.frame.clone(), b2.frame.clone()]);
+        assert_eq!(drain(&outbox), vec![a3.frames.full().clone(), b2.frames.full().clone()]);
     }
 
     #[test]
@@ -545,7 +586,7 @@ pub(crate) mod tests {
 
     #[test]
     fn too_many_distinct_entities_overflow() {
-        let outbox = Outbox::new(limits(4));
+        let outbox = Outbox::new(limits(4), viewer());
         for (i, id) in ["a", "b", "c", "d"].iter().enumerate() {
             assert_eq!(outbox.push_event(delivery(id, Action::Updated, Some(i as i64))), PushOutcome::Queued);
         }
@@ -555,7 +596,7 @@ pub(crate) mod tests {
 
     #[test]
     fn byte_limit_counts_too() {
-        let outbox = Outbox::new(QueueLimits { max_frames: 1000, max_bytes: 64 });
+        let outbox = Outbox::new(QueueLimits { max_frames: 1000, max_bytes: 64 }, viewer());
         assert_eq!(outbox.push_event(delivery("a", Action::Updated, Some(1))), PushOutcome::Queued);
         assert_eq!(outbox.push_event(delivery("b", Action::Updated, Some(1))), PushOutcome::Overflowed);
     }
@@ -590,7 +631,8 @@ pub(crate) mod tests {
         socket.room.set(10);
         outbox.push_event(delivery("c", Action::Updated, None));
         outbox.flush();
-        let sent: Vec<Frame> = ["a", "b", "c"].map(|id| delivery(id, Action::Updated, None).frame.clone()).into();
+        let sent: Vec<Frame> =
+            ["a", "b", "c"].map(|id| delivery(id, Action::Updated, None).frames.full().clone()).into();
         assert_eq!(*socket.received.borrow(), sent, "the rest, in order, behind the first");
         assert!(!woken(&outbox), "nothing left: the writer task sleeps on");
 
@@ -599,6 +641,40 @@ pub(crate) mod tests {
         outbox.flush();
         assert_eq!(socket.received.borrow().len(), 3);
         assert!(woken(&outbox), "without a direct writer, the writer task writes");
+    }
+
+    /// A reservation held during the snapshot call, and another that
+    /// conflates with it: the audience decided at go-live picks the frame.
+    #[test]
+    fn held_and_conflated_events_are_written_as_the_clients_audience_sees_them() {
+        use crate::domain::audience::Disclosure;
+        let reservation = |status: &str, at: i64| {
+            let payload = format!(r#"{{"id":"r1","userId":"someone","status":"{status}"}}"#);
+            Arc::new(Delivery {
+                frames: Disclosure::default().frames(EntityKind::Reservation, Action::Updated, &payload, None),
+                key: EntityKey::new(EntityKind::Reservation, "r1"),
+                action: Action::Updated,
+                updated_at: Some(at),
+                ends_section: false,
+                routed_at: Instant::now(),
+                position: None,
+            })
+        };
+        let snapshot = Snapshot::parse(br#"{"id":"s"}"#).unwrap();
+        for (audience, shows_user) in [(Audience::Public { viewer: viewer() }, false), (Audience::Staff, true)] {
+            let outbox = Outbox::new(QueueLimits { max_frames: 2, max_bytes: 1 << 20 }, viewer());
+            outbox.push_event(reservation("PENDING", 1));
+            outbox.go_live(&snapshot, audience.clone());
+            write_front(&outbox);
+            outbox.push_event(reservation("CONFIRMED", 2));
+            outbox.push_event(reservation("CHECKED_IN", 3));
+            let written: Vec<String> =
+                drain(&outbox).iter().map(|frame| String::from_utf8(frame.utf8_bytes().to_vec()).unwrap()).collect();
+            assert_eq!(written.len(), 1, "{audience:?}: the three states conflated into the newest: {written:?}");
+            assert!(written[0].contains("CHECKED_IN"));
+            assert_eq!(written[0].contains("someone"), shows_user, "{audience:?}: {}", written[0]);
+            assert_eq!(outbox.queued(), (0, 0));
+        }
     }
 
     #[test]

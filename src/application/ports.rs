@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::domain::access::Claims;
+use crate::domain::audience::UserId;
 use crate::domain::ids::{EntityId, SectionId};
 use crate::domain::position::{Position, Positions, Progress};
 use crate::domain::protocol::CloseCode;
@@ -128,6 +129,14 @@ pub struct LearnedSection {
 /// none.
 pub trait FloorPlan {
     fn section_objects(&self, section: SectionId) -> SectionObjects;
+}
+
+/// Who owns a section's restaurant, as Kafka told it: that owner is staff
+/// of the section (SPEC §2.7).
+pub trait RestaurantOwners {
+    /// `restaurant` is the section's restaurant when the caller knows it (a
+    /// snapshot names it); otherwise the one Kafka told.
+    fn owner_of(&self, section: SectionId, restaurant: Option<&EntityId>) -> Option<UserId>;
 }
 
 /// Signs and reads resume tokens: a section's Kafka positions, bound to the

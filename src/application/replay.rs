@@ -127,7 +127,7 @@ impl Replay {
         entry.frames.push_back((seq, Arc::clone(delivery)));
         self.order.push_back(Kept { at: now, section, seq });
         self.frames += 1;
-        self.bytes += delivery.frame.len();
+        self.bytes += delivery.frames.bytes();
         if entry.frames.len() > self.limits.per_section {
             self.drop_oldest_of(section);
         }
@@ -224,7 +224,7 @@ impl Replay {
         let Some(entry) = self.sections.get_mut(&section) else { return };
         let Some((_, delivery)) = entry.frames.pop_front() else { return };
         self.frames -= 1;
-        self.bytes -= delivery.frame.len();
+        self.bytes -= delivery.frames.bytes();
         if let Some(position) = delivery.position {
             entry.floor.advance(position.partition, position.offset + 1);
         }
@@ -257,7 +257,7 @@ pub(crate) mod tests {
     /// A `table.updated` frame from offset `offset` of `tables()`.
     pub(crate) fn frame_at(offset: i64) -> Arc<Delivery> {
         Arc::new(Delivery {
-            frame: Frame::event(EntityKind::Table, Action::Updated, &format!(r#"{{"offset":{offset}}}"#)),
+            frames: Frame::event(EntityKind::Table, Action::Updated, &format!(r#"{{"offset":{offset}}}"#)).into(),
             key: EntityKey::new(EntityKind::Table, format!("t{offset}").as_str()),
             action: Action::Updated,
             updated_at: None,
@@ -339,7 +339,7 @@ pub(crate) mod tests {
     #[test]
     fn the_byte_limit_drops_the_oldest_frames_of_any_section() {
         let now = Instant::now();
-        let one = frame_at(0).frame.len();
+        let one = frame_at(0).frames.bytes();
         let limits = ReplayLimits { bytes: one * 2, ..ROOMY };
         let mut replay = started_at(0, limits);
         replay.keep(section(S1), &frame_at(0), now);

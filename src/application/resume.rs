@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::domain::audience::Audience;
 use crate::domain::frame::Frame;
 use crate::domain::ids::SectionId;
 use crate::domain::protocol::CloseCode;
@@ -78,14 +79,16 @@ impl Now {
 }
 
 /// Serves a resume: on success the registered client's outbox is live
-/// with `section.resumed` and the missed frames queued, and the count of
-/// those frames is returned. Must run in the turn that registered the
-/// client, so that no frame arrives between the replay and the live queue.
+/// with `section.resumed` and the missed frames queued as `audience` sees
+/// them, and the count of those frames is returned. Must run in the turn
+/// that registered the client, so that no frame arrives between the replay
+/// and the live queue.
 pub fn resume(
     settings: &ResumeSettings,
     replay: &mut Replay,
     outbox: &Outbox,
     request: ResumeRequest<'_>,
+    audience: Audience,
     now: Now,
 ) -> Result<usize, ResumeFallback> {
     let opened = settings.tokens.open(request.token, request.sub).map_err(|_| ResumeFallback::Invalid)?;
@@ -108,7 +111,7 @@ pub fn resume(
     if !outbox.has_room_for(&missed) {
         return Err(ResumeFallback::Backlog);
     }
-    outbox.go_live_resumed(&missed, opened.positions);
+    outbox.go_live_resumed(&missed, opened.positions, audience);
     // The section (or its restaurant) was deleted while the client was away:
     // it has the delete frame now, and the close that follows one.
     if missed.iter().any(|delivery| delivery.ends_section) {
@@ -195,6 +198,7 @@ mod tests {
     use crate::application::outbox::{Next, QueueLimits};
     use crate::application::ports::{InvalidResumeToken, OpenedToken};
     use crate::application::replay::tests::{ROOMY, S1, S2, frame_at, section, started_at, tables};
+    use crate::domain::audience::UserId;
     use crate::domain::position::{Position, Positions};
 
     /// Tokens in the clear: `section|sub|issued_at|next offset`.
@@ -243,7 +247,7 @@ mod tests {
     }
 
     fn outbox() -> Outbox {
-        Outbox::new(QueueLimits { max_frames: 100, max_bytes: 1 << 20 })
+        Outbox::new(QueueLimits { max_frames: 100, max_bytes: 1 << 20 }, UserId::new("u1"))
     }
 
     #[test]
@@ -259,7 +263,7 @@ mod tests {
         }
         let outbox = outbox();
         let request = ResumeRequest { section: section(S1), sub: "u1", token: &token };
-        assert_eq!(resume(&settings, &mut replay, &outbox, request, now(1010)), Ok(2));
+        assert_eq!(resume(&settings, &mut replay, &outbox, request, Audience::Staff, now(1010)), Ok(2));
         let frames = written(&outbox);
         assert_eq!(frames[0], r#"{"event":"section.resumed","payload":{"replayed":2}}"#);
         assert!(frames[1].contains(r#""offset":2"#) && frames[2].contains(r#""offset":3"#), "{frames:?}");
@@ -276,7 +280,7 @@ mod tests {
         let grant = ResumeGrant { section: section(S1), sub: "u1", issued_at: 1000, positions: &ahead };
         let token = settings.tokens.issue(&grant);
         let request = ResumeRequest { section: section(S1), sub: "u1", token: &token };
-        assert_eq!(resume(&settings, &mut replay, &outbox, request, now(1001)), Ok(0));
+        assert_eq!(resume(&settings, &mut replay, &outbox, request, Audience::Staff, now(1001)), Ok(0));
         let frame = position_frame(&settings, &replay, &outbox, section(S1), "u1", now(1002)).unwrap();
         let frame: serde_json::Value = serde_json::from_slice(frame.utf8_bytes()).unwrap();
         assert_eq!(frame["payload"]["token"], format!("{S1}|u1|1002|9"), "not the shard's 2: the client has up to 9");
@@ -292,14 +296,17 @@ mod tests {
         Arc::get_mut(&mut deleted).unwrap().ends_section = true;
         replay.keep(section(S1), &deleted, Instant::now());
         let outbox = outbox();
-        assert_eq!(resume(&settings, &mut replay, &outbox, request, now(1000)), Ok(1));
+        assert_eq!(resume(&settings, &mut replay, &outbox, request, Audience::Staff, now(1000)), Ok(1));
         let close = outbox.close_request().expect("a close after the delete");
         assert_eq!((close.code, close.after_drain), (CloseCode::NORMAL, true));
 
         let mut replay = replay_with(2);
         replay.keep(section(S1), &frame_at(2), Instant::now());
-        let small = Outbox::new(QueueLimits { max_frames: 2, max_bytes: 1 << 20 });
-        assert_eq!(resume(&settings, &mut replay, &small, request, now(1000)), Err(ResumeFallback::Backlog));
+        let small = Outbox::new(QueueLimits { max_frames: 2, max_bytes: 1 << 20 }, UserId::new("u1"));
+        assert_eq!(
+            resume(&settings, &mut replay, &small, request, Audience::Staff, now(1000)),
+            Err(ResumeFallback::Backlog)
+        );
     }
 
     #[test]
@@ -333,7 +340,7 @@ mod tests {
         let token = issued_token(&settings);
         let attempt = |section_id: &str, sub: &str, token: &str, unix_secs: u64, replay: &mut Replay| {
             let request = ResumeRequest { section: section(section_id), sub, token };
-            resume(&settings, replay, &outbox(), request, now(unix_secs))
+            resume(&settings, replay, &outbox(), request, Audience::Staff, now(unix_secs))
         };
         let mut replay = replay_with(2);
         assert_eq!(attempt(S1, "u1", "garbage", 1000, &mut replay), Err(ResumeFallback::Invalid));

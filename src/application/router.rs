@@ -12,7 +12,11 @@
 //! - reservation: the section of its `tableId`, learned from snapshots and
 //!   table events; held up to [`HOLD_RESERVATIONS_FOR`] while unknown.
 //! - restaurant: every section of the restaurant, learned from snapshots and
-//!   section events; a delete ends those sections.
+//!   section events; a delete ends those sections. Its `ownerId` is kept,
+//!   created restaurants included: the owner is staff of its sections.
+//!
+//! Frames are built once per audience that sees them differently
+//! ([`Disclosure`]): reservations and restaurants have a public variant.
 //!
 //! Every map has a reverse index, so forgetting a section never scans one.
 
@@ -20,14 +24,16 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::domain::audience::{Disclosure, Variants};
 use crate::domain::entity::{Action, EntityKind};
 use crate::domain::envelope::EntityEvent;
-use crate::domain::frame::Frame;
 use crate::domain::ids::{EntityId, SectionId};
+use crate::telemetry::METRICS;
 
 use super::delivery::{Delivery, Stamp};
 use super::floor::{Floor, SharedFloor, remove_from};
 use super::ports::LearnedSection;
+use super::restaurants::{Restaurants, SharedRestaurants};
 
 /// How long a reservation for a table no snapshot or table event has shown
 /// yet waits for one: long enough for the snapshot call of the section's
@@ -44,12 +50,14 @@ pub struct Unroutable;
 pub struct EventRouter {
     tables: HashMap<EntityId, SectionId>,
     section_tables: HashMap<SectionId, HashSet<EntityId>>,
-    restaurant_sections: HashMap<EntityId, HashSet<SectionId>>,
-    section_restaurant: HashMap<SectionId, EntityId>,
     floor: SharedFloor,
     /// (links, objects) on the floor as of this router's last change to it:
     /// the router is its only writer, so the gauges need not take its lock.
     floor_counts: (usize, usize),
+    restaurants: SharedRestaurants,
+    /// (restaurants with sections, with owners), kept like `floor_counts`.
+    restaurant_counts: (usize, usize),
+    disclosure: Disclosure,
     held: HeldReservations,
 }
 
@@ -66,12 +74,13 @@ struct Targets {
 }
 
 impl EventRouter {
-    pub fn new(floor: SharedFloor) -> Self {
-        Self { floor, ..Self::default() }
+    /// `floor` and `restaurants` are written here and read by the shards.
+    pub fn new(floor: SharedFloor, restaurants: SharedRestaurants, disclosure: Disclosure) -> Self {
+        Self { floor, restaurants, disclosure, ..Self::default() }
     }
 
     /// Routes one event: `deliver` is called once per target section, and
-    /// all targets share one frame. Returns how many sections it reached
+    /// all targets share one delivery. Returns how many sections it reached
     /// (none for an object nothing links yet, or a reservation held until
     /// its table is known).
     pub fn route(
@@ -87,13 +96,13 @@ impl EventRouter {
         }
         let mut reached = 0;
         if let Some(old_section) = targets.moved_from {
-            let left = Frame::event(event.key.kind, Action::Deleted, &event.payload);
+            let left = self.frames(&event, Action::Deleted, &event.payload);
             deliver(old_section, delivery(&event, left, Action::Deleted, false, stamp));
             reached += 1;
         }
         let payload = targets.payload.as_deref().unwrap_or(&event.payload);
-        let frame = Frame::event(event.key.kind, event.action, payload);
-        let shared = delivery(&event, frame, event.action, targets.ends_sections, stamp);
+        let frames = self.frames(&event, event.action, payload);
+        let shared = delivery(&event, frames, event.action, targets.ends_sections, stamp);
         for &section in &targets.sections {
             deliver(section, Arc::clone(&shared));
         }
@@ -119,7 +128,7 @@ impl EventRouter {
         mut deliver: impl FnMut(SectionId, Arc<Delivery>),
     ) -> usize {
         if let Some(restaurant) = learned.restaurant {
-            self.link_restaurant(learned.section, restaurant);
+            self.change_restaurants(|restaurants| restaurants.link(learned.section, restaurant));
         }
         let mut released = 0;
         for table in learned.table_ids {
@@ -147,10 +156,21 @@ impl EventRouter {
         let Some(&section) = self.tables.get(table) else { return 0 };
         let released = self.held.release(table);
         for event in &released {
-            let frame = Frame::event(event.key.kind, event.action, &event.payload);
-            deliver(section, delivery(event, frame, event.action, false, stamp));
+            let frames = self.frames(event, event.action, &event.payload);
+            deliver(section, delivery(event, frames, event.action, false, stamp));
         }
         released.len()
+    }
+
+    /// The frames of `event` as `action` with `payload`, one per audience
+    /// that sees it differently.
+    fn frames(&self, event: &EntityEvent, action: Action, payload: &str) -> Variants {
+        let kind = event.key.kind;
+        let frames = self.disclosure.frames(kind, action, payload, event.diner.as_ref());
+        if frames.is_cut() {
+            METRICS.frames_cut.with_label_values(&[kind.event_prefix()]).inc();
+        }
+        frames
     }
 
     /// Updates the maps for one event and says where it goes.
@@ -164,7 +184,7 @@ impl EventRouter {
                 if deleted {
                     self.forget_section(section, &event.embedded_table_ids);
                 } else if let Some(restaurant) = event.restaurant_id.clone() {
-                    self.link_restaurant(section, restaurant);
+                    self.change_restaurants(|restaurants| restaurants.link(section, restaurant));
                 }
                 targets.sections.push(section);
                 targets.ends_sections = deleted;
@@ -193,13 +213,16 @@ impl EventRouter {
                 targets.sections.extend(self.tables.get(table).copied());
             }
             EntityKind::Restaurant => {
+                let sections = self.change_restaurants(|restaurants| {
+                    if deleted {
+                        restaurants.forget(id)
+                    } else {
+                        restaurants.set_owner(id.clone(), event.owner.clone());
+                        restaurants.sections_of(id)
+                    }
+                });
                 // A new restaurant has no sections yet.
-                if event.action == Action::Created {
-                    return Err(Unroutable);
-                }
-                let sections: Vec<SectionId> =
-                    self.restaurant_sections.get(id).into_iter().flatten().copied().collect();
-                if sections.is_empty() {
+                if event.action == Action::Created || sections.is_empty() {
                     return Err(Unroutable);
                 }
                 if deleted {
@@ -232,13 +255,6 @@ impl EventRouter {
         }
     }
 
-    fn link_restaurant(&mut self, section: SectionId, restaurant: EntityId) {
-        if let Some(old) = self.section_restaurant.insert(section, restaurant.clone()) {
-            remove_from(&mut self.restaurant_sections, &old, &section);
-        }
-        self.restaurant_sections.entry(restaurant).or_default().insert(section);
-    }
-
     /// Upstream cascades a section delete to its tables and section-objects
     /// in the database without emitting events for them, so drop them here.
     fn forget_section(&mut self, section: SectionId, tables: &[EntityId]) {
@@ -248,10 +264,16 @@ impl EventRouter {
         for table in self.section_tables.remove(&section).unwrap_or_default() {
             self.tables.remove(&table);
         }
-        if let Some(restaurant) = self.section_restaurant.remove(&section) {
-            remove_from(&mut self.restaurant_sections, &restaurant, &section);
-        }
+        self.change_restaurants(|restaurants| restaurants.unlink(section));
         self.change_floor(|floor| floor.forget_section(section));
+    }
+
+    /// Changes the shared restaurants under their lock, keeping their counts.
+    fn change_restaurants<T>(&mut self, change: impl FnOnce(&mut Restaurants) -> T) -> T {
+        let mut restaurants = self.restaurants.write();
+        let result = change(&mut restaurants);
+        self.restaurant_counts = restaurants.counts();
+        result
     }
 
     /// Changes the shared floor under its lock, keeping its counts.
@@ -265,19 +287,21 @@ impl EventRouter {
     /// How many entries the router's maps hold, per kind: exported as gauges.
     pub fn link_counts(&self) -> LinkCounts {
         let (section_objects, objects) = self.floor_counts;
+        let (restaurants, restaurant_owners) = self.restaurant_counts;
         LinkCounts {
             tables: self.tables.len(),
             section_objects,
             objects,
-            restaurants: self.restaurant_sections.len(),
+            restaurants,
+            restaurant_owners,
             held_reservations: self.held.len(),
         }
     }
 }
 
-fn delivery(event: &EntityEvent, frame: Frame, action: Action, ends_section: bool, stamp: Stamp) -> Arc<Delivery> {
+fn delivery(event: &EntityEvent, frames: Variants, action: Action, ends_section: bool, stamp: Stamp) -> Arc<Delivery> {
     Arc::new(Delivery {
-        frame,
+        frames,
         key: event.key.clone(),
         action,
         updated_at: event.updated_at,
@@ -298,6 +322,8 @@ pub struct LinkCounts {
     pub objects: usize,
     /// restaurant → sections
     pub restaurants: usize,
+    /// restaurant → owner
+    pub restaurant_owners: usize,
     pub held_reservations: usize,
 }
 
@@ -394,7 +420,7 @@ mod tests {
     ) -> Result<Vec<(SectionId, serde_json::Value)>, Unroutable> {
         let mut out = Vec::new();
         router.route(event, unplaced(now), |section, delivery| {
-            out.push((section, serde_json::from_slice(delivery.frame.utf8_bytes()).unwrap()));
+            out.push((section, serde_json::from_slice(delivery.frames.full().utf8_bytes()).unwrap()));
         })?;
         Ok(out)
     }

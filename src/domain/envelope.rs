@@ -9,6 +9,7 @@
 use simd_json::BorrowedValue;
 use simd_json::prelude::*;
 
+use super::audience::UserId;
 use super::entity::{Action, EntityKey, EntityKind};
 use super::ids::{EntityId, SectionId};
 use super::timestamp;
@@ -28,6 +29,10 @@ pub struct EntityEvent {
     /// The restaurant a section belongs to (`restaurantId`), or a
     /// restaurant's own id.
     pub restaurant_id: Option<EntityId>,
+    /// A reservation's `userId`: the diner who may see it whole.
+    pub diner: Option<UserId>,
+    /// A restaurant's `ownerId`: staff of its sections.
+    pub owner: Option<UserId>,
     /// `updatedAt` in ms since the epoch, when present and well-formed.
     pub updated_at: Option<i64>,
     /// Ids of the `tables` a section carries (present on section deletes).
@@ -177,6 +182,8 @@ pub fn parse(topic: &str, record: &[u8], max_bytes: usize) -> Result<EntityEvent
     };
     let object_id = if kind == EntityKind::SectionObject { routing_id("objectId")? } else { None };
     let table_id = if kind == EntityKind::Reservation { routing_id("tableId")? } else { None };
+    let diner = if kind == EntityKind::Reservation { entity.get_str("userId").map(UserId::new) } else { None };
+    let owner = if kind == EntityKind::Restaurant { routing_id("ownerId")?.map(|id| UserId::new(&id)) } else { None };
 
     Ok(EntityEvent {
         key: EntityKey::new(kind, id),
@@ -185,6 +192,8 @@ pub fn parse(topic: &str, record: &[u8], max_bytes: usize) -> Result<EntityEvent
         object_id,
         table_id,
         restaurant_id,
+        diner,
+        owner,
         updated_at: entity.get_str("updatedAt").and_then(timestamp::parse_millis),
         embedded_table_ids: embedded_table_ids(entity),
         payload: entity.encode(),
@@ -363,6 +372,25 @@ mod tests {
             &format!(r#"{{"event_type":"updated","data":{{"id":"{SECTION}","restaurantId":"{RESTAURANT}"}}}}"#),
         );
         assert_eq!(section.restaurant_id.as_deref(), Some(RESTAURANT));
+    }
+
+    #[test]
+    fn reservations_name_their_diner_and_restaurants_their_owner() {
+        const USER: &str = "11111111-2222-4333-8444-555555555555";
+        let reservation = parse_ok(
+            "mesa-ya.reservations.events",
+            &format!(
+                r#"{{"event_type":"created","data":{{"id":"{RESERVATION}","tableId":"{TABLE}","userId":"{}"}}}}"#,
+                USER.to_uppercase()
+            ),
+        );
+        assert_eq!(reservation.diner, Some(UserId::new(USER)), "in one spelling");
+        let restaurant = |owner: &str| {
+            let record = format!(r#"{{"event_type":"updated","data":{{"id":"{OBJECT}","ownerId":"{owner}"}}}}"#);
+            parse("mesa-ya.restaurants.events", record.as_bytes(), 1 << 20)
+        };
+        assert_eq!(restaurant(USER).unwrap().owner, Some(UserId::new(USER)));
+        assert_eq!(restaurant("owner-1"), Err(Rejection::BadId), "an owner id is validated like the others");
     }
 
     #[test]

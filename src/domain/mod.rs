@@ -3,6 +3,7 @@
 //! its inputs, so it is unit- and property-tested directly.
 
 pub mod access;
+pub mod audience;
 pub mod entity;
 pub mod envelope;
 pub mod frame;

@@ -34,7 +34,6 @@ use regex::Regex;
 
 use prometheus::IntGauge;
 
-use crate::application::floor::SharedFloor;
 use crate::application::ingest::{Ingest, Record};
 use crate::application::ports::{Dispatch, LearnedSection};
 use crate::application::readiness::Readiness;
@@ -102,9 +101,10 @@ impl TopicSelection {
 }
 
 /// The kinds whose retained history the rebuild replays: the ones that
-/// teach the maps (tables, links, objects, restaurants of sections).
-const REBUILT_KINDS: [EntityKind; 4] =
-    [EntityKind::Section, EntityKind::Table, EntityKind::Object, EntityKind::SectionObject];
+/// teach the maps (tables, links, objects, restaurants of sections and
+/// their owners).
+const REBUILT_KINDS: [EntityKind; 5] =
+    [EntityKind::Section, EntityKind::Table, EntityKind::Object, EntityKind::SectionObject, EntityKind::Restaurant];
 
 /// The `mesaya_router_links` gauges, resolved once: set after every record.
 struct LinkGauges {
@@ -112,6 +112,7 @@ struct LinkGauges {
     section_objects: IntGauge,
     objects: IntGauge,
     restaurants: IntGauge,
+    restaurant_owners: IntGauge,
     held_reservations: IntGauge,
 }
 
@@ -123,6 +124,7 @@ impl LinkGauges {
             section_objects: gauge("section_object"),
             objects: gauge("object"),
             restaurants: gauge("restaurant"),
+            restaurant_owners: gauge("restaurant_owner"),
             held_reservations: gauge("held_reservation"),
         }
     }
@@ -132,6 +134,7 @@ impl LinkGauges {
         self.section_objects.set(counts.section_objects as i64);
         self.objects.set(counts.objects as i64);
         self.restaurants.set(counts.restaurants as i64);
+        self.restaurant_owners.set(counts.restaurant_owners as i64);
         self.held_reservations.set(counts.held_reservations as i64);
     }
 }
@@ -149,14 +152,12 @@ pub struct KafkaIngest<D> {
 impl<D: Dispatch> KafkaIngest<D> {
     pub fn new(
         settings: KafkaSettings,
-        dispatch: D,
-        floor: SharedFloor,
+        ingest: Ingest<D>,
         learned_sections: Receiver<LearnedSection>,
         readiness: Arc<Readiness>,
         shutdown: Shutdown,
     ) -> Self {
         let group_id = format!("{}-{}", settings.group_id_prefix, uuid::Uuid::new_v4().simple());
-        let ingest = Ingest::new(dispatch, settings.max_record_bytes, floor);
         Self { settings, group_id, ingest, learned_sections, readiness, shutdown, link_gauges: LinkGauges::new() }
     }
 
@@ -377,7 +378,7 @@ impl<D: Dispatch> KafkaIngest<D> {
                     tracing::warn!(
                         topic,
                         retention_ms,
-                        "finite retention: tables, links and objects older than this are forgotten at a restart; \
+                        "finite retention: tables, links, objects and restaurant owners older than this are forgotten at a restart; \
                          give this topic unlimited retention (retention.ms=-1)"
                     );
                 }

@@ -15,6 +15,8 @@ use prometheus::{
 pub struct Metrics {
     registry: Registry,
     pub connections: IntGaugeVec,
+    pub audience_connections: IntGaugeVec,
+    pub frames_cut: IntCounterVec,
     pub upgrades_refused: IntCounterVec,
     pub events_consumed: IntCounter,
     pub events_routed: IntCounter,
@@ -88,6 +90,18 @@ impl Metrics {
         r.register(Box::new(delivery_seconds.clone())).expect("unique metric");
         Self {
             connections: gauge_vec(&r, "mesaya_connections", "Open WebSocket connections", &["shard"]),
+            audience_connections: gauge_vec(
+                &r,
+                "mesaya_audience_connections",
+                "Live WebSocket connections by audience (staff see reservations whole, public see them cut)",
+                &["audience"],
+            ),
+            frames_cut: counter_vec(
+                &r,
+                "mesaya_frames_cut_total",
+                "Events that got a public frame with private fields left out, by entity",
+                &["kind"],
+            ),
             upgrades_refused: counter_vec(
                 &r,
                 "mesaya_upgrades_refused_total",

@@ -14,8 +14,10 @@ use crate::application::floor::SharedFloor;
 use crate::application::hub::SectionHub;
 use crate::application::readiness::Readiness;
 use crate::application::replay::Replay;
+use crate::application::restaurants::SharedRestaurants;
 use crate::application::resume::ResumeSettings;
 use crate::config::SessionSettings;
+use crate::domain::audience::StaffRoles;
 use crate::shutdown::Shutdown;
 
 use super::mailbox::Shards;
@@ -35,6 +37,10 @@ pub struct ServerContext {
     pub drain_timeout: Duration,
     /// Every section's objects as Kafka told them, for snapshots.
     pub floor: SharedFloor,
+    /// Restaurants' owners as Kafka told them, and `WS_STAFF_ROLES`: who is
+    /// staff of a section (SPEC §2.7).
+    pub restaurants: SharedRestaurants,
+    pub staff_roles: StaffRoles,
     /// Set when `RESUME_SECRET` is.
     pub resume: Option<ResumeSettings>,
 }

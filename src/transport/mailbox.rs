@@ -204,7 +204,7 @@ mod tests {
 
     fn delivery(n: usize) -> Arc<Delivery> {
         Arc::new(Delivery {
-            frame: Frame::event(EntityKind::Table, Action::Updated, &format!(r#"{{"n":{n}}}"#)),
+            frames: Frame::event(EntityKind::Table, Action::Updated, &format!(r#"{{"n":{n}}}"#)).into(),
             key: EntityKey::new(EntityKind::Table, "t"),
             action: Action::Updated,
             updated_at: None,
@@ -230,7 +230,7 @@ mod tests {
                 panic!("only frames were sent")
             };
             assert!(inbox.events.len() <= 4, "the queue never holds more than its capacity");
-            received.push(String::from_utf8(delivery.frame.utf8_bytes().to_vec()).unwrap());
+            received.push(String::from_utf8(delivery.frames.full().utf8_bytes().to_vec()).unwrap());
         }
         dispatcher.join().unwrap();
         let expected: Vec<String> =

@@ -19,11 +19,12 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
 use tracing::Instrument;
 
-use crate::application::connect::{self, Connected, Interruption, Registration};
+use crate::application::connect::{self, Connected, Interruption, Registration, SnapshotPorts};
 use crate::application::outbox::{Outbox, PushOutcome};
 use crate::application::ports::{DirectWriter, SnapshotRequest, SnapshotSource};
 use crate::application::resume::{self, Now, PositionSchedule, ResumeSettings};
 use crate::domain::access::Claims;
+use crate::domain::audience::{UserId, Viewer};
 use crate::domain::frame::Frame;
 use crate::domain::ids::SectionId;
 use crate::domain::protocol::{self, CloseCode};
@@ -45,6 +46,17 @@ const FAR_FUTURE: Duration = Duration::from_secs(365 * 24 * 3600);
 const READ_BUFFER_BYTES: usize = 256;
 const PONG: Frame = Frame::from_static(protocol::PONG_FRAME);
 
+/// A client adopted by its shard: registered on its section, and resumed
+/// already if the replay buffer could serve it.
+pub struct Admitted {
+    pub handed_off: HandedOff,
+    /// Who it is, for its audience (decided when it goes live).
+    pub viewer: Viewer,
+    pub registration: Registration,
+    /// Served from the replay buffer already: no snapshot call.
+    pub resumed: bool,
+}
+
 /// Starts a client's session on this shard: its reader task now, and the
 /// returned future (spawned by the caller) for everything else.
 ///
@@ -54,19 +66,23 @@ const PONG: Frame = Frame::from_static(protocol::PONG_FRAME);
 /// connection costs little memory and a connect moves few bytes.
 pub fn start<S: SnapshotSource + 'static>(
     state: Rc<ShardState<S>>,
-    handed_off: HandedOff,
-    registration: Registration,
-    resumed: bool,
+    admitted: Admitted,
     session_guard: mpsc::Sender<()>,
 ) -> impl Future<Output = ()> {
+    let Admitted { handed_off, viewer, registration, resumed } = admitted;
     let HandedOff { stream, read_buf, section, token, claims, client, permit, resume } = handed_off;
     // Only what the session needs from here on is kept: the rest (roles,
     // permissions, a resume token) is freed now.
-    let Claims { subject, expires_at, .. } = claims;
+    let Claims { expires_at, .. } = claims;
     let opted_in = resume.is_some();
     drop(resume);
-    let log =
-        SessionLog { section, shard: state.index, sub: subject, client: client.addr, request_id: client.request_id };
+    let log = SessionLog {
+        section,
+        shard: state.index,
+        sub: viewer.subject.clone(),
+        client: client.addr,
+        request_id: client.request_id,
+    };
     // TCP_NODELAY was set when it was accepted and stays with the socket.
     let client = TcpStream::from_std(stream).map(|socket| {
         let socket = Rc::new(socket);
@@ -89,7 +105,8 @@ pub fn start<S: SnapshotSource + 'static>(
             Rc::clone(&heard),
             settings.client_messages_per_second,
         ));
-        Client { reader, heard, writer: Rc::new(WireWriter::new(socket)), outbox, token, expires_at, resumed, opted_in }
+        let writer = Rc::new(WireWriter::new(socket));
+        Client { reader, heard, writer, outbox, token, viewer, expires_at, resumed, opted_in }
     });
     // Held to the end: the registration leaves the hub, the permit frees the
     // session's place, and the guard counts the session as running until
@@ -114,7 +131,8 @@ pub fn start<S: SnapshotSource + 'static>(
 struct SessionLog {
     section: SectionId,
     shard: usize,
-    sub: String,
+    /// The token's `sub`, in the spelling positions are bound to.
+    sub: UserId,
     client: IpAddr,
     /// Also sent to the API as `X-Request-Id`.
     request_id: String,
@@ -126,7 +144,7 @@ impl SessionLog {
             "session",
             section = %self.section,
             shard = self.shard,
-            sub = %self.sub,
+            sub = self.sub.as_str(),
             client = %self.client,
             request_id = %self.request_id,
         )
@@ -141,6 +159,7 @@ struct Client {
     outbox: Rc<Outbox>,
     /// Needed only for the snapshot call, and freed after it.
     token: String,
+    viewer: Viewer,
     expires_at: Option<u64>,
     /// Served from the replay buffer already: no snapshot call.
     resumed: bool,
@@ -149,14 +168,19 @@ struct Client {
 }
 
 async fn serve<S: SnapshotSource>(state: &ShardState<S>, client: Client, log: &SessionLog) {
-    let Client { mut reader, heard, writer, outbox, token, expires_at, resumed, opted_in } = client;
+    let Client { mut reader, heard, writer, outbox, token, viewer, expires_at, resumed, opted_in } = client;
     // Dropping a JoinHandle detaches the task: a reader still waiting on a
     // peer that went silent would keep the socket open, and the outbox
     // alive, until that peer sent something: for a dead peer, never. The
     // session is over once the writer is: end it too.
     let reader_abort = reader.abort_handle();
 
-    let (reports, floor) = (&state.section_reports, &state.ctx.floor);
+    let ports = SnapshotPorts {
+        snapshots: &state.snapshots,
+        reports: &state.section_reports,
+        floor: &state.ctx.floor,
+        owners: &state.ctx.restaurants,
+    };
     let request =
         SnapshotRequest { section: log.section, token: &token, client_addr: log.client, request_id: &log.request_id };
     let connected = if resumed {
@@ -170,12 +194,13 @@ async fn serve<S: SnapshotSource>(state: &ShardState<S>, client: Client, log: &S
         };
         // Boxed: the HTTP call's future is large and lives only until the
         // snapshot arrives, while the session's own future lives for hours.
-        Box::pin(connect::fetch_snapshot(&state.snapshots, reports, floor, &outbox, request, interrupted))
-            .instrument(log.span())
-            .await
+        Box::pin(connect::fetch_snapshot(ports, &outbox, request, &viewer, interrupted)).instrument(log.span()).await
     };
-    drop(token);
+    drop((token, viewer));
     if connected != Connected::Interrupted(Interruption::ClientGone) {
+        let audience = matches!(connected, Connected::Live { .. })
+            .then(|| METRICS.audience_connections.with_label_values(&[outbox.audience().label()]));
+        let _counted = audience.as_ref().map(Counted::new);
         // Positions only for clients that asked, on an instance that signs them.
         let positions = state.ctx.resume.as_ref().filter(|_| opted_in);
         // The shard's loop writes this client's events itself; a client with
@@ -399,7 +424,7 @@ impl Deadlines {
 /// Queues a `section.position` behind everything queued for the client.
 fn queue_position<S>(state: &ShardState<S>, resume: &ResumeSettings, outbox: &Outbox, log: &SessionLog) {
     let replay = state.replay.borrow();
-    if let Some(frame) = resume::position_frame(resume, &replay, outbox, log.section, &log.sub, Now::current())
+    if let Some(frame) = resume::position_frame(resume, &replay, outbox, log.section, log.sub.as_str(), Now::current())
         && outbox.push_control(frame) == PushOutcome::Queued
     {
         METRICS.positions_sent.inc();

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::application::connect;
 use crate::application::ports::LearnedSection;
-use crate::application::ports::SnapshotSource;
+use crate::application::ports::{RestaurantOwners, SnapshotSource};
 use crate::application::replay::{Replay, ReplayLimits};
 use crate::application::resume::{self, Now, ResumeRequest};
 use crate::domain::protocol::CloseCode;
@@ -177,18 +177,23 @@ async fn handle_mailbox<S: SnapshotSource + 'static>(
 /// turn, when the buffer has what it missed: then it needs no snapshot.
 fn adopt<S: SnapshotSource + 'static>(state: &Rc<ShardState<S>>, handed_off: HandedOff, sessions: mpsc::Sender<()>) {
     let section = handed_off.section;
-    let registration = connect::register(&state.hub, section, state.ctx.session.queue);
+    let viewer = state.ctx.staff_roles.viewer(&handed_off.claims);
+    let registration = connect::register(&state.hub, section, state.ctx.session.queue, viewer.subject.clone());
     let resumed = match (&state.ctx.resume, handed_off.resume.as_deref()) {
         (Some(settings), Some(token)) if !token.is_empty() => {
-            let request = ResumeRequest { section, sub: &handed_off.claims.subject, token };
+            let request = ResumeRequest { section, sub: viewer.subject.as_str(), token };
+            // No snapshot names the restaurant: the one Kafka told decides.
+            let audience = viewer.audience(state.ctx.restaurants.owner_of(section, None).as_ref());
             let mut replay = state.replay.borrow_mut();
-            let outcome = resume::resume(settings, &mut replay, registration.outbox(), request, Now::current());
+            let outcome =
+                resume::resume(settings, &mut replay, registration.outbox(), request, audience, Now::current());
             ResumeAttempted { section, outcome }.emit();
             outcome.is_ok()
         }
         _ => false,
     };
-    tokio::task::spawn_local(session::start(Rc::clone(state), handed_off, registration, resumed, sessions));
+    let admitted = session::Admitted { handed_off, viewer, registration, resumed };
+    tokio::task::spawn_local(session::start(Rc::clone(state), admitted, sessions));
 }
 
 /// The replay buffer's size in the instance-wide gauges: each shard adds

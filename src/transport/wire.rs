@@ -346,6 +346,7 @@ mod tests {
 
     use super::*;
     use crate::application::outbox::QueueLimits;
+    use crate::domain::audience::{Audience, UserId};
     use crate::domain::entity::{Action, EntityKind};
     use crate::domain::frame::Frame;
     use crate::domain::snapshot::Snapshot;
@@ -381,8 +382,8 @@ mod tests {
     async fn a_full_socket_is_finished_by_the_writer_task_in_order_and_the_close_ends_the_stream() {
         let (socket, mut client) = connected();
         let writer = WireWriter::new(socket);
-        let outbox = Outbox::new(QueueLimits { max_frames: 1 << 20, max_bytes: 1 << 30 });
-        outbox.go_live(&Snapshot::parse(br#"{"id":"s"}"#).unwrap());
+        let outbox = Outbox::new(QueueLimits { max_frames: 1 << 20, max_bytes: 1 << 30 }, UserId::new("u1"));
+        outbox.go_live(&Snapshot::parse(br#"{"id":"s"}"#).unwrap(), Audience::Staff);
         let padding = "x".repeat(16 << 10);
         let frame =
             |n: usize| Frame::event(EntityKind::Table, Action::Updated, &format!(r#"{{"n":{n},"p":"{padding}"}}"#));
