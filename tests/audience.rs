@@ -187,24 +187,22 @@ async fn reservations_reach_staff_and_their_diner_whole_and_everyone_else_cut() 
     assert_eq!(metric(&gateway, AUDIENCES, r#"audience="public""#).await, 5.0);
 
     let booked = reservation(&floor.table, &diner);
+    let theirs = reservation(&floor.table, &new_id());
     up.publish(RESERVATIONS, "created", &booked).await;
+    up.publish(RESERVATIONS, "created", &theirs).await;
     let cut = only(&booked, &PUBLIC_RESERVATION);
     assert!(cut.get("userId").is_none() && cut.get("loyaltyTier").is_none());
-    for (client, who) in &mut whole {
+    let theirs_cut = only(&theirs, &PUBLIC_RESERVATION);
+    for (client, who) in &mut whole[..2] {
         expect_payload(client, who, "reservation.created", &booked).await;
+        expect_payload(client, who, "reservation.created", &theirs).await;
     }
-    // Another diner's reservation is cut for this diner too.
-    let theirs = reservation(&floor.table, &other_diner);
-    up.publish(RESERVATIONS, "created", &theirs).await;
-    expect_payload(
-        &mut whole[2].0,
-        "the diner, on someone else's",
-        "reservation.created",
-        &only(&theirs, &PUBLIC_RESERVATION),
-    )
-    .await;
+    let (diner_client, who) = &mut whole[2];
+    expect_payload(diner_client, who, "reservation.created", &booked).await;
+    expect_payload(diner_client, "the diner, on someone else's", "reservation.created", &theirs_cut).await;
     for (client, who) in &mut public {
         expect_payload(client, who, "reservation.created", &cut).await;
+        expect_payload(client, who, "reservation.created", &theirs_cut).await;
     }
     let mut elsewhere = reservation(&unknown.table, &diner);
     elsewhere["restaurantId"] = json!(new_id());

@@ -3,7 +3,8 @@
 //! before it is ready, links moved to another section, reservations that
 //! arrive during a section's first snapshot, restaurant events, and routing
 //! maps bounded by UUID ids and exported as gauges. The gateway binary
-//! against a real tansu broker and the stand-in API.
+//! against a real tansu broker and the stand-in API. Clients that check
+//! reservations and restaurants as sent connect as staff.
 //!
 //! As in routing.rs, every "receives nothing" is proved with a positive
 //! control: once the event that must not arrive has demonstrably been
@@ -285,7 +286,7 @@ async fn a_gateway_started_later_rebuilds_links_objects_and_tables_before_it_is_
     assert_eq!(gauge("section_object"), 3.0, "three links rebuilt, the deleted one not: {metrics}");
     assert_eq!(gauge("table"), 1.0, "the table rebuilt from the tables topic: {metrics}");
 
-    let (mut c1, snapshot) = watch_on(&late, &s1).await;
+    let (mut c1, snapshot) = watch_staff_on(&late, &s1).await;
     let expected = [with_object(&link_updated, &updated), link_unseen.clone(), with_object(&link_v1, &v1_object)];
     assert_snapshot("the late gateway's first snapshot", &snapshot, &body_s1, &expected);
     let link_unlinked = fixtures::section_object_json(&new_id(), &s1, &o_unlinked);
@@ -293,7 +294,7 @@ async fn a_gateway_started_later_rebuilds_links_objects_and_tables_before_it_is_
     let who = "a link to an object seen only before start";
     expect_event(&mut c1, who, "section-object.created", &with_object(&link_unlinked, &unlinked)).await;
 
-    let (mut c2, snapshot) = watch_on(&late, &s2).await;
+    let (mut c2, snapshot) = watch_staff_on(&late, &s2).await;
     assert_snapshot("a section without links", &snapshot, &body_s2, &[]);
     let reservation = fixtures::reservation_json(&new_id(), &t);
     send_v2(&stack, RESERVATIONS, "created", &reservation).await;
@@ -357,7 +358,7 @@ async fn reservations_for_tables_not_yet_known_are_held_until_a_snapshot_or_tabl
     stack.serve_section(&section, vec![table(&t, &section, 0)]);
 
     let held = stack.api.hold(&section);
-    let mut client = WsClient::connect(&stack.ws_url(&section, &token())).await.expect("upgrade");
+    let mut client = WsClient::connect(&stack.ws_url(&section, &staff_token())).await.expect("upgrade");
     wait::until(WAIT, "the snapshot call", || stack.api.call_count(&section) == 1).await;
     let reservation = fixtures::reservation_json(&new_id(), &t);
     send_v2_consumed(&stack, RESERVATIONS, "created", &reservation).await;
@@ -438,10 +439,10 @@ async fn restaurant_events_reach_every_section_of_the_restaurant_and_a_delete_cl
     anonymous.as_object_mut().expect("an object").remove("restaurantId");
     stack.api.set_section(&s_event, anonymous);
 
-    let (mut c1, _) = watch_on(&gateway, &s1).await;
-    let (mut c2, _) = watch_on(&gateway, &s2).await;
-    let (mut c_event, _) = watch_on(&gateway, &s_event).await;
-    let (mut c_other, _) = watch_on(&gateway, &s_other).await;
+    let (mut c1, _) = watch_staff_on(&gateway, &s1).await;
+    let (mut c2, _) = watch_staff_on(&gateway, &s2).await;
+    let (mut c_event, _) = watch_staff_on(&gateway, &s_event).await;
+    let (mut c_other, _) = watch_staff_on(&gateway, &s_other).await;
     let mut section = fixtures::section_json(&s_event, &version(1));
     section["restaurantId"] = json!(r1);
     send_v2(&stack, SECTIONS, "updated", &section).await;

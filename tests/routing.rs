@@ -6,7 +6,9 @@
 //! or a drop counter moved), an event for the same client is published, and it
 //! must be the client's very next frame. One section's deliveries travel one
 //! path (ingest thread → owning shard's mailbox → the client's queue) in
-//! order, so anything wrongly routed earlier would come first.
+//! order, so anything wrongly routed earlier would come first. Clients that
+//! check reservations as sent connect as staff (what the public sees of them
+//! is tests/audience.rs's).
 
 mod common;
 
@@ -101,9 +103,9 @@ async fn routing_scenario(stack: &Stack, version: Version) {
     stack.serve_section(&s_a, vec![fixtures::table_json(&t1, &s_a, CREATED_AT)]);
     stack.serve_section(&s_c, vec![]);
     stack.serve_section(&s_b, vec![]);
-    let (mut a, _) = stack.watch(&s_a).await;
-    let (mut c, _) = stack.watch(&s_c).await;
-    let (mut b, _) = stack.watch(&s_b).await;
+    let (mut a, _) = stack.watch_staff(&s_a).await;
+    let (mut c, _) = stack.watch_staff(&s_c).await;
+    let (mut b, _) = stack.watch_staff(&s_b).await;
     let v = format!("{version:?}");
 
     // section.*: routed by its own id.
@@ -200,7 +202,7 @@ async fn reservations_right_after_the_snapshot(stack: &Stack) {
     for _ in 0..10 {
         let (section, table, reservation) = (new_id(), new_id(), new_id());
         stack.serve_section(&section, vec![fixtures::table_json(&table, &section, CREATED_AT)]);
-        let (mut client, _) = stack.watch(&section).await;
+        let (mut client, _) = stack.watch_staff(&section).await;
         let reservation = fixtures::reservation_json(&reservation, &table);
         publish_change(stack, Version::V2, "reservation", "created", &reservation).await;
         expect_event(&mut client, "right after the snapshot", "reservation.created", &reservation).await;

@@ -35,8 +35,15 @@ pub fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
+/// A diner's token (role `USER`): public, so reservations and restaurants
+/// reach it cut (SPEC §2.7).
 pub fn token() -> String {
     TokenBuilder::new().hs256(SECRET)
+}
+
+/// An `ADMIN`'s token: staff, who get every entity exactly as it was sent.
+pub fn staff_token() -> String {
+    TokenBuilder::new().roles(&["ADMIN"]).hs256(SECRET)
 }
 
 pub struct Stack {
@@ -88,6 +95,11 @@ impl Stack {
         watch_on(&self.gateway, section).await
     }
 
+    /// [`Stack::watch`] as staff, for tests of what the entities say.
+    pub async fn watch_staff(&self, section: &str) -> (WsClient, Value) {
+        watch_with(&self.gateway, section, &staff_token()).await
+    }
+
     pub async fn publish(&self, topic: &str, value: &Value) {
         self.producer.send_json(topic, value).await;
     }
@@ -109,7 +121,16 @@ pub fn serve_section(api: &StandInApi, section: &str, tables: Vec<Value>) {
 /// Connects to `gateway` (the stack's or another) with a fresh valid token
 /// and reads the snapshot frame.
 pub async fn watch_on(gateway: &Gateway, section: &str) -> (WsClient, Value) {
-    let url = gateway.ws_url(&format!("/ws/restaurant/{section}/{}", token()));
+    watch_with(gateway, section, &token()).await
+}
+
+/// [`watch_on`] as staff.
+pub async fn watch_staff_on(gateway: &Gateway, section: &str) -> (WsClient, Value) {
+    watch_with(gateway, section, &staff_token()).await
+}
+
+async fn watch_with(gateway: &Gateway, section: &str, token: &str) -> (WsClient, Value) {
+    let url = gateway.ws_url(&format!("/ws/restaurant/{section}/{token}"));
     let mut client =
         WsClient::connect(&url).await.unwrap_or_else(|(status, body)| panic!("upgrade refused: {status} {body}"));
     let snapshot = client.next_json(WAIT).await;
