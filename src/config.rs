@@ -94,6 +94,8 @@ pub struct ResumeConfig {
     pub secret: String,
     /// How old a token may be, and how long frames stay in the buffer.
     pub window: Duration,
+    /// How old a chain of resumes may be before the API is asked again.
+    pub reauth_after: Duration,
     /// Frames kept per section; 0: every resume falls back to a snapshot.
     pub buffer_frames: usize,
     /// Frame bytes kept for the whole instance.
@@ -209,6 +211,25 @@ fn client_rate<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<u32, Confi
     Ok(rate)
 }
 
+/// The shortest `RESUME_SECRET`: an HMAC key of fewer bytes than its hash
+/// (SHA-256) is weaker than the tags it signs.
+const MIN_RESUME_SECRET_BYTES: usize = 32;
+
+/// `RESUME_SECRET`, empty when unset (resume off).
+fn resume_secret<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<String, ConfigError> {
+    let secret = env.get("RESUME_SECRET").unwrap_or_default();
+    if !secret.is_empty() && secret.len() < MIN_RESUME_SECRET_BYTES {
+        return Err(ConfigError::new(
+            "RESUME_SECRET",
+            format!(
+                "must be at least {MIN_RESUME_SECRET_BYTES} bytes, got {} (e.g. openssl rand -base64 32)",
+                secret.len()
+            ),
+        ));
+    }
+    Ok(secret)
+}
+
 /// `WS_PUBLIC_RESERVATION_FIELDS`: plain field names only, so that a typo
 /// such as `user id` cannot silently hide a field from everyone.
 fn public_reservation_fields<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<PublicFields, ConfigError> {
@@ -314,8 +335,9 @@ impl Config {
             .map_err(|e| ConfigError::new("LOG_LEVEL", format!("{log_level:?}: {e}")))?;
 
         let resume = ResumeConfig {
-            secret: env.get("RESUME_SECRET").unwrap_or_default(),
+            secret: resume_secret(&env)?,
             window: env.duration("RESUME_WINDOW", Duration::from_secs(120))?,
+            reauth_after: env.duration("RESUME_REAUTH_AFTER", Duration::from_secs(15 * 60))?,
             buffer_frames: env.count("RESUME_BUFFER", 1024)?,
             buffer_bytes: env.bytes("RESUME_BUFFER_BYTES", 64 << 20)?,
         };
@@ -397,10 +419,10 @@ mod tests {
 
     #[test]
     fn resume_is_on_with_a_secret_and_sizes_take_units() {
-        let resume = config(&[("JWT_SECRET", "k"), ("RESUME_SECRET", "r")]).unwrap().resume.unwrap();
+        let resume = config(&[("JWT_SECRET", "k"), ("RESUME_SECRET", RESUME_KEY)]).unwrap().resume.unwrap();
         assert_eq!(
-            (resume.window, resume.buffer_frames, resume.buffer_bytes),
-            (Duration::from_secs(120), 1024, 64 << 20)
+            (resume.window, resume.reauth_after, resume.buffer_frames, resume.buffer_bytes),
+            (Duration::from_secs(120), Duration::from_secs(900), 1024, 64 << 20)
         );
         let sized = |value: &str| config_of(value).map(|c| c.resume.unwrap().buffer_bytes);
         assert_eq!(sized("1048576"), Ok(1 << 20));
@@ -411,8 +433,11 @@ mod tests {
     }
 
     fn config_of(buffer_bytes: &str) -> Result<Config, ConfigError> {
-        config(&[("JWT_SECRET", "k"), ("RESUME_SECRET", "r"), ("RESUME_BUFFER_BYTES", buffer_bytes)])
+        config(&[("JWT_SECRET", "k"), ("RESUME_SECRET", RESUME_KEY), ("RESUME_BUFFER_BYTES", buffer_bytes)])
     }
+
+    /// A resume secret of the shortest length allowed.
+    const RESUME_KEY: &str = "0123456789abcdef0123456789abcdef";
 
     #[test]
     fn trusted_proxies_take_cidrs_and_bare_addresses() {
@@ -462,6 +487,8 @@ mod tests {
             (&[key, ("RESUME_BUFFER", "lots")], "RESUME_BUFFER"),
             (&[key, ("RESUME_BUFFER_BYTES", "64 parsecs")], "RESUME_BUFFER_BYTES"),
             (&[key, ("WS_PUBLIC_RESERVATION_FIELDS", "id,user name")], "WS_PUBLIC_RESERVATION_FIELDS"),
+            (&[key, ("RESUME_SECRET", "0123456789abcdef0123456789abcde")], "RESUME_SECRET"),
+            (&[key, ("RESUME_SECRET", RESUME_KEY), ("RESUME_REAUTH_AFTER", "later")], "RESUME_REAUTH_AFTER"),
             (&[key, ("RESUME_BUFFER_BYTES", "99999999999999999999GiB")], "RESUME_BUFFER_BYTES"),
         ];
         for (vars, variable) in cases {

@@ -150,6 +150,7 @@ fn run(config: Config, verifier: JwtVerifier, listener: std::net::TcpListener) -
         resume: config.resume.as_ref().map(|resume| ResumeSettings {
             tokens: Arc::new(HmacResumeTokens::new(&resume.secret)),
             window: resume.window,
+            reauth_after: resume.reauth_after,
         }),
     });
     let replay_limits = config.resume.as_ref().map_or(ReplayLimits::OFF, |resume| ReplayLimits {

@@ -604,6 +604,7 @@ async fn configuration_errors_stop_the_process_with_one_line_naming_the_variable
             with(&[("SECTION_SNAPSHOT_PATH", Some("/api/v1/sections".into()))]),
             "SECTION_SNAPSHOT_PATH",
         ),
+        ("RESUME_SECRET of 31 bytes", with(&[("RESUME_SECRET", Some("x".repeat(31)))]), "RESUME_SECRET"),
     ];
     let limit = Duration::from_secs(10);
     let runs = cases.iter().map(async |(name, env, _)| {

@@ -205,6 +205,29 @@ async fn the_api_sees_the_real_client_and_a_request_id_the_logs_share() {
     wait::until(WAIT, "the sessions' log lines", || ids.iter().all(|id| live_line_with(id))).await;
 }
 
+/// On a dual-stack listener (`HOST=::`) an IPv4 peer is seen IPv4-mapped
+/// (`::ffff:127.0.0.1`): it still matches the IPv4 `TRUSTED_PROXIES`, and a
+/// forwarded entry written with brackets and a port is read as its address.
+#[tokio::test]
+async fn a_dual_stack_listener_reads_trusted_proxies_and_forwarded_ports_canonically() {
+    let stack = Stack::start_with(&[("HOST", "::".into()), ("TRUSTED_PROXIES", "127.0.0.0/8".into())]).await;
+    let (direct, proxied) = (new_id(), new_id());
+    stack.serve_section(&direct, vec![]);
+    stack.serve_section(&proxied, vec![]);
+    let mut request = WsClient::request(&stack.ws_url(&proxied, &token()));
+    request.headers_mut().insert("x-forwarded-for", "6.6.6.6, [2001:db8::7]:4711, 127.0.0.5:80".parse().unwrap());
+    let mut client = WsClient::connect_with(request).await.expect("upgrade");
+    assert_eq!(client.next_json(WAIT).await["event"], "section.snapshot");
+    let (_direct_client, _) = stack.watch(&direct).await;
+
+    let forwarded = |section: &str| {
+        let call = stack.api.calls().into_iter().find(|call| call.path.ends_with(section)).expect("the snapshot call");
+        call.forwarded_for
+    };
+    assert_eq!(forwarded(&proxied).as_deref(), Some("2001:db8::7"), "the mapped peer is a trusted proxy");
+    assert_eq!(forwarded(&direct).as_deref(), Some("127.0.0.1"), "told as IPv4, not ::ffff:127.0.0.1");
+}
+
 /// A token whose `exp` is near the largest integer makes a long session,
 /// not an arithmetic panic: the client gets its snapshot and live events.
 #[tokio::test]

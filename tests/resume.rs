@@ -29,7 +29,7 @@ use tokio::time::Instant;
 
 const TABLES: &str = "mesa-ya.tables.events";
 /// The key every resuming instance of a test shares.
-const RESUME_SECRET: &str = "resume-test-secret-9876543210";
+const RESUME_SECRET: &str = "resume-test-secret-9876543210-9876543210";
 const RESUMES: &str = "mesaya_resumes_total";
 const REPLAYED: &str = "mesaya_resume_frames_replayed_total";
 const BUFFER_FRAMES: &str = "mesaya_resume_buffer_frames";
@@ -395,6 +395,40 @@ async fn every_fallback_gives_the_snapshot_then_positions_and_never_an_error_clo
     // The clock is the condition here.
     tokio::time::sleep_until(received + PAST_A_ONE_SECOND_WINDOW).await;
     up.expect_fallback(&brief, &section, Jwt::Path(&diner), &position, "expired").await;
+}
+
+/// A chain of resumes ends `RESUME_REAUTH_AFTER` after the snapshot that
+/// began it: a resumed connection's positions carry the chain's start on,
+/// so a token issued a moment ago by a resumed connection still falls back
+/// (outcome `reauth`, one more API call) once the chain is old, and the
+/// snapshot it gets begins a new chain that resumes again.
+#[tokio::test]
+async fn a_chain_of_resumes_older_than_reauth_after_asks_the_api_again() {
+    let up = Upstream::start().await;
+    let [gateway] = start_all([up.env(&[("RESUME_REAUTH_AFTER", "2s".into())])]).await;
+    let section = up.section();
+    let jwt = token();
+    let (mut session, first) = Session::open(&gateway, &section, Jwt::Path(&jwt), "").await;
+    assert_eq!(first["event"], "section.snapshot", "{first}");
+    let chain_began = Instant::now();
+    let position = session.next_position().await;
+    session.client.close().await;
+
+    let (mut resumed_session, first) = Session::open(&gateway, &section, Jwt::Path(&jwt), &position).await;
+    assert_eq!(first, resumed(0), "a young chain resumes");
+    resumed_session.next_position().await;
+    // The clock is the condition: chain times are whole seconds, so past 2 s
+    // by more than a second of rounding.
+    tokio::time::sleep_until(chain_began + Duration::from_secs(4)).await;
+    let event = up.publish(&section, 1).await;
+    assert_eq!(resumed_session.next_event().await, event);
+    let fresh_position = resumed_session.next_position().await;
+    resumed_session.client.close().await;
+    let (mut session, renewed) =
+        up.expect_fallback(&gateway, &section, Jwt::Path(&jwt), &fresh_position, "reauth").await;
+    session.client.close().await;
+    let (_, first) = Session::open(&gateway, &section, Jwt::Path(&jwt), &renewed).await;
+    assert_eq!(first, resumed(0), "the snapshot began a new chain");
 }
 
 /// More frames missed than `RESUME_BUFFER` keeps: the snapshot (outcome

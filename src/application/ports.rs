@@ -142,7 +142,9 @@ pub trait RestaurantOwners {
 /// Signs and reads resume tokens: a section's Kafka positions, bound to the
 /// section and the user, with the time they were issued.
 pub trait ResumeTokens {
-    fn issue(&self, grant: &ResumeGrant<'_>) -> String;
+    /// Refuses what would make a token longer than [`ResumeTokens::open`]
+    /// reads.
+    fn issue(&self, grant: &ResumeGrant<'_>) -> Result<String, TooManyPartitions>;
     /// What a token says, if this secret signed it; `sub` is the resuming
     /// user, compared with the one it was issued to.
     fn open(&self, token: &str, sub: &str) -> Result<OpenedToken, InvalidResumeToken>;
@@ -155,8 +157,15 @@ pub struct ResumeGrant<'a> {
     pub sub: &'a str,
     /// Seconds since the Unix epoch.
     pub issued_at: u64,
+    /// When the snapshot that began this chain of resumes was fetched
+    /// (seconds since the Unix epoch): the API was last asked then.
+    pub chain_started: u64,
     pub positions: &'a Positions,
 }
+
+/// The instance consumes more partitions than one token can name.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TooManyPartitions;
 
 /// A token whose signature holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -165,6 +174,7 @@ pub struct OpenedToken {
     /// Issued to the user who presents it.
     pub same_sub: bool,
     pub issued_at: u64,
+    pub chain_started: u64,
     pub positions: Positions,
 }
 

@@ -8,8 +8,9 @@
 //! the frames, so a position here never runs ahead of the frames here.
 //!
 //! A section's frames are kept in order, at most `per_section` of them, for
-//! at most `window`, and the shard keeps at most `bytes` of frames in all
-//! (oldest out first). Whatever is dropped moves the section's *floor*: per
+//! at most `window`, and the shard keeps at most `bytes` in all, frames and
+//! their bookkeeping (oldest out first): the index entry of a frame that its
+//! section's own limit dropped still counts until it leaves the index. Whatever is dropped moves the section's *floor*: per
 //! partition, the offset from which its frames are all still here. A resume
 //! is served only when the token's positions are at or past the floor on
 //! every partition this instance consumes.
@@ -28,7 +29,8 @@ pub struct ReplayLimits {
     pub window: Duration,
     /// Frames per section; 0 keeps none (every resume falls back).
     pub per_section: usize,
-    /// Frame bytes for the whole shard.
+    /// Bytes for the whole shard: every variant of every frame, and what
+    /// keeping each costs (see [`frame_cost`]).
     pub bytes: usize,
 }
 
@@ -57,6 +59,18 @@ pub struct Replay {
     /// before that may not be served for them (see [`Replay::keep`]).
     unplaced: HashMap<SectionId, Instant>,
     unplaced_order: VecDeque<(Instant, SectionId)>,
+}
+
+/// What one kept frame costs besides its bytes: the routed event it is part
+/// of (kept alive by the buffer) and the section's entry for it.
+const FRAME_BOOKKEEPING: usize =
+    std::mem::size_of::<Delivery>() + 2 * std::mem::size_of::<usize>() + std::mem::size_of::<(u64, Arc<Delivery>)>();
+/// What one entry of the age index costs, until it leaves the index.
+const INDEX_ENTRY: usize = std::mem::size_of::<Kept>();
+
+/// The bytes a frame counts for, while its section keeps it.
+pub fn frame_cost(delivery: &Delivery) -> usize {
+    delivery.frames.bytes() + FRAME_BOOKKEEPING
 }
 
 /// Token issue times are whole seconds: this much slack either way.
@@ -127,12 +141,12 @@ impl Replay {
         entry.frames.push_back((seq, Arc::clone(delivery)));
         self.order.push_back(Kept { at: now, section, seq });
         self.frames += 1;
-        self.bytes += delivery.frames.bytes();
+        self.bytes += frame_cost(delivery) + INDEX_ENTRY;
         if entry.frames.len() > self.limits.per_section {
             self.drop_oldest_of(section);
         }
         while self.bytes > self.limits.bytes {
-            let Some(oldest) = self.order.pop_front() else { break };
+            let Some(oldest) = self.pop_index() else { break };
             self.drop_if_front(&oldest);
         }
     }
@@ -193,7 +207,7 @@ impl Replay {
         while let Some(oldest) = self.order.front()
             && now.saturating_duration_since(oldest.at) > self.limits.window
         {
-            let oldest = self.order.pop_front().expect("front exists");
+            let oldest = self.pop_index().expect("front exists");
             self.drop_if_front(&oldest);
         }
         // Once every token issued before an unplaced frame has expired.
@@ -205,6 +219,12 @@ impl Replay {
                 self.unplaced.remove(&section);
             }
         }
+    }
+
+    fn pop_index(&mut self) -> Option<Kept> {
+        let oldest = self.order.pop_front()?;
+        self.bytes -= INDEX_ENTRY;
+        Some(oldest)
     }
 
     /// Drops `kept`'s frame if its section still has it (it is then that
@@ -224,7 +244,7 @@ impl Replay {
         let Some(entry) = self.sections.get_mut(&section) else { return };
         let Some((_, delivery)) = entry.frames.pop_front() else { return };
         self.frames -= 1;
-        self.bytes -= delivery.frames.bytes();
+        self.bytes -= frame_cost(&delivery);
         if let Some(position) = delivery.position {
             entry.floor.advance(position.partition, position.offset + 1);
         }
@@ -339,7 +359,7 @@ pub(crate) mod tests {
     #[test]
     fn the_byte_limit_drops_the_oldest_frames_of_any_section() {
         let now = Instant::now();
-        let one = frame_at(0).frames.bytes();
+        let one = frame_cost(&frame_at(0)) + INDEX_ENTRY;
         let limits = ReplayLimits { bytes: one * 2, ..ROOMY };
         let mut replay = started_at(0, limits);
         replay.keep(section(S1), &frame_at(0), now);
@@ -348,6 +368,22 @@ pub(crate) mod tests {
         assert_eq!(replay.size(), (2, one * 2));
         assert_eq!(served(&mut replay, section(S1), &at(0), now), None);
         assert_eq!(served(&mut replay, section(S2), &at(1), now), Some(vec![1, 2]));
+    }
+
+    /// One busy section with a small per-section cap: the index entries of
+    /// the frames that cap dropped count too, and leave under the byte limit
+    /// instead of waiting out the window.
+    #[test]
+    fn the_byte_limit_bounds_the_bookkeeping_of_dropped_frames_too() {
+        let now = Instant::now();
+        let limit = 100 * (frame_cost(&frame_at(0)) + INDEX_ENTRY);
+        let mut replay = started_at(0, ReplayLimits { per_section: 2, bytes: limit, ..ROOMY });
+        for offset in 0..10_000 {
+            replay.keep(section(S1), &frame_at(offset), now);
+            assert!(replay.size().1 <= limit);
+        }
+        assert!(replay.order.len() <= limit / INDEX_ENTRY, "{} index entries", replay.order.len());
+        assert_eq!(served(&mut replay, section(S1), &at(9_998), now), Some(vec![9_998, 9_999]));
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub struct ResumeSettings {
     pub tokens: Arc<dyn ResumeTokens + Send + Sync>,
     /// How old a token may be.
     pub window: Duration,
+    /// How old a chain of resumes may be, counted from the snapshot that
+    /// began it: older ones get a snapshot, so the API is asked again.
+    pub reauth_after: Duration,
 }
 
 /// Why a resume fell back to the snapshot. Each is a metric label.
@@ -40,6 +43,8 @@ pub enum ResumeFallback {
     /// The buffer has it, but more than half of what the client's queue
     /// may hold: it would be closed as a slow consumer at once.
     Backlog,
+    /// The chain of resumes began longer than `RESUME_REAUTH_AFTER` ago.
+    Reauth,
 }
 
 impl ResumeFallback {
@@ -51,6 +56,7 @@ impl ResumeFallback {
             Self::OtherUser => "other_user",
             Self::Gap => "gap",
             Self::Backlog => "backlog",
+            Self::Reauth => "reauth",
         }
     }
 }
@@ -78,11 +84,19 @@ impl Now {
     }
 }
 
+/// A served resume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resumed {
+    /// Frames replayed.
+    pub replayed: usize,
+    /// When the chain of resumes it continues began: its positions carry it on.
+    pub chain_started: u64,
+}
+
 /// Serves a resume: on success the registered client's outbox is live
 /// with `section.resumed` and the missed frames queued as `audience` sees
-/// them, and the count of those frames is returned. Must run in the turn
-/// that registered the client, so that no frame arrives between the replay
-/// and the live queue.
+/// them. Must run in the turn that registered the client, so that no frame
+/// arrives between the replay and the live queue.
 pub fn resume(
     settings: &ResumeSettings,
     replay: &mut Replay,
@@ -90,7 +104,7 @@ pub fn resume(
     request: ResumeRequest<'_>,
     audience: Audience,
     now: Now,
-) -> Result<usize, ResumeFallback> {
+) -> Result<Resumed, ResumeFallback> {
     let opened = settings.tokens.open(request.token, request.sub).map_err(|_| ResumeFallback::Invalid)?;
     if opened.section != request.section {
         return Err(ResumeFallback::OtherSection);
@@ -106,6 +120,9 @@ pub fn resume(
     if age > settings.window {
         return Err(ResumeFallback::Expired);
     }
+    if now.unix_secs.saturating_sub(opened.chain_started) > settings.reauth_after.as_secs() {
+        return Err(ResumeFallback::Reauth);
+    }
     let missed =
         replay.replay(request.section, &opened.positions, age, now.instant).map_err(|_| ResumeFallback::Gap)?;
     if !outbox.has_room_for(&missed) {
@@ -117,29 +134,49 @@ pub fn resume(
     if missed.iter().any(|delivery| delivery.ends_section) {
         outbox.request_close(CloseCode::NORMAL, true);
     }
-    Ok(missed.len())
+    Ok(Resumed { replayed: missed.len(), chain_started: opened.chain_started })
+}
+
+/// The connection a position is for.
+#[derive(Clone, Copy, Debug)]
+pub struct PositionFor<'a> {
+    pub section: SectionId,
+    pub sub: &'a str,
+    /// When its chain of resumes began (its snapshot, or the one before the
+    /// resumes it continues).
+    pub chain_started: u64,
+}
+
+/// Why no position frame could be made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoPosition {
+    /// The ingest has not told the shard where it stands yet.
+    NotYet,
+    /// More partitions than a token can name: the client resumes never.
+    TooManyPartitions,
 }
 
 /// A `section.position` frame for a client of `section`, to queue behind
 /// everything queued for it: the shard's positions cover only frames it has
 /// routed, all of which are ahead of it. A resumed client's own token counts
-/// too, where this instance has not caught up with it yet. None before the
+/// too, where this instance has not caught up with it yet. [`NoPosition::NotYet`] before the
 /// ingest has told the shard where it stands.
 pub fn position_frame(
     settings: &ResumeSettings,
     replay: &Replay,
     outbox: &Outbox,
-    section: SectionId,
-    sub: &str,
+    holder: PositionFor<'_>,
     now: Now,
-) -> Option<Frame> {
+) -> Result<Frame, NoPosition> {
     if replay.positions().is_empty() {
-        return None;
+        return Err(NoPosition::NotYet);
     }
     let mut positions = replay.positions().clone();
     outbox.with_already_sent(|sent| positions.advance_all(sent));
-    let grant = ResumeGrant { section, sub, issued_at: now.unix_secs, positions: &positions };
-    Some(Frame::position(&settings.tokens.issue(&grant)))
+    let PositionFor { section, sub, chain_started } = holder;
+    let grant = ResumeGrant { section, sub, issued_at: now.unix_secs, chain_started, positions: &positions };
+    let token = settings.tokens.issue(&grant).map_err(|_| NoPosition::TooManyPartitions)?;
+    Ok(Frame::position(&token))
 }
 
 /// Positions are coalesced: at most one per client per this.
@@ -196,34 +233,51 @@ mod tests {
     use super::*;
 
     use crate::application::outbox::{Next, QueueLimits};
-    use crate::application::ports::{InvalidResumeToken, OpenedToken};
+    use crate::application::ports::{InvalidResumeToken, OpenedToken, TooManyPartitions};
     use crate::application::replay::tests::{ROOMY, S1, S2, frame_at, section, started_at, tables};
     use crate::domain::audience::UserId;
     use crate::domain::position::{Position, Positions};
 
-    /// Tokens in the clear: `section|sub|issued_at|next offset`.
+    /// Tokens in the clear: `section|sub|issued_at|chain_started|next offset`.
     struct PlainTokens;
 
     impl ResumeTokens for PlainTokens {
-        fn issue(&self, grant: &ResumeGrant<'_>) -> String {
-            let next = grant.positions.get(tables()).unwrap();
-            format!("{}|{}|{}|{next}", grant.section, grant.sub, grant.issued_at)
+        fn issue(&self, grant: &ResumeGrant<'_>) -> Result<String, TooManyPartitions> {
+            let next = grant.positions.get(tables()).ok_or(TooManyPartitions)?;
+            Ok(format!("{}|{}|{}|{}|{next}", grant.section, grant.sub, grant.issued_at, grant.chain_started))
         }
 
         fn open(&self, token: &str, sub: &str) -> Result<OpenedToken, InvalidResumeToken> {
             let parts: Vec<&str> = token.split('|').collect();
-            let [section, issued_to, issued_at, next] = parts[..] else { return Err(InvalidResumeToken) };
+            let [section, issued_to, issued_at, chain_started, next] = parts[..] else {
+                return Err(InvalidResumeToken);
+            };
+            let number = |text: &str| text.parse().map_err(|_| InvalidResumeToken);
             Ok(OpenedToken {
                 section: SectionId::parse(section).ok_or(InvalidResumeToken)?,
                 same_sub: issued_to == sub,
-                issued_at: issued_at.parse().map_err(|_| InvalidResumeToken)?,
-                positions: [(tables(), next.parse().map_err(|_| InvalidResumeToken)?)].into_iter().collect(),
+                issued_at: number(issued_at)?,
+                chain_started: number(chain_started)?,
+                positions: [(tables(), number(next)? as i64)].into_iter().collect(),
             })
         }
     }
 
+    /// The connection of user u1 on S1, whose chain began at 900.
+    fn holder() -> PositionFor<'static> {
+        PositionFor { section: section(S1), sub: "u1", chain_started: 900 }
+    }
+
+    fn resumed(replayed: usize) -> Result<Resumed, ResumeFallback> {
+        Ok(Resumed { replayed, chain_started: 900 })
+    }
+
     fn settings() -> ResumeSettings {
-        ResumeSettings { tokens: Arc::new(PlainTokens), window: Duration::from_secs(120) }
+        ResumeSettings {
+            tokens: Arc::new(PlainTokens),
+            window: Duration::from_secs(120),
+            reauth_after: Duration::from_secs(900),
+        }
     }
 
     /// A shard that began reading at offset 0 and has routed frames 0..n to S1.
@@ -254,16 +308,20 @@ mod tests {
     fn a_token_from_a_position_frame_resumes_with_exactly_what_came_after_it() {
         let settings = settings();
         let mut replay = replay_with(2);
-        let frame = position_frame(&settings, &replay, &outbox(), section(S1), "u1", now(1000)).unwrap();
+        let frame = position_frame(&settings, &replay, &outbox(), holder(), now(1000)).unwrap();
         let frame: serde_json::Value = serde_json::from_slice(frame.utf8_bytes()).unwrap();
         let token = frame["payload"]["token"].as_str().unwrap().to_string();
-        assert_eq!(token, format!("{S1}|u1|1000|2"), "the shard's positions, for this section and user, issued now");
+        assert_eq!(
+            token,
+            format!("{S1}|u1|1000|900|2"),
+            "the shard's positions, for this section and user, issued now"
+        );
         for offset in 2..4 {
             replay.keep(section(S1), &frame_at(offset), Instant::now());
         }
         let outbox = outbox();
         let request = ResumeRequest { section: section(S1), sub: "u1", token: &token };
-        assert_eq!(resume(&settings, &mut replay, &outbox, request, Audience::Staff, now(1010)), Ok(2));
+        assert_eq!(resume(&settings, &mut replay, &outbox, request, Audience::Staff, now(1010)), resumed(2));
         let frames = written(&outbox);
         assert_eq!(frames[0], r#"{"event":"section.resumed","payload":{"replayed":2}}"#);
         assert!(frames[1].contains(r#""offset":2"#) && frames[2].contains(r#""offset":3"#), "{frames:?}");
@@ -277,13 +335,18 @@ mod tests {
         let mut replay = replay_with(2);
         let outbox = outbox();
         let ahead: Positions = [(tables(), 9)].into_iter().collect();
-        let grant = ResumeGrant { section: section(S1), sub: "u1", issued_at: 1000, positions: &ahead };
-        let token = settings.tokens.issue(&grant);
+        let grant =
+            ResumeGrant { section: section(S1), sub: "u1", issued_at: 1000, chain_started: 900, positions: &ahead };
+        let token = settings.tokens.issue(&grant).unwrap();
         let request = ResumeRequest { section: section(S1), sub: "u1", token: &token };
-        assert_eq!(resume(&settings, &mut replay, &outbox, request, Audience::Staff, now(1001)), Ok(0));
-        let frame = position_frame(&settings, &replay, &outbox, section(S1), "u1", now(1002)).unwrap();
+        assert_eq!(resume(&settings, &mut replay, &outbox, request, Audience::Staff, now(1001)), resumed(0));
+        let frame = position_frame(&settings, &replay, &outbox, holder(), now(1002)).unwrap();
         let frame: serde_json::Value = serde_json::from_slice(frame.utf8_bytes()).unwrap();
-        assert_eq!(frame["payload"]["token"], format!("{S1}|u1|1002|9"), "not the shard's 2: the client has up to 9");
+        assert_eq!(
+            frame["payload"]["token"],
+            format!("{S1}|u1|1002|900|9"),
+            "not the shard's 2: the client has up to 9"
+        );
     }
 
     #[test]
@@ -296,7 +359,7 @@ mod tests {
         Arc::get_mut(&mut deleted).unwrap().ends_section = true;
         replay.keep(section(S1), &deleted, Instant::now());
         let outbox = outbox();
-        assert_eq!(resume(&settings, &mut replay, &outbox, request, Audience::Staff, now(1000)), Ok(1));
+        assert_eq!(resume(&settings, &mut replay, &outbox, request, Audience::Staff, now(1000)), resumed(1));
         let close = outbox.close_request().expect("a close after the delete");
         assert_eq!((close.code, close.after_drain), (CloseCode::NORMAL, true));
 
@@ -326,12 +389,14 @@ mod tests {
     /// A token for S1 and u1, issued at 1000, after frames 0 and 1.
     fn issued_token(settings: &ResumeSettings) -> String {
         let grant_positions: Positions = [(tables(), 2)].into_iter().collect();
-        settings.tokens.issue(&ResumeGrant {
+        let grant = ResumeGrant {
             section: section(S1),
             sub: "u1",
             issued_at: 1000,
+            chain_started: 900,
             positions: &grant_positions,
-        })
+        };
+        settings.tokens.issue(&grant).unwrap()
     }
 
     #[test]
@@ -347,7 +412,7 @@ mod tests {
         assert_eq!(attempt(S2, "u1", &token, 1000, &mut replay), Err(ResumeFallback::OtherSection));
         assert_eq!(attempt(S1, "u2", &token, 1000, &mut replay), Err(ResumeFallback::OtherUser));
         assert_eq!(attempt(S1, "u1", &token, 1121, &mut replay), Err(ResumeFallback::Expired));
-        assert_eq!(attempt(S1, "u1", &token, 1120, &mut replay), Ok(0), "within the window");
+        assert_eq!(attempt(S1, "u1", &token, 1120, &mut replay), resumed(0), "within the window");
         assert_eq!(attempt(S1, "u1", &token, 998, &mut replay), Err(ResumeFallback::Invalid), "issued in the future");
         let mut far_behind = replay_with(6);
         assert_eq!(
@@ -355,5 +420,13 @@ mod tests {
             Err(ResumeFallback::Gap),
             "frames 2 and 3 dropped"
         );
+        let mut settings = settings;
+        settings.reauth_after = Duration::from_secs(150);
+        let attempt = |unix_secs: u64, replay: &mut Replay| {
+            let request = ResumeRequest { section: section(S1), sub: "u1", token: &token };
+            resume(&settings, replay, &outbox(), request, Audience::Staff, now(unix_secs))
+        };
+        assert_eq!(attempt(1050, &mut replay), resumed(0), "the chain began 150 s ago: still good");
+        assert_eq!(attempt(1051, &mut replay), Err(ResumeFallback::Reauth), "the API must be asked again");
     }
 }

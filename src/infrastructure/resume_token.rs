@@ -3,30 +3,32 @@
 //!
 //! | bytes | field |
 //! |---|---|
-//! | 1 | format version (1) |
+//! | 1 | format version (2) |
 //! | 8 | issue time, seconds since the Unix epoch, big-endian |
+//! | 8 | when the chain of resumes began (its snapshot), the same way |
 //! | 16 | section id |
 //! | 8 | tag of the user's `sub` (keyed, so the token does not reveal it) |
 //! | varint | number of partitions, then per partition: topic tag (4, big-endian), partition (varint), next offset (varint) |
 //! | 16 | HMAC-SHA256 of everything before, truncated |
 //!
 //! Every instance behind one load balancer shares the secret, so any of
-//! them reads a token any of them issued.
+//! them reads a token any of them issued. Tokens of version 1 (no chain
+//! start) are refused: their client gets a snapshot, once.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::application::ports::{InvalidResumeToken, OpenedToken, ResumeGrant, ResumeTokens};
+use crate::application::ports::{InvalidResumeToken, OpenedToken, ResumeGrant, ResumeTokens, TooManyPartitions};
 use crate::domain::ids::SectionId;
 use crate::domain::position::{PartitionId, Positions};
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const SUB_TAG_BYTES: usize = 8;
 const MAC_BYTES: usize = 16;
-/// Longer text is refused before decoding: a token holds a few dozen
-/// partitions at most.
+/// Longer text is refused before decoding (a token holds a few dozen
+/// partitions at most), and never issued.
 const MAX_TOKEN_CHARS: usize = 4096;
 
 pub struct HmacResumeTokens {
@@ -52,10 +54,11 @@ impl HmacResumeTokens {
 }
 
 impl ResumeTokens for HmacResumeTokens {
-    fn issue(&self, grant: &ResumeGrant<'_>) -> String {
+    fn issue(&self, grant: &ResumeGrant<'_>) -> Result<String, TooManyPartitions> {
         let mut bytes = Vec::with_capacity(64 + grant.positions.len() * 12);
         bytes.push(VERSION);
         bytes.extend_from_slice(&grant.issued_at.to_be_bytes());
+        bytes.extend_from_slice(&grant.chain_started.to_be_bytes());
         bytes.extend_from_slice(&grant.section.to_bytes());
         bytes.extend_from_slice(&self.sub_tag(grant.sub));
         put_varint(&mut bytes, grant.positions.len() as u64);
@@ -67,7 +70,11 @@ impl ResumeTokens for HmacResumeTokens {
         }
         let mac = self.mac(b"token\0", &bytes).finalize().into_bytes();
         bytes.extend_from_slice(&mac[..MAC_BYTES]);
-        URL_SAFE_NO_PAD.encode(bytes)
+        let token = URL_SAFE_NO_PAD.encode(bytes);
+        if token.len() > MAX_TOKEN_CHARS {
+            return Err(TooManyPartitions);
+        }
+        Ok(token)
     }
 
     fn open(&self, token: &str, sub: &str) -> Result<OpenedToken, InvalidResumeToken> {
@@ -83,6 +90,7 @@ impl ResumeTokens for HmacResumeTokens {
             return Err(InvalidResumeToken);
         }
         let issued_at = u64::from_be_bytes(reader.take()?);
+        let chain_started = u64::from_be_bytes(reader.take()?);
         let section = SectionId::from_bytes(reader.take()?);
         let same_sub = reader.take::<SUB_TAG_BYTES>()? == self.sub_tag(sub);
         let count = reader.varint()?;
@@ -96,7 +104,7 @@ impl ResumeTokens for HmacResumeTokens {
         if !reader.0.is_empty() {
             return Err(InvalidResumeToken);
         }
-        Ok(OpenedToken { section, same_sub, issued_at, positions })
+        Ok(OpenedToken { section, same_sub, issued_at, chain_started, positions })
     }
 }
 
@@ -143,7 +151,8 @@ mod tests {
 
     fn issue(tokens: &HmacResumeTokens, sub: &str, positions: &Positions) -> String {
         let section = SectionId::parse(S1).unwrap();
-        tokens.issue(&ResumeGrant { section, sub, issued_at: 1_700_000_000, positions })
+        let grant = ResumeGrant { section, sub, issued_at: 1_700_000_000, chain_started: 1_699_999_000, positions };
+        tokens.issue(&grant).unwrap()
     }
 
     proptest! {
@@ -152,14 +161,31 @@ mod tests {
             entries in proptest::collection::vec((any::<u32>(), 0..i32::MAX, 0..i64::MAX), 0..40),
             sub in ".{0,64}",
             issued_at in any::<u64>(),
+            chain_started in any::<u64>(),
         ) {
             let tokens = HmacResumeTokens::new("secret");
             let positions = positions(&entries);
             let section = SectionId::parse(S1).unwrap();
-            let token = tokens.issue(&ResumeGrant { section, sub: &sub, issued_at, positions: &positions });
+            let grant = ResumeGrant { section, sub: &sub, issued_at, chain_started, positions: &positions };
+            let token = tokens.issue(&grant).unwrap();
             prop_assert!(token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'), "URL-safe");
             let opened = tokens.open(&token, &sub).unwrap();
-            prop_assert_eq!(opened, OpenedToken { section, same_sub: true, issued_at, positions });
+            prop_assert_eq!(opened, OpenedToken { section, same_sub: true, issued_at, chain_started, positions });
+        }
+
+        /// Whatever the partitions, a token is issued only if it can be read back.
+        #[test]
+        fn no_token_is_issued_that_would_be_refused(
+            entries in proptest::collection::vec((any::<u32>(), 0..i32::MAX, 0..i64::MAX), 100..400),
+        ) {
+            let tokens = HmacResumeTokens::new("secret");
+            let positions = positions(&entries);
+            let section = SectionId::parse(S1).unwrap();
+            let grant = ResumeGrant { section, sub: "u1", issued_at: 1, chain_started: 1, positions: &positions };
+            match tokens.issue(&grant) {
+                Ok(token) => prop_assert!(tokens.open(&token, "u1").is_ok()),
+                Err(TooManyPartitions) => prop_assert!(positions.len() > 100),
+            }
         }
 
         #[test]
@@ -193,6 +219,19 @@ mod tests {
         let tokens = HmacResumeTokens::new("secret");
         let entries: Vec<(u32, i32, i64)> = (0..12).map(|i| (0x9e37_79b9 ^ i, (i % 3) as i32, 25_000_000)).collect();
         let token = issue(&tokens, "u1", &positions(&entries));
-        assert!(token.len() <= 220, "{} characters", token.len());
+        assert!(token.len() <= 232, "{} characters", token.len());
+    }
+
+    #[test]
+    fn a_token_of_the_first_format_is_refused() {
+        let tokens = HmacResumeTokens::new("secret");
+        let mut bytes = URL_SAFE_NO_PAD.decode(issue(&tokens, "u1", &positions(&[(7, 0, 1)]))).unwrap();
+        // Version 1 had no chain start: drop it, sign again, mark it 1.
+        bytes.drain(9..17);
+        bytes[0] = 1;
+        let signed = bytes.len() - MAC_BYTES;
+        let mac = tokens.mac(b"token\0", &bytes[..signed]).finalize().into_bytes();
+        bytes[signed..].copy_from_slice(&mac[..MAC_BYTES]);
+        assert_eq!(tokens.open(&URL_SAFE_NO_PAD.encode(&bytes), "u1"), Err(InvalidResumeToken));
     }
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::application::connect::{Connected, Interruption};
-use crate::application::resume::ResumeFallback;
+use crate::application::resume::{ResumeFallback, Resumed};
 use crate::domain::ids::SectionId;
 use crate::domain::protocol::CloseCode;
 
@@ -91,6 +91,17 @@ impl SessionClosed {
     }
 }
 
+/// A client that asked for positions gets none: the instance consumes more
+/// partitions than a token can name.
+pub struct PositionsWithheld;
+
+impl PositionsWithheld {
+    pub fn emit(self) {
+        METRICS.positions_withheld.inc();
+        tracing::debug!("no section.position: more partitions than a resume token can name");
+    }
+}
+
 /// Reservations held for a table that no snapshot or table event showed in
 /// time.
 pub struct ReservationsExpired {
@@ -110,7 +121,7 @@ impl ReservationsExpired {
 /// many frames), or given a snapshot, for this reason.
 pub struct ResumeAttempted {
     pub section: SectionId,
-    pub outcome: Result<usize, ResumeFallback>,
+    pub outcome: Result<Resumed, ResumeFallback>,
 }
 
 impl ResumeAttempted {
@@ -118,7 +129,7 @@ impl ResumeAttempted {
         let label = self.outcome.map_or_else(ResumeFallback::label, |_| "resumed");
         METRICS.resumes.with_label_values(&[label]).inc();
         match self.outcome {
-            Ok(replayed) => {
+            Ok(Resumed { replayed, .. }) => {
                 METRICS.frames_replayed.inc_by(replayed as u64);
                 tracing::info!(section = %self.section, replayed, "session resumed");
             }

@@ -39,6 +39,7 @@ pub struct Metrics {
     pub resumes: IntCounterVec,
     pub frames_replayed: IntCounter,
     pub positions_sent: IntCounter,
+    pub positions_withheld: IntCounter,
     pub resume_buffer_frames: IntGauge,
     pub resume_buffer_bytes: IntGauge,
 }
@@ -170,8 +171,17 @@ impl Metrics {
             ),
             frames_replayed: counter(&r, "mesaya_resume_frames_replayed_total", "Frames replayed to resumed clients"),
             positions_sent: counter(&r, "mesaya_resume_positions_sent_total", "section.position frames queued"),
+            positions_withheld: counter(
+                &r,
+                "mesaya_resume_positions_withheld_total",
+                "section.position frames not sent: more partitions than a resume token can name",
+            ),
             resume_buffer_frames: gauge(&r, "mesaya_resume_buffer_frames", "Frames kept in the replay buffers"),
-            resume_buffer_bytes: gauge(&r, "mesaya_resume_buffer_bytes", "Frame bytes kept in the replay buffers"),
+            resume_buffer_bytes: gauge(
+                &r,
+                "mesaya_resume_buffer_bytes",
+                "Bytes kept in the replay buffers: frames and their bookkeeping",
+            ),
             registry: r,
         }
     }

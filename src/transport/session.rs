@@ -22,13 +22,13 @@ use tracing::Instrument;
 use crate::application::connect::{self, Connected, Interruption, Registration, SnapshotPorts};
 use crate::application::outbox::{Outbox, PushOutcome};
 use crate::application::ports::{DirectWriter, SnapshotRequest, SnapshotSource};
-use crate::application::resume::{self, Now, PositionSchedule, ResumeSettings};
+use crate::application::resume::{self, NoPosition, Now, PositionFor, PositionSchedule, ResumeSettings};
 use crate::domain::access::Claims;
 use crate::domain::audience::{UserId, Viewer};
 use crate::domain::frame::Frame;
 use crate::domain::ids::SectionId;
 use crate::domain::protocol::{self, CloseCode};
-use crate::telemetry::events::SessionClosed;
+use crate::telemetry::events::{PositionsWithheld, SessionClosed};
 use crate::telemetry::{Counted, METRICS};
 
 use super::context::ShardState;
@@ -53,8 +53,9 @@ pub struct Admitted {
     /// Who it is, for its audience (decided when it goes live).
     pub viewer: Viewer,
     pub registration: Registration,
-    /// Served from the replay buffer already: no snapshot call.
-    pub resumed: bool,
+    /// Served from the replay buffer already (no snapshot call), continuing
+    /// a chain of resumes begun then (seconds since the epoch).
+    pub resumed_chain: Option<u64>,
 }
 
 /// Starts a client's session on this shard: its reader task now, and the
@@ -69,7 +70,7 @@ pub fn start<S: SnapshotSource + 'static>(
     admitted: Admitted,
     session_guard: mpsc::Sender<()>,
 ) -> impl Future<Output = ()> {
-    let Admitted { handed_off, viewer, registration, resumed } = admitted;
+    let Admitted { handed_off, viewer, registration, resumed_chain } = admitted;
     let HandedOff { stream, read_buf, section, token, claims, client, permit, resume } = handed_off;
     // Only what the session needs from here on is kept: the rest (roles,
     // permissions, a resume token) is freed now.
@@ -106,7 +107,7 @@ pub fn start<S: SnapshotSource + 'static>(
             settings.client_messages_per_second,
         ));
         let writer = Rc::new(WireWriter::new(socket));
-        Client { reader, heard, writer, outbox, token, viewer, expires_at, resumed, opted_in }
+        Client { reader, heard, writer, outbox, token, viewer, expires_at, resumed_chain, opted_in }
     });
     // Held to the end: the registration leaves the hub, the permit frees the
     // session's place, and the guard counts the session as running until
@@ -161,14 +162,14 @@ struct Client {
     token: String,
     viewer: Viewer,
     expires_at: Option<u64>,
-    /// Served from the replay buffer already: no snapshot call.
-    resumed: bool,
+    /// Served from the replay buffer already: see [`Admitted`].
+    resumed_chain: Option<u64>,
     /// Asked for `section.position` frames (`?resume=`).
     opted_in: bool,
 }
 
 async fn serve<S: SnapshotSource>(state: &ShardState<S>, client: Client, log: &SessionLog) {
-    let Client { mut reader, heard, writer, outbox, token, viewer, expires_at, resumed, opted_in } = client;
+    let Client { mut reader, heard, writer, outbox, token, viewer, expires_at, resumed_chain, opted_in } = client;
     // Dropping a JoinHandle detaches the task: a reader still waiting on a
     // peer that went silent would keep the socket open, and the outbox
     // alive, until that peer sent something: for a dead peer, never. The
@@ -183,7 +184,7 @@ async fn serve<S: SnapshotSource>(state: &ShardState<S>, client: Client, log: &S
     };
     let request =
         SnapshotRequest { section: log.section, token: &token, client_addr: log.client, request_id: &log.request_id };
-    let connected = if resumed {
+    let connected = if resumed_chain.is_some() {
         Connected::Live { skipped: 0 }
     } else {
         let interrupted = async {
@@ -202,7 +203,10 @@ async fn serve<S: SnapshotSource>(state: &ShardState<S>, client: Client, log: &S
             .then(|| METRICS.audience_connections.with_label_values(&[outbox.audience().label()]));
         let _counted = audience.as_ref().map(Counted::new);
         // Positions only for clients that asked, on an instance that signs them.
-        let positions = state.ctx.resume.as_ref().filter(|_| opted_in);
+        // A snapshot begins a chain of resumes; a resume carries its own on.
+        let chain_started = resumed_chain.unwrap_or_else(|| Now::current().unix_secs);
+        let positions =
+            state.ctx.resume.as_ref().filter(|_| opted_in).map(|settings| PositionTerms { settings, chain_started });
         // The shard's loop writes this client's events itself; a client with
         // positions keeps them to its writer task, which times them.
         if positions.is_none() {
@@ -239,7 +243,15 @@ struct LiveTerms<'a> {
     /// The token's `exp`: the session ends then (4401).
     expires_at: Option<u64>,
     /// `section.position` frames, for a client that opted in.
-    positions: Option<&'a ResumeSettings>,
+    positions: Option<PositionTerms<'a>>,
+}
+
+/// What a client's `section.position` frames are made of.
+#[derive(Clone, Copy)]
+struct PositionTerms<'a> {
+    settings: &'a ResumeSettings,
+    /// When its chain of resumes began.
+    chain_started: u64,
 }
 
 /// Writes queued frames until a close is requested or the peer goes away.
@@ -270,7 +282,7 @@ async fn write_live<S>(
         write: None,
         position: None,
     };
-    let window = positions.map_or(FAR_FUTURE, |resume| resume.window);
+    let window = positions.map_or(FAR_FUTURE, |terms| terms.settings.window);
     let mut position_schedule = PositionSchedule::new(window, Instant::now().into_std());
     // One timer for every deadline: each armed timer costs an idle
     // connection its memory, and each wake-up polls every armed one.
@@ -291,8 +303,8 @@ async fn write_live<S>(
             shutting_down = true;
             // The last position, behind everything queued, right before the
             // 1001: the client resumes elsewhere from exactly there.
-            if let Some(resume) = positions {
-                queue_position(state, resume, outbox, log);
+            if let Some(terms) = positions {
+                queue_position(state, terms, outbox, log);
             }
             outbox.request_close(CloseCode::GOING_AWAY, true);
         }
@@ -361,10 +373,10 @@ async fn write_live<S>(
                     ping_sent = None;
                     deadlines.pong = None;
                 }
-                if let Some(resume) = positions
+                if let Some(terms) = positions
                     && deadlines.position.is_some_and(|due| due <= now)
                 {
-                    queue_position(state, resume, outbox, log);
+                    queue_position(state, terms, outbox, log);
                     position_schedule.queued(now.into_std());
                 }
                 if deadlines.ping <= now {
@@ -383,7 +395,7 @@ async fn write_live<S>(
                 let now = Instant::now();
                 let position_rides_along = positions
                     .filter(|_| position_schedule.rides_along(now.into_std()))
-                    .map(|resume| queue_position(state, resume, outbox, log))
+                    .map(|terms| queue_position(state, terms, outbox, log))
                     .is_some();
                 let written = match writer.write_ready(outbox) {
                     Ok(written) => written,
@@ -422,12 +434,17 @@ impl Deadlines {
 }
 
 /// Queues a `section.position` behind everything queued for the client.
-fn queue_position<S>(state: &ShardState<S>, resume: &ResumeSettings, outbox: &Outbox, log: &SessionLog) {
+fn queue_position<S>(state: &ShardState<S>, terms: PositionTerms<'_>, outbox: &Outbox, log: &SessionLog) {
     let replay = state.replay.borrow();
-    if let Some(frame) = resume::position_frame(resume, &replay, outbox, log.section, log.sub.as_str(), Now::current())
-        && outbox.push_control(frame) == PushOutcome::Queued
-    {
-        METRICS.positions_sent.inc();
+    let holder = PositionFor { section: log.section, sub: log.sub.as_str(), chain_started: terms.chain_started };
+    match resume::position_frame(terms.settings, &replay, outbox, holder, Now::current()) {
+        Ok(frame) => {
+            if outbox.push_control(frame) == PushOutcome::Queued {
+                METRICS.positions_sent.inc();
+            }
+        }
+        Err(NoPosition::NotYet) => {}
+        Err(NoPosition::TooManyPartitions) => log.span().in_scope(|| PositionsWithheld.emit()),
     }
 }
 

@@ -188,11 +188,11 @@ fn adopt<S: SnapshotSource + 'static>(state: &Rc<ShardState<S>>, handed_off: Han
             let outcome =
                 resume::resume(settings, &mut replay, registration.outbox(), request, audience, Now::current());
             ResumeAttempted { section, outcome }.emit();
-            outcome.is_ok()
+            outcome.ok().map(|resumed| resumed.chain_started)
         }
-        _ => false,
+        _ => None,
     };
-    let admitted = session::Admitted { handed_off, viewer, registration, resumed };
+    let admitted = session::Admitted { handed_off, viewer, registration, resumed_chain: resumed };
     tokio::task::spawn_local(session::start(Rc::clone(state), admitted, sessions));
 }
 

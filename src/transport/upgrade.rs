@@ -125,30 +125,49 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// The client's address: the TCP peer, or, when the peer is a trusted
 /// proxy, the right-most `X-Forwarded-For` address that is not itself a
 /// trusted proxy. Never the left-most: the client writes that one itself.
+/// Addresses are compared canonically: an IPv4-mapped IPv6 peer (what a
+/// dual-stack listener sees) is its IPv4 address.
 pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     let is_trusted = |addr: &IpAddr| trusted.iter().any(|net| net.contains(addr));
+    let peer = peer.to_canonical();
     if !is_trusted(&peer) {
         return peer;
     }
-    let forwarded: Vec<&str> = headers
+    // One entry per comma-separated item; `None` for a header line that is
+    // not visible ASCII, which cannot be read, so nothing before it can be
+    // believed either.
+    let forwarded: Vec<Option<&str>> = headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(str::trim)
+        .flat_map(|value| match value.to_str() {
+            Ok(line) => line.split(',').map(|entry| Some(entry.trim())).collect::<Vec<_>>(),
+            Err(_) => vec![None],
+        })
         .collect();
     // Walk back from the proxy nearest to us: the first hop that is not one
     // of ours is the client. What stands before it is the client's word, and
     // an entry that is not an address ends what we can believe.
     let mut client = peer;
     for entry in forwarded.iter().rev() {
-        let Ok(addr) = entry.parse::<IpAddr>() else { break };
+        let Some(addr) = entry.and_then(forwarded_address) else { break };
         client = addr;
         if !is_trusted(&addr) {
             break;
         }
     }
     client
+}
+
+/// One `X-Forwarded-For` entry as an address: bare (`10.0.0.5`,
+/// `2001:db8::1`), bracketed (`[2001:db8::1]`) or with a port
+/// (`10.0.0.5:4711`, `[2001:db8::1]:4711`), as proxies write them.
+fn forwarded_address(entry: &str) -> Option<IpAddr> {
+    let addr = entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|socket| socket.ip()))
+        .or_else(|| entry.strip_prefix('[')?.strip_suffix(']')?.parse().ok())?;
+    Some(addr.to_canonical())
 }
 
 #[cfg(test)]
@@ -227,6 +246,37 @@ mod tests {
         assert_eq!(client_address(proxy, &xff("garbage"), &trusted), proxy);
         assert_eq!(client_address(proxy, &xff("6.6.6.6, junk, 10.7.7.7"), &trusted), ip("10.7.7.7"));
         assert_eq!(client_address(proxy, &xff("2001:db8::1"), &trusted), ip("2001:db8::1"));
+    }
+
+    #[test]
+    fn client_addresses_are_read_as_proxies_write_them() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(X_FORWARDED_FOR.clone(), HeaderValue::from_static("203.0.113.5"));
+        let mapped = ip("::ffff:10.1.2.3");
+        assert_eq!(client_address(mapped, &headers, &trusted), ip("203.0.113.5"), "a mapped peer is its IPv4");
+        assert_eq!(client_address(ip("::ffff:198.51.100.7"), &headers, &trusted), ip("198.51.100.7"));
+
+        for (entry, expected) in [
+            ("203.0.113.5:4711", "203.0.113.5"),
+            ("[2001:db8::1]:4711", "2001:db8::1"),
+            ("[2001:db8::1]", "2001:db8::1"),
+            ("::ffff:203.0.113.5", "203.0.113.5"),
+        ] {
+            headers.insert(
+                X_FORWARDED_FOR.clone(),
+                HeaderValue::from_str(&format!("6.6.6.6, {entry}, 10.0.0.9:80")).unwrap(),
+            );
+            assert_eq!(client_address(ip("10.1.2.3"), &headers, &trusted), ip(expected), "{entry}");
+        }
+
+        // A line that is not ASCII cannot be read: the walk stops there.
+        let mut headers = HeaderMap::new();
+        headers.append(X_FORWARDED_FOR.clone(), HeaderValue::from_static("6.6.6.6"));
+        headers.append(X_FORWARDED_FOR.clone(), HeaderValue::from_bytes("203.0.113.5, caf\u{e9}".as_bytes()).unwrap());
+        headers.append(X_FORWARDED_FOR.clone(), HeaderValue::from_static("10.7.7.7"));
+        assert_eq!(client_address(ip("10.1.2.3"), &headers, &trusted), ip("10.7.7.7"), "not 6.6.6.6 from before it");
     }
 
     #[test]
