@@ -661,3 +661,101 @@ async fn hostile_client_frames_are_refused_with_their_close_codes() {
     let (_fresh, snapshot) = stack.watch(&section).await;
     assert_eq!(snapshot["payload"]["id"], section.as_str());
 }
+
+/// The server's close frame: its code and reason (1006 and "" when the
+/// connection ends without one).
+async fn close_frame(ws: &mut Raw) -> (u16, String) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, futures_util::StreamExt::next(ws)).await {
+            Err(_) => panic!("no close within {WAIT:?}"),
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                return frame.map_or((1005, String::new()), |f| (u16::from(f.code), f.reason.to_string()));
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(_)) | None) => return (ABNORMAL_CLOSURE, String::new()),
+        }
+    }
+}
+
+fn fragment(opcode: Data, payload: &[u8], fin: bool) -> Message {
+    Message::Frame(Frame::message(payload.to_vec(), OpCode::Data(opcode), fin))
+}
+
+/// Frames count as they arrive, not as messages complete (SPEC §2.5): empty
+/// continuation frames after an unfinished text frame are charged to
+/// `WS_CLIENT_RATE` (1008); a fragmented message of more than 64 fragments,
+/// or one not finished within `WS_PONG_TIMEOUT`, is closed with 1008 too; a
+/// frame that breaks the framing rules (a continuation of nothing) with
+/// 1002. Everyone else keeps being served.
+#[tokio::test]
+async fn frames_are_counted_as_they_arrive_and_fragmented_messages_are_bounded() {
+    let strict = Stack::start_with(&[("WS_CLIENT_RATE", "10".into())]).await;
+    let section = new_id();
+    strict.serve_section(&section, vec![]);
+    let mut spinner = raw_connect(&strict.ws_url(&section, &token())).await;
+    assert!(raw_send(&mut spinner, fragment(Data::Text, b"{", false)).await);
+    for _ in 0..200 {
+        if !raw_send(&mut spinner, fragment(Data::Continue, b"", false)).await {
+            break;
+        }
+    }
+    assert_eq!(close_frame(&mut spinner).await, (1008, "too many client frames".into()), "empty continuations");
+
+    let roomy = Stack::start_with(&[("WS_CLIENT_RATE", "1000".into()), ("WS_PONG_TIMEOUT", "1s".into())]).await;
+    let (section, other) = (new_id(), new_id());
+    roomy.serve_section(&section, vec![]);
+    roomy.serve_section(&other, vec![]);
+    let (mut bystander, _) = roomy.watch(&other).await;
+    let url = roomy.ws_url(&section, &token());
+    let unfinished = "fragmented message of more than 64 fragments or not finished in time";
+
+    let mut whole = raw_connect(&url).await;
+    let mut messages = vec![fragment(Data::Text, b"{\"event\":", false)];
+    messages.extend((0..62).map(|_| fragment(Data::Continue, b" ", false)));
+    messages.push(fragment(Data::Continue, b"\"ping\"}", true));
+    for message in messages {
+        assert!(raw_send(&mut whole, message).await);
+    }
+    let pong = raw_next(&mut whole, WAIT).await.expect("a pong for the 64-fragment ping");
+    assert_eq!(frame_json(&pong), json!({"event": "pong"}));
+
+    let mut long = raw_connect(&url).await;
+    assert!(raw_send(&mut long, fragment(Data::Text, b"{", false)).await);
+    for _ in 0..64 {
+        if !raw_send(&mut long, fragment(Data::Continue, b" ", false)).await {
+            break;
+        }
+    }
+    assert_eq!(close_frame(&mut long).await, (1008, unfinished.into()), "65 fragments");
+
+    let mut slow = raw_connect(&url).await;
+    assert!(raw_send(&mut slow, fragment(Data::Text, b"{", false)).await);
+    let started = Instant::now();
+    assert_eq!(close_frame(&mut slow).await, (1008, unfinished.into()), "never finished");
+    assert!(started.elapsed() < Duration::from_secs(5), "closed at the pong timeout, took {:?}", started.elapsed());
+
+    let mut broken = raw_connect(&url).await;
+    assert!(raw_send(&mut broken, fragment(Data::Continue, b"x", true)).await);
+    assert_eq!(close_frame(&mut broken).await, (1002, "malformed frame".into()), "a continuation of nothing");
+
+    let update = table(&new_id(), &other, 1);
+    roomy.publish(TABLES, &v2("created", update["id"].as_str().unwrap(), update.clone())).await;
+    assert_eq!(bystander.next_json(WAIT).await, json!({"event": "table.created", "payload": update}));
+}
+
+/// A client that closes while its snapshot call is in flight gets the
+/// server's close frame back (the close handshake), not a dropped socket.
+#[tokio::test]
+async fn a_close_during_the_snapshot_call_is_answered() {
+    let stack = Stack::start().await;
+    let section = new_id();
+    stack.serve_section(&section, vec![]);
+    let held = stack.api.hold(&section);
+    let connecting = tokio_tungstenite::connect_async(stack.ws_url(&section, &token()));
+    let (mut ws, _) = tokio::time::timeout(WAIT, connecting).await.expect("connect timed out").expect("upgrade");
+    wait::until(WAIT, "the snapshot call", || stack.api.call_count(&section) == 1).await;
+    assert!(raw_send(&mut ws, Message::Close(None)).await);
+    assert_eq!(close_frame(&mut ws).await.0, 1000, "the close is answered");
+    held.release();
+}

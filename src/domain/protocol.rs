@@ -13,9 +13,12 @@ impl CloseCode {
     /// The answer to a client's own close frame.
     pub const CLOSE_ACKNOWLEDGED: Self = Self { code: 1000, reason: "" };
     pub const GOING_AWAY: Self = Self { code: 1001, reason: "server shutting down" };
+    pub const PROTOCOL_ERROR: Self = Self { code: 1002, reason: "malformed frame" };
     pub const UNSUPPORTED_DATA: Self = Self { code: 1003, reason: "binary frames are not accepted" };
     pub const INVALID_PAYLOAD: Self = Self { code: 1007, reason: "text frame is not valid UTF-8" };
-    pub const POLICY_VIOLATION: Self = Self { code: 1008, reason: "too many client messages" };
+    pub const POLICY_VIOLATION: Self = Self { code: 1008, reason: "too many client frames" };
+    pub const UNFINISHED_MESSAGE: Self =
+        Self { code: 1008, reason: "fragmented message of more than 64 fragments or not finished in time" };
     pub const TOO_LARGE: Self = Self { code: 1009, reason: "client frame too large" };
     pub const INTERNAL_ERROR: Self = Self { code: 1011, reason: "internal error" };
     pub const TRY_AGAIN_LATER: Self = Self { code: 1013, reason: "snapshot API rate limited" };

@@ -9,6 +9,7 @@
 //! the end ([`session`]).
 
 pub mod context;
+pub mod frame_meter;
 pub mod http;
 pub mod mailbox;
 pub mod rate;

@@ -32,8 +32,8 @@ use crate::telemetry::events::{PositionsWithheld, SessionClosed};
 use crate::telemetry::{Counted, METRICS};
 
 use super::context::ShardState;
+use super::frame_meter::{FrameMeter, Metered};
 use super::mailbox::HandedOff;
-use super::rate::TokenBucket;
 use super::wire::{ReadOnly, WireWriter};
 
 /// How long a close handshake may take before the socket is dropped.
@@ -100,12 +100,8 @@ pub fn start<S: SnapshotSource + 'static>(
         // the session's future never holds one.
         let heard = Rc::new(Heard::default());
         let outbox = Rc::clone(registration.outbox());
-        let reader = tokio::task::spawn_local(read_client(
-            incoming,
-            Rc::clone(&outbox),
-            Rc::clone(&heard),
-            settings.client_messages_per_second,
-        ));
+        let meter = FrameMeter::new(settings.client_messages_per_second, settings.pong_timeout);
+        let reader = tokio::task::spawn_local(read_client(incoming, Rc::clone(&outbox), Rc::clone(&heard), meter));
         let writer = Rc::new(WireWriter::new(socket));
         Client { reader, heard, writer, outbox, token, viewer, expires_at, resumed_chain, opted_in }
     });
@@ -184,13 +180,18 @@ async fn serve<S: SnapshotSource>(state: &ShardState<S>, client: Client, log: &S
     };
     let request =
         SnapshotRequest { section: log.section, token: &token, client_addr: log.client, request_id: &log.request_id };
+    // How the reader ended, if it did during the snapshot call.
+    let reader_end = Cell::new(None);
     let connected = if resumed_chain.is_some() {
         Connected::Live { skipped: 0 }
     } else {
         let interrupted = async {
             tokio::select! {
                 () = state.ctx.shutdown.triggered() => Interruption::Shutdown,
-                _ = &mut reader => Interruption::ClientGone,
+                end = &mut reader => {
+                    reader_end.set(Some(end.unwrap_or(ReaderEnd::Done)));
+                    Interruption::ClientGone
+                }
             }
         };
         // Boxed: the HTTP call's future is large and lives only until the
@@ -215,8 +216,20 @@ async fn serve<S: SnapshotSource>(state: &ShardState<S>, client: Client, log: &S
         let terms = LiveTerms { expires_at, positions };
         write_live(state, &writer, &outbox, &heard, terms, reader, log).await;
         outbox.detach();
+    } else if let Some(code) = close_before_live(reader_end.get(), &outbox) {
+        log.span().in_scope(|| SessionClosed { code }.emit());
+        let _ = tokio::time::timeout(CLOSE_GRACE, writer.close(code)).await;
     }
     reader_abort.abort();
+}
+
+/// The close frame owed to a client whose reader ended during the snapshot
+/// call: the answer to its own close, or the code its frames earned.
+fn close_before_live(reader_end: Option<ReaderEnd>, outbox: &Outbox) -> Option<CloseCode> {
+    match reader_end {
+        Some(ReaderEnd::PeerClosed) => Some(CloseCode::CLOSE_ACKNOWLEDGED),
+        _ => outbox.close_request().map(|close| close.code),
+    }
 }
 
 /// What the reader heard that the writer must act on.
@@ -474,24 +487,33 @@ struct Incoming {
     config: WebSocketConfig,
 }
 
-/// Reads client frames until the peer closes or misbehaves. Every frame,
-/// control frames included, counts against the client's rate: a flood of
-/// pings would otherwise burn the shard thread every section on it shares.
-async fn read_client(incoming: Incoming, outbox: Rc<Outbox>, heard: Rc<Heard>, messages_per_second: u32) -> ReaderEnd {
+/// Reads client frames until the peer closes or misbehaves. Every frame as
+/// it comes off the wire, control and continuation frames included, counts
+/// against the client's rate ([`FrameMeter`]): a flood of pings or of empty
+/// fragments would otherwise burn the shard thread every section on it
+/// shares.
+async fn read_client(incoming: Incoming, outbox: Rc<Outbox>, heard: Rc<Heard>, meter: FrameMeter) -> ReaderEnd {
     let Incoming { reading, pipelined, config } = incoming;
+    let meter = Rc::new(RefCell::new(meter));
+    if let Err(code) = meter.borrow_mut().observe(&pipelined) {
+        return refused(&outbox, code);
+    }
+    let reading = Metered::new(reading, Rc::clone(&meter));
     // Boxed: making the stream is a large future that ends at once, and this
     // task's future lives as long as the connection.
     let mut stream =
         Box::pin(WebSocketStream::from_partially_read(reading, pipelined, Role::Server, Some(config))).await;
-    let mut bucket = TokenBucket::new(messages_per_second);
     let count = |kind: &str| METRICS.client_messages.with_label_values(&[kind]).inc();
-    while let Some(message) = stream.next().await {
+    loop {
+        let message = stream.next().await;
+        // The meter ends the stream at a frame that broke its rules.
+        if let Some(code) = meter.borrow().violation() {
+            count(if code == CloseCode::POLICY_VIOLATION { "rate_limited" } else { "malformed" });
+            return refused(&outbox, code);
+        }
+        let Some(message) = message else { break };
         let refusal = match message {
             Ok(Message::Close(_)) => return ReaderEnd::PeerClosed,
-            Ok(_) if !bucket.allow() => {
-                count("rate_limited");
-                Some(CloseCode::POLICY_VIOLATION)
-            }
             Ok(Message::Text(text)) => {
                 if protocol::is_application_ping(&text) {
                     count("ping");
@@ -523,6 +545,10 @@ async fn read_client(incoming: Incoming, outbox: Rc<Outbox>, heard: Rc<Heard>, m
                 count("invalid_utf8");
                 Some(CloseCode::INVALID_PAYLOAD)
             }
+            Err(WsError::Protocol(_)) => {
+                count("malformed");
+                Some(CloseCode::PROTOCOL_ERROR)
+            }
             Err(_) => break,
         };
         if let Some(code) = refusal {
@@ -536,6 +562,13 @@ async fn read_client(incoming: Incoming, outbox: Rc<Outbox>, heard: Rc<Heard>, m
             return ReaderEnd::Done;
         }
     }
+    ReaderEnd::Done
+}
+
+/// The reader's end after a frame the meter refused: the writer closes with
+/// `code`, and nothing more is read.
+fn refused(outbox: &Outbox, code: CloseCode) -> ReaderEnd {
+    outbox.request_close(code, false);
     ReaderEnd::Done
 }
 
