@@ -569,6 +569,11 @@ async fn ids_that_are_not_uuids_are_dropped_and_the_routing_maps_shrink_with_del
     send_v2(&stack, TABLES, "created", &table(&t4, &d, 1)).await;
     expect_event(&mut client_d, "another table", "table.created", &table(&t4, &d, 1)).await;
     wait_links(&stack, "table", tables + 4.0).await;
+    // Another spelling of the same UUID is the same table: the delete below
+    // leaves no second entry behind.
+    let shouted = table(&format!("{{{}}}", t4.to_uppercase()), &d, 2);
+    send_v2(&stack, TABLES, "updated", &shouted).await;
+    expect_event(&mut client_d, "the table, spelled otherwise", "table.updated", &shouted).await;
     send_v2(&stack, TABLES, "deleted", &table(&t4, &d, 1)).await;
     expect_event(&mut client_d, "a deleted table", "table.deleted", &table(&t4, &d, 1)).await;
     wait_links(&stack, "table", tables + 3.0).await;

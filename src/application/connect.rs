@@ -159,8 +159,11 @@ mod tests {
     use crate::domain::snapshot::{SectionObjects, Snapshot};
 
     const S1: &str = "11111111-1111-4111-8111-111111111111";
-    const BODY: &str = r#"{"data":{"id":"11111111-1111-4111-8111-111111111111","restaurantId":"r1","tables":[
-        {"id":"t1","updatedAt":"2026-01-10T16:00:00.000Z"},{"id":"t2","updatedAt":"2026-01-10T16:00:00.000Z"}]}}"#;
+    const T1: &str = "a1111111-1111-4111-8111-111111111111";
+    const T2: &str = "a2222222-2222-4222-8222-222222222222";
+    const RESTAURANT: &str = "e1111111-1111-4111-8111-111111111111";
+    const BODY: &str = r#"{"data":{"id":"11111111-1111-4111-8111-111111111111","restaurantId":"e1111111-1111-4111-8111-111111111111","tables":[
+        {"id":"a1111111-1111-4111-8111-111111111111","updatedAt":"2026-01-10T16:00:00.000Z"},{"id":"a2222222-2222-4222-8222-222222222222","updatedAt":"2026-01-10T16:00:00.000Z"}]}}"#;
 
     type Answer = fn() -> Result<Snapshot, SnapshotError>;
 
@@ -204,12 +207,12 @@ mod tests {
         }
     }
 
-    /// Kafka told that `.0` owns restaurant `r1`, the snapshot's.
+    /// Kafka told that `.0` owns [`RESTAURANT`], the snapshot's.
     struct Owner(Option<UserId>);
 
     impl RestaurantOwners for Owner {
         fn owner_of(&self, _section: SectionId, restaurant: Option<&EntityId>) -> Option<UserId> {
-            self.0.clone().filter(|_| restaurant.is_some_and(|restaurant| &**restaurant == "r1"))
+            self.0.clone().filter(|_| restaurant.is_some_and(|restaurant| &**restaurant == RESTAURANT))
         }
     }
 
@@ -304,8 +307,8 @@ mod tests {
     async fn a_snapshot_goes_first_reports_its_tables_and_drops_held_events_it_covers() {
         let api = FakeApi::answering(|| Ok(Snapshot::parse(BODY.as_bytes()).unwrap()));
         let tables = RecordedTables::default();
-        let stale = held_update("t1", "2026-01-10T15:00:00.000Z");
-        let fresh = held_update("t2", "2026-01-10T17:00:00.000Z");
+        let stale = held_update(T1, "2026-01-10T15:00:00.000Z");
+        let fresh = held_update(T2, "2026-01-10T17:00:00.000Z");
         let (outbox, connected) = connect(&api, &tables, &[stale, Arc::clone(&fresh)]).await;
 
         assert_eq!(connected, Connected::Live { skipped: 1 });
@@ -316,8 +319,8 @@ mod tests {
         );
         let learned = LearnedSection {
             section: section(),
-            restaurant: Some("r1".into()),
-            table_ids: vec![EntityId::from("t1"), EntityId::from("t2")],
+            restaurant: Some(RESTAURANT.into()),
+            table_ids: vec![EntityId::from(T1), EntityId::from(T2)],
         };
         assert_eq!(*tables.0.borrow(), vec![learned]);
         let first = outbox.front().unwrap();
@@ -358,7 +361,7 @@ mod tests {
         for (answer, code) in cases {
             let api = FakeApi::answering(answer);
             let tables = RecordedTables::default();
-            let (outbox, connected) = connect(&api, &tables, &[held_update("t1", "2026-01-10T17:00:00.000Z")]).await;
+            let (outbox, connected) = connect(&api, &tables, &[held_update(T1, "2026-01-10T17:00:00.000Z")]).await;
             assert!(matches!(connected, Connected::Refused(_)), "{connected:?}");
             assert_eq!(outbox.close_request().unwrap().code.code, code);
             assert_eq!(outbox.front(), None, "held events are never written to a refused client");

@@ -482,6 +482,9 @@ pub(crate) mod tests {
         outbox.pop_written(next.seq);
     }
 
+    const T1: &str = "a1111111-1111-4111-8111-111111111111";
+    const T2: &str = "a2222222-2222-4222-8222-222222222222";
+
     pub(crate) fn viewer() -> UserId {
         UserId::new("u1")
     }
@@ -509,17 +512,17 @@ pub(crate) mod tests {
     fn holds_until_live_then_skips_what_the_snapshot_covers() {
         let outbox = Outbox::new(limits(100), viewer());
         let at = crate::domain::timestamp::parse_millis("2026-01-10T16:00:00.000Z").unwrap();
-        let older = delivery("t1", Action::Updated, Some(at - 1));
-        let same = delivery("t1", Action::Updated, Some(at));
-        let newer = delivery("t1", Action::Updated, Some(at + 1));
-        let deleted = delivery("t1", Action::Deleted, Some(at));
-        let other = delivery("t2", Action::Created, Some(at - 5));
+        let older = delivery(T1, Action::Updated, Some(at - 1));
+        let same = delivery(T1, Action::Updated, Some(at));
+        let newer = delivery(T1, Action::Updated, Some(at + 1));
+        let deleted = delivery(T1, Action::Deleted, Some(at));
+        let other = delivery(T2, Action::Created, Some(at - 5));
         for d in [&older, &same, &other, &newer, &deleted] {
             assert_eq!(outbox.push_event(Arc::clone(d)), PushOutcome::Queued);
         }
         assert_eq!(outbox.front(), None, "nothing is written while holding");
 
-        let snapshot = snapshot_with_table("t1", "2026-01-10T16:00:00.000Z");
+        let snapshot = snapshot_with_table(T1, "2026-01-10T16:00:00.000Z");
         assert_eq!(outbox.go_live(&snapshot, Audience::Staff), 2);
         assert_eq!(
             drain(&outbox),

@@ -39,8 +39,11 @@ use super::restaurants::{Restaurants, SharedRestaurants};
 /// yet waits for one: long enough for the snapshot call of the section's
 /// first client.
 pub const HOLD_RESERVATIONS_FOR: Duration = Duration::from_secs(5);
-/// Held reservations, at most; more are skipped at once.
+/// Held reservations, at most, and their bytes (payloads and bookkeeping):
+/// more are skipped at once, so a producer of large or many reservations
+/// for tables nobody shows cannot grow the ingest thread's memory.
 const MAX_HELD: usize = 10_000;
+const MAX_HELD_BYTES: usize = 16 << 20;
 
 /// The event names no section the router knows of.
 #[derive(Debug, PartialEq, Eq)]
@@ -334,16 +337,28 @@ struct HeldReservations {
     /// When each was held, oldest first, to expire without a scan.
     order: VecDeque<(Instant, EntityId)>,
     held: usize,
+    /// What the held events cost, by [`held_bytes`].
+    bytes: usize,
+}
+
+/// What holding `event` costs: its payload and its entries here.
+fn held_bytes(event: &EntityEvent) -> usize {
+    event.payload.len()
+        + std::mem::size_of::<(Instant, EntityEvent)>()
+        + std::mem::size_of::<(Instant, EntityId)>()
+        + event.key.id.len()
 }
 
 impl HeldReservations {
     fn hold(&mut self, table: EntityId, event: EntityEvent, now: Instant) -> bool {
-        if self.held >= MAX_HELD {
+        let cost = held_bytes(&event);
+        if self.held >= MAX_HELD || self.bytes + cost > MAX_HELD_BYTES {
             return false;
         }
         self.by_table.entry(table.clone()).or_default().push((now, event));
         self.order.push_back((now, table));
         self.held += 1;
+        self.bytes += cost;
         true
     }
 
@@ -351,6 +366,7 @@ impl HeldReservations {
         let released: Vec<EntityEvent> =
             self.by_table.remove(table).unwrap_or_default().into_iter().map(|(_, event)| event).collect();
         self.held -= released.len();
+        self.bytes -= released.iter().map(held_bytes).sum::<usize>();
         released
     }
 
@@ -363,7 +379,14 @@ impl HeldReservations {
             // Released tables left their entries here: nothing to drop.
             if let Some(events) = self.by_table.get_mut(&table) {
                 let before = events.len();
-                events.retain(|(at, _)| now.duration_since(*at) < HOLD_RESERVATIONS_FOR);
+                let bytes = &mut self.bytes;
+                events.retain(|(at, event)| {
+                    let keep = now.duration_since(*at) < HOLD_RESERVATIONS_FOR;
+                    if !keep {
+                        *bytes -= held_bytes(event);
+                    }
+                    keep
+                });
                 expired += before - events.len();
                 if events.is_empty() {
                     self.by_table.remove(&table);
@@ -503,6 +526,27 @@ mod tests {
         assert_eq!(router.expire_held(start + HOLD_RESERVATIONS_FOR - Duration::from_millis(1)), 0);
         assert_eq!(router.expire_held(start + HOLD_RESERVATIONS_FOR), 1);
         assert_eq!(router.link_counts().held_reservations, 0);
+    }
+
+    /// Large reservations for tables nobody shows fill the hold by bytes
+    /// long before its count: the rest are skipped, not kept.
+    #[test]
+    fn held_reservations_are_bounded_by_bytes_too() {
+        let mut router = EventRouter::default();
+        let padding = "x".repeat(200_000);
+        let mut held = 0;
+        for n in 0..200u32 {
+            let table = format!("a{n:07x}-3333-4333-8333-333333333333");
+            let reservation = serde_json::json!({"id": R1, "tableId": table, "notes": padding});
+            if route(&mut router, v2("reservations", "created", reservation)).is_ok() {
+                held += 1;
+            }
+        }
+        assert_eq!(router.link_counts().held_reservations, held);
+        assert!((60..100).contains(&held), "16 MiB holds about 80 of 200 KB, not {held}");
+        assert!(router.held.bytes <= MAX_HELD_BYTES);
+        assert_eq!(router.expire_held(Instant::now() + HOLD_RESERVATIONS_FOR), held);
+        assert_eq!((router.held.held, router.held.bytes), (0, 0), "expiry gives every byte back");
     }
 
     #[test]

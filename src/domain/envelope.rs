@@ -11,7 +11,7 @@ use simd_json::prelude::*;
 
 use super::audience::UserId;
 use super::entity::{Action, EntityKey, EntityKind};
-use super::ids::{EntityId, SectionId};
+use super::ids::{EntityId, SectionId, canonical_id};
 use super::timestamp;
 
 /// One entity change, parsed once on the ingest thread.
@@ -200,20 +200,16 @@ pub fn parse(topic: &str, record: &[u8], max_bytes: usize) -> Result<EntityEvent
     })
 }
 
-/// An id as the maps keep it: `None` when absent, an error when it is not a
-/// UUID.
+/// An id as the maps keep it (in its canonical spelling): `None` when
+/// absent, an error when it is not a UUID.
 fn uuid_id(id: Option<&str>) -> Result<Option<EntityId>, Rejection> {
-    match id {
-        None => Ok(None),
-        Some(id) if uuid::Uuid::try_parse(id).is_ok() => Ok(Some(EntityId::from(id))),
-        Some(_) => Err(Rejection::BadId),
-    }
+    id.map(|id| canonical_id(id).ok_or(Rejection::BadId)).transpose()
 }
 
 fn embedded_table_ids(entity: &BorrowedValue<'_>) -> Vec<EntityId> {
     entity
         .get_array("tables")
-        .map(|tables| tables.iter().filter_map(|table| table.get_str("id")).map(EntityId::from).collect())
+        .map(|tables| tables.iter().filter_map(|table| table.get_str("id")).filter_map(canonical_id).collect())
         .unwrap_or_default()
 }
 
@@ -391,6 +387,18 @@ mod tests {
         };
         assert_eq!(restaurant(USER).unwrap().owner, Some(UserId::new(USER)));
         assert_eq!(restaurant("owner-1"), Err(Rejection::BadId), "an owner id is validated like the others");
+    }
+
+    #[test]
+    fn ids_key_the_maps_in_one_spelling() {
+        let record = format!(
+            r#"{{"event_type":"updated","data":{{"id":"{{{}}}","sectionId":"urn:uuid:{SECTION}"}}}}"#,
+            TABLE.to_uppercase()
+        );
+        let event = parse_ok("mesa-ya.tables.events", &record);
+        assert_eq!(event.key, EntityKey::new(EntityKind::Table, TABLE));
+        assert_eq!(event.section_id, SectionId::parse(SECTION));
+        assert!(event.payload.contains(&TABLE.to_uppercase()), "the payload is sent as it came");
     }
 
     #[test]

@@ -39,9 +39,19 @@ impl fmt::Display for SectionId {
     }
 }
 
-/// Any other entity's id (table, object, section-object, reservation). Kept
-/// as the upstream string: we only compare ids, never interpret them.
+/// Any other entity's id (table, object, section-object, reservation),
+/// always in [`canonical_id`]'s spelling: we only compare ids, never
+/// interpret them.
 pub type EntityId = Arc<str>;
+
+/// A UUID in its one canonical spelling (lower case, hyphenated), or `None`
+/// for text that is not one. `Uuid::try_parse` also takes braces, `urn:uuid:`,
+/// upper case and the unhyphenated form: without this, one id would key a
+/// map five ways.
+pub fn canonical_id(text: &str) -> Option<EntityId> {
+    let uuid = uuid::Uuid::try_parse(text).ok()?;
+    Some(uuid.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).into())
+}
 
 #[cfg(test)]
 mod tests {
@@ -52,6 +62,17 @@ mod tests {
         assert!(SectionId::parse("5b0c7c1e-2f0a-4b7e-9a51-0d3c2b7e8f11").is_some());
         assert!(SectionId::parse("not-a-uuid").is_none());
         assert!(SectionId::parse("").is_none());
+    }
+
+    #[test]
+    fn every_spelling_of_a_uuid_is_one_id() {
+        let id = "5b0c7c1e-2f0a-4b7e-9a51-0d3c2b7e8f11";
+        for spelling in
+            [id.to_string(), id.to_uppercase(), id.replace('-', ""), format!("{{{id}}}"), format!("urn:uuid:{id}")]
+        {
+            assert_eq!(canonical_id(&spelling).as_deref(), Some(id), "{spelling}");
+        }
+        assert_eq!(canonical_id("table-1"), None);
     }
 
     #[test]

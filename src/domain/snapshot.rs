@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 
 use super::entity::{EntityKey, EntityKind};
 use super::frame::{self, Frame};
-use super::ids::EntityId;
+use super::ids::{EntityId, canonical_id};
 use super::timestamp;
 
 /// A parsed snapshot: the frame to send first, and what the handoff needs to
@@ -20,7 +20,8 @@ pub struct Snapshot {
     /// `updatedAt` (ms) of each entity the snapshot holds: the section itself
     /// and its `tables`.
     pub versions: HashMap<EntityKey, i64>,
-    /// Ids of the section's tables, so reservations can be routed to it.
+    /// Ids of the section's tables, so reservations can be routed to it
+    /// (UUIDs only, as from Kafka: anything else would only grow the maps).
     pub table_ids: Vec<EntityId>,
     /// The restaurant the section belongs to, so restaurant events reach it.
     pub restaurant_id: Option<EntityId>,
@@ -94,17 +95,17 @@ impl Snapshot {
         // per connect.
         let mut versions = HashMap::with_capacity(1 + tables.len());
         let mut record = |kind, entity: &Entity| {
-            if let (Some(id), Some(at)) = (&entity.id, &entity.updated_at)
+            if let (Some(id), Some(at)) = (entity.id.as_deref().and_then(canonical_id), &entity.updated_at)
                 && let Some(millis) = timestamp::parse_millis(at)
             {
-                versions.insert(EntityKey::new(kind, id.as_str()), millis);
+                versions.insert(EntityKey::new(kind, id), millis);
             }
         };
         record(EntityKind::Section, &Entity { id: section.id, updated_at: section.updated_at });
         for table in &tables {
             record(EntityKind::Table, table);
         }
-        let table_ids = tables.into_iter().filter_map(|t| t.id).map(EntityId::from).collect();
+        let table_ids = tables.iter().filter_map(|table| canonical_id(table.id.as_deref()?)).collect();
         // The API's own `objects`, when it has them, are sent as they are.
         let lacks_objects = section.objects.is_none();
 
@@ -112,7 +113,7 @@ impl Snapshot {
             frame: Frame::snapshot(payload),
             versions,
             table_ids,
-            restaurant_id: section.restaurant_id.map(EntityId::from),
+            restaurant_id: section.restaurant_id.as_deref().and_then(canonical_id),
             payload: lacks_objects.then(|| payload.into()),
         })
     }
@@ -138,28 +139,36 @@ mod tests {
 
     #[test]
     fn unwraps_nest_envelope_and_indexes_tables() {
-        let body = br#"{"data":{"id":"s1","name":"Terraza","updatedAt":"2026-01-10T15:04:05.101Z",
-            "tables":[{"id":"t1","sectionId":"s1","updatedAt":"2026-01-10T15:10:00.000Z"}]}}"#;
+        let body = br#"{"data":{"id":"11111111-1111-4111-8111-111111111111","name":"Terraza","updatedAt":"2026-01-10T15:04:05.101Z",
+            "tables":[{"id":"A1111111-1111-4111-8111-111111111111","updatedAt":"2026-01-10T15:10:00.000Z"},
+                      {"id":"table-2","updatedAt":"2026-01-10T15:10:00.000Z"}]}}"#;
         let snapshot = Snapshot::parse(body).unwrap();
         let frame: serde_json::Value = serde_json::from_slice(snapshot.frame.utf8_bytes()).unwrap();
         assert_eq!(frame["event"], "section.snapshot");
         assert_eq!(frame["payload"]["name"], "Terraza");
         assert!(frame["payload"].get("data").is_none());
-        assert_eq!(snapshot.table_ids, vec![EntityId::from("t1")]);
+        let table = "a1111111-1111-4111-8111-111111111111";
+        assert_eq!(snapshot.table_ids, vec![EntityId::from(table)], "UUIDs only, in one spelling");
         assert_eq!(
-            snapshot.versions.get(&EntityKey::new(EntityKind::Table, "t1")),
+            snapshot.versions.get(&EntityKey::new(EntityKind::Table, table)),
             timestamp::parse_millis("2026-01-10T15:10:00.000Z").as_ref()
         );
-        assert!(snapshot.versions.contains_key(&EntityKey::new(EntityKind::Section, "s1")));
+        assert_eq!(snapshot.versions.len(), 2, "the section and its one UUID table");
+        assert!(
+            snapshot
+                .versions
+                .contains_key(&EntityKey::new(EntityKind::Section, "11111111-1111-4111-8111-111111111111"))
+        );
     }
 
     #[test]
     fn objects_are_added_only_where_the_api_sent_none() {
         let link = EntityKey::new(EntityKind::SectionObject, "so1");
         let objects = || SectionObjects { json: r#"[{"id":"so1"}]"#.into(), versions: vec![(link.clone(), 7)] };
-        let mut bare = Snapshot::parse(br#"{"data":{"id":"s1","restaurantId":"r1","tables":[]}}"#).unwrap();
+        let body = br#"{"data":{"id":"s1","restaurantId":"E1111111-1111-4111-8111-111111111111","tables":[]}}"#;
+        let mut bare = Snapshot::parse(body).unwrap();
         assert!(bare.lacks_objects());
-        assert_eq!(bare.restaurant_id.as_deref(), Some("r1"));
+        assert_eq!(bare.restaurant_id.as_deref(), Some("e1111111-1111-4111-8111-111111111111"));
         bare.add_objects(objects());
         let frame: serde_json::Value = serde_json::from_slice(bare.frame.utf8_bytes()).unwrap();
         assert_eq!(frame["payload"]["objects"], serde_json::json!([{"id": "so1"}]));

@@ -78,7 +78,8 @@ mod tests {
     }
 
     fn body(name: &str, tables: usize) -> Vec<u8> {
-        let tables: Vec<String> = (0..tables).map(|t| format!(r#"{{"id":"t{t}"}}"#)).collect();
+        let tables: Vec<String> =
+            (0..tables).map(|t| format!(r#"{{"id":"a{t:07}-1111-4111-8111-111111111111"}}"#)).collect();
         format!(r#"{{"data":{{"id":"{S1}","name":"{name}","tables":[{}]}}}}"#, tables.join(",")).into_bytes()
     }
 
