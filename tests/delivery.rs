@@ -37,12 +37,17 @@ const CONNECTIONS: &str = "mesaya_connections";
 
 /// Reads JSON frames into `into` until `target` is set and reached: a
 /// client that keeps up while another future publishes.
+/// Reads `client`'s frames into `into` (positions left out) until it holds
+/// `target` of them, once the target is known.
 async fn keep_reading(client: &mut WsClient, who: &str, target: &Cell<Option<usize>>, into: &mut Vec<Value>) {
     let deadline = Instant::now() + Duration::from_secs(90);
     while target.get().is_none_or(|n| into.len() < n) {
         assert!(Instant::now() < deadline, "{who}: only {} frames, target {:?}", into.len(), target.get());
         if let Some(message) = client.try_next(Duration::from_millis(100)).await {
-            into.push(frame_json(&message));
+            let frame = frame_json(&message);
+            if frame["event"] != "section.position" {
+                into.push(frame);
+            }
         }
     }
 }
@@ -608,6 +613,63 @@ async fn api_faults_close_only_the_affected_connection_with_1014() {
     stack.api.shutdown();
     assert_eq!(ws::close_code_on_the_wire(&stack.ws_url(&unreachable, &token()), WAIT).await, 1014);
     bystander_still_served(&stack, &mut bystander).await;
+}
+
+/// A burst is not slowness (SPEC §2.5): several queues' worth of events
+/// reaching the gateway at once (one Kafka batch) closes none of the clients
+/// that read, whether the shard writes their socket itself or their writer
+/// task does (a client with positions); a client whose socket stays full is
+/// the only one closed with 4408.
+#[tokio::test]
+async fn a_burst_of_many_queues_closes_no_reading_client_and_only_the_stuck_one() {
+    let stack = Stack::start_with(&[
+        ("WS_QUEUE_MAX_FRAMES", SMALL_QUEUE.into()),
+        ("RESUME_SECRET", "delivery-test-resume-secret-0123456789".into()),
+        // tansu answers a fetch after its whole wait: what is published
+        // meanwhile reaches the gateway as one batch.
+        ("KAFKA_FETCH_WAIT_MAX", "1s".into()),
+    ])
+    .await;
+    let section = new_id();
+    stack.serve_section(&section, vec![]);
+    let mut stuck = raw_connect(&stack.ws_url(&section, &token())).await;
+    let (mut plain, _) = stack.watch(&section).await;
+    let url = stack.gateway.ws_url(&format!("/ws/restaurant/{section}/{}?resume=", token()));
+    let mut positioned = WsClient::connect(&url).await.expect("upgrade");
+    assert_eq!(positioned.next_json(WAIT).await["event"], "section.snapshot");
+
+    // First the stuck client's socket fills and its queue overflows.
+    let (plain_target, positioned_target) = (Cell::new(None), Cell::new(None));
+    let (mut plain_read, mut positioned_read) = (Vec::new(), Vec::new());
+    let publisher = async {
+        let mut published = Vec::new();
+        let mut n = 0;
+        while stack.metric(SLOW_CLOSES, "").await < 1.0 {
+            assert!(n < MAX_BIG_EVENTS, "the stuck client was never closed");
+            let id = new_id();
+            stack.publish(TABLES, &v2("created", &id, big_table(&id, &section, n, PADDING))).await;
+            published.push(id);
+            n += 1;
+        }
+        // Then, at once: five queues' worth of distinct tables in one batch.
+        let burst: Vec<String> = (0..5 * 64).map(|_| new_id()).collect();
+        let records: Vec<Value> = burst.iter().map(|id| v2("created", id, table(id, &section, n))).collect();
+        futures_util::future::join_all(records.iter().map(|record| stack.producer.send_json(TABLES, record))).await;
+        published.extend(burst);
+        plain_target.set(Some(published.len()));
+        positioned_target.set(Some(published.len()));
+        published
+    };
+    let (published, (), ()) = tokio::join!(
+        publisher,
+        keep_reading(&mut plain, "the plain client", &plain_target, &mut plain_read),
+        keep_reading(&mut positioned, "the client with positions", &positioned_target, &mut positioned_read),
+    );
+    assert_eq!(ids(&plain_read), published, "the plain client got every event, in order");
+    assert_eq!(ids(&positioned_read), published, "so did the client with positions");
+    assert_eq!(stack.metric(SLOW_CLOSES, "").await, 1.0, "only the stuck client was closed");
+    assert!(plain.try_next(QUIET).await.is_none(), "and the plain client is still open");
+    drop(stuck.close(None).await);
 }
 
 // --- 7. Hostile input over WebSocket ----------------------------------------

@@ -13,12 +13,15 @@ use crate::domain::protocol::CloseCode;
 use super::delivery::Delivery;
 use super::outbox::{Outbox, PushOutcome};
 
-/// What one fan-out did, for metrics.
+/// What one fan-out did, for metrics and for the shard's turn.
 #[derive(Default, Debug, PartialEq, Eq)]
 pub struct FanOutReport {
     pub queued: usize,
     pub conflated: usize,
     pub slow_closed: usize,
+    /// A client's queue filled past its mark and only its writer task can
+    /// write it: the shard should end its turn so that the task runs.
+    pub writers_needed: bool,
 }
 
 #[derive(Default)]
@@ -75,6 +78,7 @@ impl SectionHub {
             };
             report.queued += 1;
             report.conflated += conflated;
+            report.writers_needed |= outbox.take_pressure();
             if outbox.mark_unflushed() {
                 unflushed.push(Rc::clone(outbox));
             }
@@ -151,7 +155,7 @@ mod tests {
         let mut hub = SectionHub::default();
         let clients: Vec<_> = (0..2)
             .map(|_| {
-                let outbox = live_outbox(10);
+                let outbox = live_outbox(100);
                 let socket = Rc::new(Socket { room: Cell::new(10), ..Socket::default() });
                 outbox.attach(Rc::clone(&socket) as Rc<dyn DirectWriter>);
                 hub.subscribe(section, Rc::clone(&outbox));
@@ -161,6 +165,7 @@ mod tests {
         for id in ["a", "b", "c"] {
             hub.fan_out(section, &delivery(id, false));
         }
+        // Far below the queues' pressure marks.
         assert!(clients.iter().all(|socket| socket.writes.get() == 0), "fan-outs only queue");
         hub.flush();
         for socket in &clients {

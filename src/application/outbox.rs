@@ -154,7 +154,16 @@ pub struct Outbox {
     direct: RefCell<Option<Rc<dyn DirectWriter>>>,
     /// On the hub's list for the next flush.
     unflushed: Cell<bool>,
+    /// The queue passed [`PRESSURE`] with no direct writer: the writer task
+    /// must get its turn before the shard fans out much more.
+    pressed: Cell<bool>,
 }
+
+/// A queue past `1/PRESSURE` of its limits is written at once, in the
+/// middle of a fan-out, instead of at the end of the shard's turn: a burst of
+/// events (a Kafka backlog, a bulk import) must not close a client whose
+/// socket takes the bytes (SPEC §2.5).
+const PRESSURE: usize = 4;
 
 impl Outbox {
     /// `viewer` is the client's user: its audience until it goes live.
@@ -165,6 +174,7 @@ impl Outbox {
             limits,
             direct: RefCell::default(),
             unflushed: Cell::new(false),
+            pressed: Cell::new(false),
         }
     }
 
@@ -226,26 +236,60 @@ impl Outbox {
     }
 
     fn push(&self, item: Item) -> PushOutcome {
-        let mut state = self.state.borrow_mut();
-        if state.close.is_some() {
-            return PushOutcome::Closing;
-        }
         let is_event = matches!(item, Item::Event(_));
-        state.enqueue(item, false);
-        let mut outcome = PushOutcome::Queued;
-        if is_event && self.is_over(&state, 1) {
-            let dropped = conflate(&mut state);
-            // Conflation must win real room, or the client is hopelessly
-            // behind: keeping it would only spend memory and CPU on it.
-            outcome = if self.is_over(&state, 2) {
-                state.queue.clear();
-                state.bytes = 0;
-                PushOutcome::Overflowed
-            } else {
-                PushOutcome::Conflated(dropped)
-            };
+        let (crossed, full) = {
+            let mut state = self.state.borrow_mut();
+            if state.close.is_some() {
+                return PushOutcome::Closing;
+            }
+            let pressed_before = self.is_over(&state, PRESSURE);
+            state.enqueue(item, false);
+            if !is_event {
+                return PushOutcome::Queued;
+            }
+            (!pressed_before && self.is_over(&state, PRESSURE), self.is_over(&state, 1))
+        };
+        // Just past the mark, or full: the socket takes what it can now, so
+        // a client is judged slow only when its socket took too little.
+        if crossed || full {
+            let written = self.write_directly();
+            if crossed && !written {
+                self.pressed.set(true);
+            }
         }
-        outcome
+        self.overflow_check(&mut self.state.borrow_mut())
+    }
+
+    /// Writes to the socket from here, if the shard's loop may; false if
+    /// only the writer task may.
+    fn write_directly(&self) -> bool {
+        let direct = self.direct.borrow().clone();
+        direct.map(|direct| direct.write_now(self)).is_some()
+    }
+
+    /// Past its limits, a queue keeps only the newest frame of each entity;
+    /// a client still far behind after that must go. Only events count:
+    /// the gateway's own frames never close a client.
+    fn overflow_check(&self, state: &mut State) -> PushOutcome {
+        if !self.is_over(state, 1) {
+            return PushOutcome::Queued;
+        }
+        let dropped = conflate(state);
+        // Conflation must win real room, or the client is hopelessly
+        // behind: keeping it would only spend memory and CPU on it.
+        if self.is_over(state, 2) {
+            state.queue.clear();
+            state.bytes = 0;
+            PushOutcome::Overflowed
+        } else {
+            PushOutcome::Conflated(dropped)
+        }
+    }
+
+    /// Whether the queue passed its pressure mark since the last call, with
+    /// no direct writer to write it at once.
+    pub fn take_pressure(&self) -> bool {
+        self.pressed.replace(false)
     }
 
     /// Over `1/divisor` of the limits.
@@ -678,6 +722,32 @@ pub(crate) mod tests {
             assert_eq!(written[0].contains("someone"), shows_user, "{audience:?}: {}", written[0]);
             assert_eq!(outbox.queued(), (0, 0));
         }
+    }
+
+    /// A burst of three queues' worth of distinct entities in one shard
+    /// turn (no flush in between): a socket that takes the bytes keeps its
+    /// client; one that takes none is closed; a client whose writer task
+    /// must write asks for the turn to end once, at the mark.
+    #[test]
+    fn a_burst_is_written_as_it_comes_and_only_a_full_socket_is_slow() {
+        let burst = |outbox: &Outbox| {
+            (0..48).map(|n| outbox.push_event(delivery(&format!("t{n}"), Action::Updated, Some(1)))).collect::<Vec<_>>()
+        };
+        let reading = live_outbox(16);
+        let socket = Rc::new(Socket { room: Cell::new(usize::MAX), ..Socket::default() });
+        reading.attach(Rc::clone(&socket) as Rc<dyn DirectWriter>);
+        assert!(burst(&reading).iter().all(|outcome| *outcome == PushOutcome::Queued));
+        assert_eq!(socket.received.borrow().len() + reading.queued().0, 48, "nothing lost");
+
+        let stuck = live_outbox(16);
+        stuck.attach(Rc::new(Socket::default()) as Rc<dyn DirectWriter>);
+        assert!(burst(&stuck).contains(&PushOutcome::Overflowed), "a socket that takes nothing");
+
+        let tasked = live_outbox(16);
+        let outcomes = burst(&tasked);
+        assert!(tasked.take_pressure(), "past the mark, the writer task must run");
+        assert!(!tasked.take_pressure(), "asked once");
+        assert!(outcomes.contains(&PushOutcome::Overflowed), "its task never ran in this test");
     }
 
     #[test]

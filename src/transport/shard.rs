@@ -136,6 +136,8 @@ async fn handle_mailbox<S: SnapshotSource + 'static>(
             adopt(state, *handed_off, sessions.clone());
         }
         let mut events = 0;
+        // A burst ends the turn early when a client's writer task must write.
+        let mut writers_needed = false;
         let now = Instant::now();
         for message in inbox.events.try_iter().take(MAILBOX_BATCH) {
             events += 1;
@@ -144,9 +146,13 @@ async fn handle_mailbox<S: SnapshotSource + 'static>(
                     state.replay.borrow_mut().keep(section, &delivery, now);
                     let report = state.hub.borrow_mut().fan_out(section, &delivery);
                     METRICS.frames_conflated.inc_by(report.conflated as u64);
+                    writers_needed = report.writers_needed;
                 }
                 ShardMessage::RecordDone(next) => state.replay.borrow_mut().record_done(next),
                 ShardMessage::Progress(progress) => state.replay.borrow_mut().merge_progress(&progress),
+            }
+            if writers_needed {
+                break;
             }
         }
         // After the whole batch: a client with several of its events gets
@@ -158,7 +164,7 @@ async fn handle_mailbox<S: SnapshotSource + 'static>(
         let reports_waiting = state.section_reports.flush();
         // Frames age out of the replay buffer on a quiet shard too.
         let frames_kept = state.replay.borrow().size().0 > 0;
-        if events == MAILBOX_BATCH {
+        if events == MAILBOX_BATCH || writers_needed {
             tokio::task::yield_now().await;
         } else if reports_waiting {
             let _ = tokio::time::timeout(REPORT_RETRY, inbox.woken()).await;
