@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use mesaya_realtime::application::admission::Admission;
 use mesaya_realtime::application::authorize::Authorizer;
@@ -210,9 +209,9 @@ fn run(config: Config, verifier: JwtVerifier, listener: std::net::TcpListener) -
         };
         tracing::info!(signal, drain_timeout = ?config.drain_timeout, "shutting down: refusing new upgrades, closing clients with 1001");
         shutdown.trigger();
-        // Shards stop by themselves once their clients are gone or the drain
-        // timeout passes; allow a little more for the close handshakes.
-        let deadline = tokio::time::Instant::now() + config.drain_timeout + Duration::from_secs(2);
+        // Shards stop by themselves once their clients are gone, or a little
+        // before the drain timeout passes; the process exits by then anyway.
+        let deadline = tokio::time::Instant::now() + config.drain_timeout;
         Ok(tokio::select! {
             finished = tokio::time::timeout_at(deadline, threads.all_ended()) => Ending::Drained { in_time: finished.is_ok() },
             signal = signals.next() => {

@@ -531,6 +531,61 @@ async fn sigterm_refuses_upgrades_closes_everyone_with_1001_and_exits_0() {
     drop(held);
 }
 
+/// The process exits within `DRAIN_TIMEOUT` of the signal, not later, even
+/// when a client never reads (its session would wait out the drain) and the
+/// broker is gone (the consumer cannot leave its group).
+#[tokio::test]
+async fn the_process_exits_within_the_drain_timeout() {
+    let mut stack = Stack::start_with(&[("DRAIN_TIMEOUT", "2s".into())]).await;
+    let section = new_id();
+    stack.serve_section(&section, vec![]);
+    let mut stuck = raw_connect(&stack.ws_url(&section, &token())).await;
+    for n in 0..40 {
+        let id = new_id();
+        stack.publish(TABLES, &v2("created", &id, big_table(&id, &section, n, PADDING))).await;
+    }
+    wait_metric(&stack, "mesaya_events_routed_total", "the stuck client's backlog routed", |n| n >= 40.0).await;
+    stack.broker.stop();
+    let signalled = Instant::now();
+    stack.gateway.terminate();
+    let exit = stack.gateway.wait_exit(Duration::from_secs(10)).await.expect("an exit");
+    let took = signalled.elapsed();
+    assert!(exit.success(), "exit status {exit}");
+    assert!(took < Duration::from_millis(2_400), "exited {took:?} after the signal, with DRAIN_TIMEOUT=2s");
+    drop(stuck.close(None).await);
+}
+
+/// Sockets upgraded right around the signal, still on their way to their
+/// shard when it starts draining, get their 1001 like every other client,
+/// and so do not hold the drain open until its timeout.
+#[tokio::test]
+async fn sockets_upgraded_around_the_signal_hear_1001_and_do_not_hold_the_drain() {
+    let mut stack = Stack::start_with(&[("DRAIN_TIMEOUT", "10s".into())]).await;
+    let section = new_id();
+    stack.serve_section(&section, vec![]);
+    let url = stack.ws_url(&section, &token());
+    let connects: Vec<_> = (0..200).map(|_| tokio::spawn(tokio_tungstenite::connect_async(url.clone()))).collect();
+    let signalled = Instant::now();
+    stack.gateway.terminate();
+    let mut upgraded = 0;
+    for connect in connects {
+        let Ok((mut ws, _)) = connect.await.expect("the connect task") else { continue };
+        upgraded += 1;
+        let mut code = None;
+        while let Some(Ok(message)) = futures_util::StreamExt::next(&mut ws).await {
+            if let Message::Close(frame) = message {
+                code = frame.map(|frame| u16::from(frame.code));
+                break;
+            }
+        }
+        assert_eq!(code, Some(1001), "an upgraded socket heard why it goes");
+    }
+    let exit = stack.gateway.wait_exit(Duration::from_secs(15)).await.expect("an exit");
+    assert!(exit.success(), "exit status {exit}");
+    let took = signalled.elapsed();
+    assert!(took < Duration::from_secs(5), "{upgraded} upgraded; the drain took {took:?} of its 10 s");
+}
+
 /// SIGINT (Ctrl-C) shuts down the same way.
 #[tokio::test]
 async fn sigint_closes_clients_with_1001_and_exits_0() {

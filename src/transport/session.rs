@@ -11,7 +11,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::WebSocketStream;
@@ -65,11 +64,7 @@ pub struct Admitted {
 /// reserves room for everything it ever holds until the session ends: the
 /// returned one keeps only what a live session needs, so that an idle
 /// connection costs little memory and a connect moves few bytes.
-pub fn start<S: SnapshotSource + 'static>(
-    state: Rc<ShardState<S>>,
-    admitted: Admitted,
-    session_guard: mpsc::Sender<()>,
-) -> impl Future<Output = ()> {
+pub fn start<S: SnapshotSource + 'static>(state: Rc<ShardState<S>>, admitted: Admitted) -> impl Future<Output = ()> {
     let Admitted { handed_off, viewer, registration, resumed_chain } = admitted;
     let HandedOff { stream, read_buf, section, token, claims, client, permit, resume } = handed_off;
     // Only what the session needs from here on is kept: the rest (roles,
@@ -105,10 +100,10 @@ pub fn start<S: SnapshotSource + 'static>(
         let writer = Rc::new(WireWriter::new(socket));
         Client { reader, heard, writer, outbox, token, viewer, expires_at, resumed_chain, opted_in }
     });
-    // Held to the end: the registration leaves the hub, the permit frees the
-    // session's place, and the guard counts the session as running until
-    // this future ends, however it ends.
-    let held = (registration, permit, session_guard);
+    // Held to the end: the registration leaves the hub, and the permit frees
+    // the session's place (a draining shard waits for every place to be
+    // free) when this future ends, however it ends.
+    let held = (registration, permit);
     async move {
         let _held = held;
         match client {

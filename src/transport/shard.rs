@@ -9,14 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
-use tokio::sync::mpsc;
 
 use crate::application::connect;
 use crate::application::ports::LearnedSection;
 use crate::application::ports::{RestaurantOwners, SnapshotSource};
 use crate::application::replay::{Replay, ReplayLimits};
 use crate::application::resume::{self, Now, ResumeRequest};
-use crate::domain::protocol::CloseCode;
 use crate::shutdown::Running;
 use crate::telemetry::METRICS;
 use crate::telemetry::events::ResumeAttempted;
@@ -28,8 +26,11 @@ use super::{http, session};
 
 /// At most this many events per turn, so sessions get to write.
 const MAILBOX_BATCH: usize = 1024;
-/// How often a shard whose own sessions are done looks whether the others' are.
+/// How often a draining shard looks whether every session is done.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
+/// The drain ends this much before `DRAIN_TIMEOUT`, so that the threads are
+/// gone by the time the process must exit.
+const DRAIN_MARGIN: Duration = Duration::from_millis(200);
 /// How often a quiet shard drops the frames its replay buffer kept too long.
 const EXPIRE_EVERY: Duration = Duration::from_secs(1);
 /// How soon a shard retries table reports the ingest thread had no room for.
@@ -86,33 +87,30 @@ async fn run<S: SnapshotSource + 'static>(state: Rc<ShardState<S>>, inbox: Inbox
     };
     let accept = tokio::task::spawn_local(http::accept_loop(listener, Arc::clone(&state.ctx), state.index));
 
-    // Each session holds a clone of `sessions`; when all are dropped, every
-    // session has ended (the mini-redis shutdown pattern).
-    let (sessions, mut sessions_done) = mpsc::channel::<()>(1);
     tokio::select! {
-        () = handle_mailbox(&state, &inbox, sessions.clone()) => {}
+        () = handle_mailbox(&state, &inbox) => {}
         () = state.ctx.shutdown.triggered() => {}
     }
     // Live sessions wait on their outbox, not on the shutdown signal.
     state.hub.borrow().nudge_all();
-    // Sockets handed over but not adopted yet still hear why they go.
-    for handed_off in inbox.sockets.try_iter() {
-        let session_guard = sessions.clone();
-        tokio::task::spawn_local(async move {
-            session::close_unadopted(handed_off.stream, CloseCode::GOING_AWAY).await;
-            drop(session_guard);
-        });
-    }
-    drop(sessions);
 
-    // Sessions see the same signal, flush and close with 1001. Until every
-    // shard's sessions are done, this one keeps answering HTTP (`/readyz`
-    // says 503): a shard that stopped early would cut the requests it
-    // accepted from the shared listener.
-    let drained = tokio::time::timeout(state.ctx.drain_timeout, async {
-        let _ = sessions_done.recv().await;
-        while state.ctx.admission.held() > 0 {
-            tokio::time::sleep(DRAIN_POLL).await;
+    // Sessions see the same signal, flush and close with 1001. Every session,
+    // and every socket on its way to a shard, holds an admission place: once
+    // none is held, every client of every shard is done. Until then this shard
+    // keeps answering HTTP (`/readyz` says 503: a shard that stopped early
+    // would cut the requests it accepted from the shared listener), and
+    // adopts the sockets upgraded just before the signal as they arrive, so
+    // they get their 1001 (after their replay and last position, when they
+    // resume) instead of waiting out the drain.
+    let drained = tokio::time::timeout(state.ctx.drain_timeout.saturating_sub(DRAIN_MARGIN), async {
+        loop {
+            for handed_off in inbox.sockets.try_iter() {
+                adopt(&state, *handed_off);
+            }
+            if state.ctx.admission.held() == 0 {
+                break;
+            }
+            let _ = tokio::time::timeout(DRAIN_POLL, inbox.woken()).await;
         }
     });
     if drained.await.is_err() {
@@ -122,18 +120,14 @@ async fn run<S: SnapshotSource + 'static>(state: Rc<ShardState<S>>, inbox: Inbox
 }
 
 /// Handles mailbox messages, in batches, for as long as it is polled.
-async fn handle_mailbox<S: SnapshotSource + 'static>(
-    state: &Rc<ShardState<S>>,
-    inbox: &Inbox,
-    sessions: mpsc::Sender<()>,
-) {
+async fn handle_mailbox<S: SnapshotSource + 'static>(state: &Rc<ShardState<S>>, inbox: &Inbox) {
     let popped = METRICS.shard_mailbox_popped.with_label_values(&[&state.index.to_string()]);
     let mut buffer_gauges = BufferGauges::default();
     loop {
         let mut handled = 0;
         for handed_off in inbox.sockets.try_iter() {
             handled += 1;
-            adopt(state, *handed_off, sessions.clone());
+            adopt(state, *handed_off);
         }
         let mut events = 0;
         // A burst ends the turn early when a client's writer task must write.
@@ -181,7 +175,7 @@ async fn handle_mailbox<S: SnapshotSource + 'static>(
 /// so that every event arriving from now on is held for it. A client that
 /// brought a resume token is served from the replay buffer in this same
 /// turn, when the buffer has what it missed: then it needs no snapshot.
-fn adopt<S: SnapshotSource + 'static>(state: &Rc<ShardState<S>>, handed_off: HandedOff, sessions: mpsc::Sender<()>) {
+fn adopt<S: SnapshotSource + 'static>(state: &Rc<ShardState<S>>, handed_off: HandedOff) {
     let section = handed_off.section;
     let viewer = state.ctx.staff_roles.viewer(&handed_off.claims);
     let registration = connect::register(&state.hub, section, state.ctx.session.queue, viewer.subject.clone());
@@ -199,7 +193,7 @@ fn adopt<S: SnapshotSource + 'static>(state: &Rc<ShardState<S>>, handed_off: Han
         _ => None,
     };
     let admitted = session::Admitted { handed_off, viewer, registration, resumed_chain: resumed };
-    tokio::task::spawn_local(session::start(Rc::clone(state), admitted, sessions));
+    tokio::task::spawn_local(session::start(Rc::clone(state), admitted));
 }
 
 /// The replay buffer's size in the instance-wide gauges: each shard adds
