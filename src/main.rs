@@ -22,11 +22,13 @@ use mesaya_realtime::infrastructure::kafka::KafkaIngest;
 use mesaya_realtime::infrastructure::resume_token::HmacResumeTokens;
 use mesaya_realtime::infrastructure::snapshot_http::HttpSnapshotSource;
 use mesaya_realtime::shutdown::{Shutdown, Threads};
+use mesaya_realtime::telemetry::logs::{self, OneLine};
 use mesaya_realtime::transport::context::ServerContext;
 use mesaya_realtime::transport::mailbox::{self, ShardDispatch, Shards};
 use mesaya_realtime::transport::section_reports;
 use mesaya_realtime::transport::shard::{self, ShardParts};
 use tokio::sync::Semaphore;
+use tracing_appender::non_blocking::WorkerGuard;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -56,7 +58,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    init_logging(&config);
+    let _logs = init_logging(&config);
 
     let address = SocketAddr::new(config.host, config.port);
     let listener = match std::net::TcpListener::bind(address) {
@@ -82,13 +84,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(config: &Config) {
+/// Logging through the non-blocking writer; the guard flushes it at exit.
+fn init_logging(config: &Config) -> WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::new(&config.log_level);
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let (writer, guard) = logs::stderr_writer();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(move || OneLine(writer.clone()));
     match config.log_format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
+    guard
 }
 
 /// Raises the soft limit on open descriptors to the hard one, as servers

@@ -11,7 +11,11 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use mesaya_testkit::api::StandInApi;
+use mesaya_testkit::broker::Broker;
 use mesaya_testkit::fixtures::v2;
+use mesaya_testkit::gateway::Gateway;
+use mesaya_testkit::producer::EventProducer;
 use mesaya_testkit::tokens::TokenBuilder;
 use mesaya_testkit::wait;
 use mesaya_testkit::ws::{Request, WsClient};
@@ -226,6 +230,40 @@ async fn a_dual_stack_listener_reads_trusted_proxies_and_forwarded_ports_canonic
     };
     assert_eq!(forwarded(&proxied).as_deref(), Some("2001:db8::7"), "the mapped peer is a trusted proxy");
     assert_eq!(forwarded(&direct).as_deref(), Some("127.0.0.1"), "told as IPv4, not ::ffff:127.0.0.1");
+}
+
+/// Logging never blocks (SPEC §2.5): with stderr a pipe nobody reads, the
+/// ingest thread still counts every one of 20 000 malformed records (one
+/// debug line each), the lines the buffer could not hold are dropped and
+/// counted, and a client still connects and gets its snapshot.
+#[tokio::test]
+async fn a_stderr_nobody_reads_blocks_nothing_and_the_dropped_lines_are_counted() {
+    let broker = Broker::start_memory().await;
+    let api = StandInApi::start();
+    let producer = EventProducer::new(&broker.bootstrap());
+    let env = gateway_env(&broker, &api, &[("LOG_LEVEL", "debug".into())]);
+    let mut gateway = Gateway::start_with_stderr_unread(binary(), &env);
+    gateway.wait_ready(WAIT).await;
+    const RECORDS: usize = 20_000;
+    for chunk in 0..RECORDS / 1000 {
+        let records: Vec<Vec<u8>> = (0..1000).map(|n| format!("{{nope {chunk} {n}").into_bytes()).collect();
+        futures_util::future::join_all(records.iter().map(|record| producer.send("mesa-ya.tables.events", record)))
+            .await;
+    }
+    let metric = async |name: &str, labels: &str| {
+        let (status, body) = gateway.get("/metrics").await;
+        assert_eq!(status, 200);
+        metric_value(&body, name, labels)
+    };
+    wait::until_some(Duration::from_secs(60), "every malformed record counted", || async {
+        (metric("mesaya_events_dropped_total", r#"reason="not_json""#).await == RECORDS as f64).then_some(())
+    })
+    .await;
+    assert!(metric("mesaya_log_lines_dropped_total", "").await > 0.0, "lines were dropped, not waited for");
+    let section = new_id();
+    serve_section(&api, &section, vec![]);
+    let (_client, snapshot) = watch_on(&gateway, &section).await;
+    assert_eq!(snapshot["payload"]["id"], section.as_str());
 }
 
 /// A token whose `exp` is near the largest integer makes a long session,

@@ -10,6 +10,7 @@ use crate::domain::ids::SectionId;
 use crate::domain::protocol::CloseCode;
 
 use super::METRICS;
+use super::logs::LogBudget;
 
 /// A Kafka record that was consumed but reached no client.
 pub struct RecordSkipped<'a> {
@@ -41,10 +42,29 @@ pub struct UpgradeRefused<'a> {
     pub route: &'static str,
 }
 
+/// Refused upgrades are logged a few times a second per status: anyone can
+/// send bad requests, and a log flood would cost every client.
+static REFUSALS_LOGGED: LogBudget = LogBudget::new();
+
 impl UpgradeRefused<'_> {
     pub fn emit(self) {
         METRICS.upgrades_refused.with_label_values(&[&self.status.to_string()]).inc();
-        tracing::info!(status = self.status, why = self.why, route = self.route, "upgrade refused");
+        if REFUSALS_LOGGED.allow(self.budget_kind()) {
+            tracing::info!(status = self.status, why = self.why, route = self.route, "upgrade refused");
+        }
+    }
+
+    fn budget_kind(&self) -> usize {
+        match self.status {
+            400 => 0,
+            401 => 1,
+            403 => 2,
+            404 => 3,
+            426 => 4,
+            429 => 5,
+            503 => 6,
+            _ => 7,
+        }
     }
 }
 

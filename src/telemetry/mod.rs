@@ -4,6 +4,7 @@
 //! counted is an internal event in [`events`].
 
 pub mod events;
+pub mod logs;
 
 use std::sync::LazyLock;
 
@@ -42,6 +43,7 @@ pub struct Metrics {
     pub positions_withheld: IntCounter,
     pub resume_buffer_frames: IntGauge,
     pub resume_buffer_bytes: IntGauge,
+    pub log_lines_dropped: IntCounter,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::register);
@@ -182,11 +184,19 @@ impl Metrics {
                 "mesaya_resume_buffer_bytes",
                 "Bytes kept in the replay buffers: frames and their bookkeeping",
             ),
+            log_lines_dropped: counter(
+                &r,
+                "mesaya_log_lines_dropped_total",
+                "Log lines dropped because the log writer's buffer was full (logging never blocks)",
+            ),
             registry: r,
         }
     }
 
     pub fn render(&self) -> String {
+        // The log writer counts its own drops; the counter catches up here.
+        let dropped = logs::dropped_lines();
+        self.log_lines_dropped.inc_by(dropped.saturating_sub(self.log_lines_dropped.get()));
         let mut buffer = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buffer).expect("text encoding into a Vec cannot fail");
         String::from_utf8(buffer).expect("Prometheus text is UTF-8")

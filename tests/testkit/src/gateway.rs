@@ -63,6 +63,19 @@ impl Gateway {
         Gateway { child, port, log, exit: None }
     }
 
+    /// Spawns `bin` with its stderr a pipe that nobody reads (once the pipe
+    /// is full, every write to it would block); stdout goes to the log file.
+    pub fn start_with_stderr_unread(bin: &Path, env: &[(&str, String)]) -> Gateway {
+        let port = port_from(env);
+        let log = LogFile::new("gateway");
+        let child = command(bin, port, env)
+            .stdout(log.stdio().0)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run the gateway {}: {e}", bin.display()));
+        Gateway { child, port, log, exit: None }
+    }
+
     /// Runs `bin` until it exits by itself (e.g. rejecting its configuration); returns its exit
     /// status and its stderr alone. Panics (killing it) if it still runs after `timeout`.
     pub async fn run_to_exit(bin: &Path, env: &[(&str, String)], timeout: Duration) -> (ExitStatus, String) {
