@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the whole workspace's tests against a real tansu broker; extra arguments go to cargo test.
+# Runs every test: the workspace's against a real tansu broker (extra arguments go to cargo test),
+# then the client library's (clients/js) with Node's test runner.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -14,3 +15,7 @@ if [[ -z "${CHROMIUM_BIN:-}" ]] && ! command -v chromium >/dev/null; then
 fi
 
 cargo test --workspace --locked "$@"
+
+# The client library (clients/js): its own tests, with Node's test runner.
+echo "running the client library's tests..." >&2
+(cd clients/js && npm ci --no-audit --no-fund >&2 && npm test)
