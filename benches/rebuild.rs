@@ -32,6 +32,8 @@ impl Dispatch for Nowhere {
     fn record_done(&self, _: Position) {}
 
     fn progress(&self, _: std::sync::Arc<Progress>) {}
+
+    fn unseen(&self, _: &mesaya_realtime::application::delivery::Unseen) {}
 }
 
 fn id(kind: u128, n: u128) -> String {

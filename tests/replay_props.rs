@@ -137,7 +137,7 @@ proptest! {
                     None => at >= *issued,
                 };
                 let expected: Vec<&(Instant, Arc<Delivery>)> = sent.iter().filter(missed).collect();
-                match replay.replay(section(s), token, now - *issued, now) {
+                match replay.replay(section(s), None, token, now - *issued, now) {
                     Ok(frames) => {
                         prop_assert!(
                             expected.iter().all(|(_, d)| d.position.is_some()),

@@ -18,7 +18,7 @@ use common::*;
 use futures_util::future::join_all;
 use mesaya_testkit::api::StandInApi;
 use mesaya_testkit::broker::Broker;
-use mesaya_testkit::fixtures::v2;
+use mesaya_testkit::fixtures::{self, v2};
 use mesaya_testkit::gateway::Gateway;
 use mesaya_testkit::producer::EventProducer;
 use mesaya_testkit::tokens::TokenBuilder;
@@ -429,6 +429,46 @@ async fn a_chain_of_resumes_older_than_reauth_after_asks_the_api_again() {
     session.client.close().await;
     let (_, first) = Session::open(&gateway, &section, Jwt::Path(&jwt), &renewed).await;
     assert_eq!(first, resumed(0), "the snapshot began a new chain");
+}
+
+/// An instance that routed a record nowhere, where another instance routed
+/// it to the section (A knows the section's restaurant and table from its
+/// client's snapshot; B, with no client there, knows neither), does not
+/// claim its buffer covers that record: the client that missed it resumes
+/// on A with it, and on B falls back to a snapshot (`gap`) instead of
+/// resuming without it. For a restaurant event and for a reservation.
+#[tokio::test]
+async fn an_instance_that_could_not_route_a_record_does_not_resume_across_it() {
+    let up = Upstream::start().await;
+    up.broker.create_topic("mesa-ya.restaurants.events", 1).await;
+    let [a, b] = start_all([up.env(&[]), up.env(&[])]).await;
+    let jwt = TokenBuilder::new().roles(&["ADMIN"]).hs256(SECRET);
+    // A section each: once B served one a snapshot, B knows it too.
+    let (restaurant_section, reservation_section, table_id) = (new_id(), new_id(), new_id());
+    serve_section(&up.api, &restaurant_section, vec![]);
+    serve_section(&up.api, &reservation_section, vec![table(&table_id, &reservation_section, 0)]);
+    let restaurant = fixtures::restaurant_json(fixtures::RESTAURANT_ID);
+    let reservation = fixtures::reservation_json(&new_id(), &table_id);
+    let cases = [
+        (&restaurant_section, "mesa-ya.restaurants.events", "restaurant.updated", restaurant),
+        (&reservation_section, "mesa-ya.reservations.events", "reservation.updated", reservation),
+    ];
+    for (section, topic, event, entity) in cases {
+        let (mut session, first) = Session::open(&a, section, Jwt::Path(&jwt), "").await;
+        assert_eq!(first["event"], "section.snapshot", "{first}");
+        let position = session.next_position().await;
+        session.client.close().await;
+        let skipped_on_b = metric(&b, "mesaya_events_consumed_total", "").await;
+        let id = entity["id"].as_str().unwrap().to_string();
+        up.producer.send_json(topic, &v2("updated", &id, entity.clone())).await;
+        wait_metric_on(&b, "mesaya_events_consumed_total", "", "B to consume it", |n| n > skipped_on_b).await;
+
+        let (mut on_a, first) = Session::open(&a, section, Jwt::Path(&jwt), &position).await;
+        assert_eq!(first, resumed(1), "{event}: A routed it and replays it");
+        assert_eq!(on_a.next_event().await, json!({"event": event, "payload": entity}));
+        on_a.client.close().await;
+        up.expect_fallback(&b, section, Jwt::Path(&jwt), &position, "gap").await;
+    }
 }
 
 /// More frames missed than `RESUME_BUFFER` keeps: the snapshot (outcome

@@ -211,6 +211,10 @@ mod tests {
     struct Owner(Option<UserId>);
 
     impl RestaurantOwners for Owner {
+        fn restaurant_of(&self, _section: SectionId) -> Option<EntityId> {
+            Some(RESTAURANT.into())
+        }
+
         fn owner_of(&self, _section: SectionId, restaurant: Option<&EntityId>) -> Option<UserId> {
             self.0.clone().filter(|_| restaurant.is_some_and(|restaurant| &**restaurant == RESTAURANT))
         }

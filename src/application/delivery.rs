@@ -6,6 +6,7 @@ use std::time::Instant;
 use crate::domain::audience::{Audience, Variants};
 use crate::domain::entity::{Action, EntityKey};
 use crate::domain::frame::Frame;
+use crate::domain::ids::EntityId;
 use crate::domain::position::Position;
 
 #[derive(Debug)]
@@ -32,6 +33,18 @@ impl Delivery {
     pub fn frame_for(&self, audience: &Audience) -> &Frame {
         self.frames.for_audience(audience)
     }
+}
+
+/// A record this instance could not route, though another instance may
+/// have (a reservation whose table is unknown here, a restaurant event whose
+/// sections are): the shards must not claim their replay buffers cover it
+/// for the sections it may have concerned, those of `restaurant` and those
+/// whose restaurant is unknown here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unseen {
+    pub position: Position,
+    /// `None`: the record named no restaurant, so it may concern any section.
+    pub restaurant: Option<EntityId>,
 }
 
 /// When and from where the ingest thread routes: every frame of one record

@@ -6,10 +6,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::domain::envelope::{self, Rejection};
+use crate::domain::entity::{Action, EntityKind};
+use crate::domain::envelope::{self, EntityEvent, Rejection};
+use crate::domain::ids::EntityId;
 use crate::domain::position::{PartitionId, Position, Progress};
 
-use super::delivery::{Delivery, Stamp};
+use super::delivery::{Delivery, Stamp, Unseen};
 use super::ports::{Dispatch, LearnedSection};
 use super::router::{EventRouter, LinkCounts};
 
@@ -56,6 +58,18 @@ impl Record<'_> {
     }
 }
 
+/// For the kinds another instance may route where this one cannot (it
+/// knows the table, or the restaurant's sections): the restaurant the record
+/// names, if any. A reservation this instance holds counts too: it may expire.
+/// A created restaurant has no sections anywhere.
+fn routed_elsewhere(event: &EntityEvent) -> Option<Option<EntityId>> {
+    match (event.key.kind, event.action) {
+        (EntityKind::Reservation, _) => Some(event.restaurant_id.clone()),
+        (EntityKind::Restaurant, action) if action != Action::Created => Some(event.restaurant_id.clone()),
+        _ => None,
+    }
+}
+
 /// How often, at most, a busy ingest thread tells every shard its progress
 /// (a quiet one tells it at once): the positions in resume tokens lag the
 /// frames by about this much.
@@ -81,13 +95,18 @@ impl<D: Dispatch> Ingest<D> {
         let position = record.position();
         let stamp = Stamp { at: Instant::now(), position: Some(position) };
         let dispatch = &self.dispatch;
+        let mut unseen = None;
         let routed = envelope::parse(record.topic, record.payload, self.max_record_bytes)
             .map_err(Skip::Rejected)
             .and_then(|event| {
+                unseen = routed_elsewhere(&event).map(|restaurant| Unseen { position, restaurant });
                 self.router
                     .route(event, stamp, |section, delivery: Arc<Delivery>| dispatch.dispatch(section, delivery))
                     .map_err(|_| Skip::NoSection)
             });
+        if let Some(unseen) = unseen.filter(|_| matches!(routed, Ok(0) | Err(Skip::NoSection))) {
+            self.dispatch.unseen(&unseen);
+        }
         self.progress.consumed(position);
         self.progress_moved = true;
         self.dispatch.record_done(Position { offset: position.offset + 1, ..position });
@@ -158,19 +177,27 @@ mod tests {
     const LINK: &str = "c1111111-1111-4111-8111-111111111111";
     const RESERVATION: &str = "d1111111-1111-4111-8111-111111111111";
 
-    /// A dispatch port that records what reached which section.
+    /// A dispatch port that records what reached which section, and what
+    /// it was told was unseen.
     #[derive(Default)]
-    struct Recorder(RefCell<Vec<(SectionId, String)>>);
+    struct Recorder {
+        frames: RefCell<Vec<(SectionId, String)>>,
+        unseen: RefCell<Vec<Unseen>>,
+    }
 
     impl Dispatch for &Recorder {
         fn dispatch(&self, section: SectionId, delivery: Arc<Delivery>) {
             let frame: serde_json::Value = serde_json::from_slice(delivery.frames.full().utf8_bytes()).unwrap();
-            self.0.borrow_mut().push((section, frame["event"].as_str().unwrap().to_string()));
+            self.frames.borrow_mut().push((section, frame["event"].as_str().unwrap().to_string()));
         }
 
         fn record_done(&self, _next: Position) {}
 
         fn progress(&self, _progress: Arc<Progress>) {}
+
+        fn unseen(&self, unseen: &Unseen) {
+            self.unseen.borrow_mut().push(unseen.clone());
+        }
     }
 
     /// A record at offset 0 of partition 0.
@@ -180,7 +207,7 @@ mod tests {
 
     impl Recorder {
         fn take(&self) -> Vec<(SectionId, String)> {
-            self.0.take()
+            self.frames.take()
         }
     }
 
@@ -243,5 +270,37 @@ mod tests {
             vec![(section(S1), "reservation.created".to_string()), (section(S2), "object.updated".to_string())],
             "the replay itself dispatched nothing"
         );
+    }
+
+    /// What another instance may route where this one cannot is told to
+    /// the shards as unseen, with the restaurant it names: a held
+    /// reservation, a restaurant event for sections unknown here. Nothing
+    /// else is.
+    #[test]
+    fn records_another_instance_may_route_are_told_unseen() {
+        const RESTAURANT: &str = "e1111111-1111-4111-8111-111111111111";
+        let recorder = Recorder::default();
+        let mut ingest = Ingest::new(&recorder, 1 << 20, EventRouter::default());
+        let restaurant = Some(EntityId::from(RESTAURANT));
+        let held = v2("created", serde_json::json!({"id": RESERVATION, "tableId": TABLE, "restaurantId": RESTAURANT}));
+        ingest.handle(Record { offset: 7, ..record("mesa-ya.reservations.events", &held) }).unwrap();
+        let updated = v2("updated", serde_json::json!({"id": RESTAURANT}));
+        ingest.handle(Record { offset: 8, ..record("mesa-ya.restaurants.events", &updated) }).unwrap_err();
+        let created = v2("created", serde_json::json!({"id": RESTAURANT}));
+        ingest.handle(Record { offset: 9, ..record("mesa-ya.restaurants.events", &created) }).unwrap_err();
+        let table = v2("updated", serde_json::json!({"id": TABLE}));
+        ingest.handle(Record { offset: 10, ..record("mesa-ya.tables.events", &table) }).unwrap_err();
+        let offsets: Vec<(i64, Option<EntityId>)> =
+            recorder.unseen.take().into_iter().map(|unseen| (unseen.position.offset, unseen.restaurant)).collect();
+        assert_eq!(
+            offsets,
+            vec![(7, restaurant.clone()), (8, restaurant)],
+            "a new restaurant has no sections anywhere"
+        );
+
+        let learned = LearnedSection { section: section(S1), restaurant: None, table_ids: vec![TABLE.into()] };
+        ingest.learn_section(learned, None);
+        ingest.handle(record("mesa-ya.reservations.events", &held)).unwrap();
+        assert!(recorder.unseen.take().is_empty(), "routed here: seen");
     }
 }

@@ -11,7 +11,7 @@ use crate::domain::position::{Position, Positions, Progress};
 use crate::domain::protocol::CloseCode;
 use crate::domain::snapshot::{SectionObjects, Snapshot};
 
-use super::delivery::Delivery;
+use super::delivery::{Delivery, Unseen};
 use super::outbox::Outbox;
 
 /// Verifies a bearer token's signature and registered claims.
@@ -108,6 +108,9 @@ pub trait Dispatch {
     fn record_done(&self, next: Position);
     /// Where the ingest stands on every partition, told to every shard.
     fn progress(&self, progress: Arc<Progress>);
+    /// A record this instance could not route, told to every shard before
+    /// the record is done.
+    fn unseen(&self, unseen: &Unseen);
 }
 
 /// Where a fetched snapshot reports what it showed of its section (its
@@ -131,9 +134,11 @@ pub trait FloorPlan {
     fn section_objects(&self, section: SectionId) -> SectionObjects;
 }
 
-/// Who owns a section's restaurant, as Kafka told it: that owner is staff
-/// of the section (SPEC §2.7).
+/// A section's restaurant and who owns it, as Kafka told them: that owner
+/// is staff of the section (SPEC §2.7).
 pub trait RestaurantOwners {
+    fn restaurant_of(&self, section: SectionId) -> Option<EntityId>;
+
     /// `restaurant` is the section's restaurant when the caller knows it (a
     /// snapshot names it); otherwise the one Kafka told.
     fn owner_of(&self, section: SectionId, restaurant: Option<&EntityId>) -> Option<UserId>;

@@ -19,10 +19,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::domain::ids::SectionId;
+use crate::domain::ids::{EntityId, SectionId};
 use crate::domain::position::{Position, Positions, Progress};
 
-use super::delivery::Delivery;
+use super::delivery::{Delivery, Unseen};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReplayLimits {
@@ -59,7 +59,13 @@ pub struct Replay {
     /// before that may not be served for them (see [`Replay::keep`]).
     unplaced: HashMap<SectionId, Instant>,
     unplaced_order: VecDeque<(Instant, SectionId)>,
+    /// Records this instance routed nowhere though another may have, oldest
+    /// first, for a window: see [`Replay::unseen`].
+    unseen: VecDeque<(Instant, Unseen)>,
 }
+
+/// Unseen records kept at most; older ones raise every section's floor.
+const MAX_UNSEEN: usize = 4096;
 
 /// What one kept frame costs besides its bytes: the routed event it is part
 /// of (kept alive by the buffer) and the section's entry for it.
@@ -101,6 +107,7 @@ impl Replay {
             forgotten: Positions::default(),
             unplaced: HashMap::new(),
             unplaced_order: VecDeque::new(),
+            unseen: VecDeque::new(),
         }
     }
 
@@ -117,6 +124,25 @@ impl Replay {
     /// before these positions has reached this shard.
     pub fn positions(&self) -> &Positions {
         &self.progress.next
+    }
+
+    /// A record this instance routed nowhere, though another instance may
+    /// have routed it to a section of its restaurant (or, naming none, to
+    /// any): no resume from before it is served for a section of that
+    /// restaurant, nor for one whose restaurant is unknown here, until the
+    /// window has passed. Past [`MAX_UNSEEN`] of them, the oldest counts
+    /// for every section.
+    pub fn unseen(&mut self, unseen: Unseen, now: Instant) {
+        if self.limits.per_section == 0 {
+            return;
+        }
+        self.expire(now);
+        if self.unseen.len() == MAX_UNSEEN
+            && let Some((_, oldest)) = self.unseen.pop_front()
+        {
+            self.forgotten.advance(oldest.position.partition, oldest.position.offset + 1);
+        }
+        self.unseen.push_back((now, unseen));
     }
 
     /// Keeps a frame routed to `section`.
@@ -151,11 +177,13 @@ impl Replay {
         }
     }
 
-    /// The frames of `section` after `positions` (those of a token issued
-    /// `token_age` ago), in order, if this shard has all of them.
+    /// The frames of `section` (of `restaurant`, when known) after
+    /// `positions` (those of a token issued `token_age` ago), in order, if
+    /// this shard has all of them.
     pub fn replay(
         &mut self,
         section: SectionId,
+        restaurant: Option<&EntityId>,
         after: &Positions,
         token_age: Duration,
         now: Instant,
@@ -164,6 +192,13 @@ impl Replay {
             return Err(Gap);
         }
         self.expire(now);
+        let may_concern = |unseen: &Unseen| match (&unseen.restaurant, restaurant) {
+            (Some(theirs), Some(ours)) => theirs == ours,
+            _ => true,
+        };
+        if self.unseen.iter().any(|(_, unseen)| !after.covers(unseen.position) && may_concern(unseen)) {
+            return Err(Gap);
+        }
         if let Some(&unplaced_at) = self.unplaced.get(&section)
             && now.checked_sub(token_age).is_none_or(|issued| issued <= unplaced_at + ISSUE_TIME_SLACK)
         {
@@ -209,6 +244,9 @@ impl Replay {
         {
             let oldest = self.pop_index().expect("front exists");
             self.drop_if_front(&oldest);
+        }
+        while self.unseen.front().is_some_and(|(at, _)| now.saturating_duration_since(*at) > self.limits.window) {
+            self.unseen.pop_front();
         }
         // Once every token issued before an unplaced frame has expired.
         while let Some(&(at, section)) = self.unplaced_order.front()
@@ -293,7 +331,7 @@ pub(crate) mod tests {
 
     /// The offsets of the frames a resume from `after` gets, or None for a gap.
     fn served(replay: &mut Replay, section: SectionId, after: &Positions, now: Instant) -> Option<Vec<i64>> {
-        let frames = replay.replay(section, after, Duration::ZERO, now).ok()?;
+        let frames = replay.replay(section, None, after, Duration::ZERO, now).ok()?;
         Some(frames.iter().map(|delivery| delivery.position.unwrap().offset).collect())
     }
 
@@ -396,13 +434,62 @@ pub(crate) mod tests {
         replay.keep(section(S1), &released, start);
         let later = start + Duration::from_secs(5);
         let age = |issued: Instant| later - issued;
-        let mut attempt = |section_id, issued| replay.replay(section(section_id), &at(5), age(issued), later).is_ok();
+        let mut attempt =
+            |section_id, issued| replay.replay(section(section_id), None, &at(5), age(issued), later).is_ok();
         assert!(!attempt(S1, start - Duration::from_secs(3)), "issued before it");
         assert!(!attempt(S1, start + Duration::from_millis(500)), "issued in the same second");
         assert!(attempt(S1, start + Duration::from_secs(2)), "issued after it");
         assert!(attempt(S2, start - Duration::from_secs(3)), "other sections are not concerned");
         let expired = start + ROOMY.window + Duration::from_secs(3);
-        assert!(replay.replay(section(S1), &at(5), Duration::ZERO, expired).is_ok(), "forgotten after the window");
+        assert!(
+            replay.replay(section(S1), None, &at(5), Duration::ZERO, expired).is_ok(),
+            "forgotten after the window"
+        );
+    }
+
+    /// A record routed nowhere here (offset 3) may have reached a section
+    /// of its restaurant elsewhere: no resume from before it for that
+    /// restaurant's sections nor for sections of unknown restaurants; other
+    /// restaurants' sections, and tokens past it, are served.
+    #[test]
+    fn a_record_unseen_here_stops_resumes_from_before_it_where_it_may_have_gone() {
+        let now = Instant::now();
+        let mut replay = started_at(0, ROOMY);
+        replay.record_done(Position { partition: tables(), offset: 5 });
+        let (ours, theirs): (EntityId, EntityId) = ("r-ours".into(), "r-theirs".into());
+        replay.unseen(
+            Unseen { position: Position { partition: tables(), offset: 3 }, restaurant: Some(ours.clone()) },
+            now,
+        );
+        let mut served = |restaurant: Option<&EntityId>, next: i64| {
+            replay.replay(section(S1), restaurant, &at(next), Duration::ZERO, now).is_ok()
+        };
+        assert!(!served(Some(&ours), 3), "its restaurant's section");
+        assert!(!served(None, 3), "a section whose restaurant is unknown here");
+        assert!(served(Some(&theirs), 3), "another restaurant's section");
+        assert!(served(Some(&ours), 4), "a token past it");
+        // Tokens issued before it are expired by then: the mark can go.
+        replay.expire(now + ROOMY.window + Duration::from_secs(1));
+        assert!(replay.unseen.is_empty(), "the mark leaves with the window");
+    }
+
+    #[test]
+    fn past_their_limit_unseen_records_raise_every_sections_floor() {
+        let now = Instant::now();
+        let mut replay = started_at(0, ROOMY);
+        for offset in 0..MAX_UNSEEN as i64 + 1 {
+            replay.unseen(
+                Unseen { position: Position { partition: tables(), offset }, restaurant: Some("r".into()) },
+                now,
+            );
+        }
+        assert_eq!(replay.unseen.len(), MAX_UNSEEN);
+        replay.record_done(Position { partition: tables(), offset: MAX_UNSEEN as i64 + 5 });
+        let other: EntityId = "another".into();
+        assert!(
+            replay.replay(section(S2), Some(&other), &at(0), Duration::ZERO, now).is_err(),
+            "offset 0: for every section"
+        );
     }
 
     #[test]

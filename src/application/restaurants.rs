@@ -88,6 +88,10 @@ impl SharedRestaurants {
 }
 
 impl RestaurantOwners for SharedRestaurants {
+    fn restaurant_of(&self, section: SectionId) -> Option<EntityId> {
+        self.read().section_restaurant.get(&section).cloned()
+    }
+
     fn owner_of(&self, section: SectionId, restaurant: Option<&EntityId>) -> Option<UserId> {
         self.read().owner(section, restaurant).cloned()
     }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::domain::audience::Audience;
 use crate::domain::frame::Frame;
-use crate::domain::ids::SectionId;
+use crate::domain::ids::{EntityId, SectionId};
 use crate::domain::protocol::CloseCode;
 
 use super::outbox::Outbox;
@@ -65,6 +65,8 @@ impl ResumeFallback {
 #[derive(Clone, Copy, Debug)]
 pub struct ResumeRequest<'a> {
     pub section: SectionId,
+    /// The section's restaurant, as Kafka told it.
+    pub restaurant: Option<&'a EntityId>,
     pub sub: &'a str,
     pub token: &'a str,
 }
@@ -123,8 +125,9 @@ pub fn resume(
     if now.unix_secs.saturating_sub(opened.chain_started) > settings.reauth_after.as_secs() {
         return Err(ResumeFallback::Reauth);
     }
-    let missed =
-        replay.replay(request.section, &opened.positions, age, now.instant).map_err(|_| ResumeFallback::Gap)?;
+    let missed = replay
+        .replay(request.section, request.restaurant, &opened.positions, age, now.instant)
+        .map_err(|_| ResumeFallback::Gap)?;
     if !outbox.has_room_for(&missed) {
         return Err(ResumeFallback::Backlog);
     }
@@ -320,7 +323,7 @@ mod tests {
             replay.keep(section(S1), &frame_at(offset), Instant::now());
         }
         let outbox = outbox();
-        let request = ResumeRequest { section: section(S1), sub: "u1", token: &token };
+        let request = ResumeRequest { section: section(S1), restaurant: None, sub: "u1", token: &token };
         assert_eq!(resume(&settings, &mut replay, &outbox, request, Audience::Staff, now(1010)), resumed(2));
         let frames = written(&outbox);
         assert_eq!(frames[0], r#"{"event":"section.resumed","payload":{"replayed":2}}"#);
@@ -338,7 +341,7 @@ mod tests {
         let grant =
             ResumeGrant { section: section(S1), sub: "u1", issued_at: 1000, chain_started: 900, positions: &ahead };
         let token = settings.tokens.issue(&grant).unwrap();
-        let request = ResumeRequest { section: section(S1), sub: "u1", token: &token };
+        let request = ResumeRequest { section: section(S1), restaurant: None, sub: "u1", token: &token };
         assert_eq!(resume(&settings, &mut replay, &outbox, request, Audience::Staff, now(1001)), resumed(0));
         let frame = position_frame(&settings, &replay, &outbox, holder(), now(1002)).unwrap();
         let frame: serde_json::Value = serde_json::from_slice(frame.utf8_bytes()).unwrap();
@@ -353,7 +356,7 @@ mod tests {
     fn a_replay_ending_in_a_delete_closes_and_one_too_big_for_the_queue_falls_back() {
         let settings = settings();
         let token = issued_token(&settings);
-        let request = ResumeRequest { section: section(S1), sub: "u1", token: &token };
+        let request = ResumeRequest { section: section(S1), restaurant: None, sub: "u1", token: &token };
         let mut replay = replay_with(2);
         let mut deleted = frame_at(2);
         Arc::get_mut(&mut deleted).unwrap().ends_section = true;
@@ -404,7 +407,7 @@ mod tests {
         let settings = settings();
         let token = issued_token(&settings);
         let attempt = |section_id: &str, sub: &str, token: &str, unix_secs: u64, replay: &mut Replay| {
-            let request = ResumeRequest { section: section(section_id), sub, token };
+            let request = ResumeRequest { section: section(section_id), restaurant: None, sub, token };
             resume(&settings, replay, &outbox(), request, Audience::Staff, now(unix_secs))
         };
         let mut replay = replay_with(2);
@@ -423,7 +426,7 @@ mod tests {
         let mut settings = settings;
         settings.reauth_after = Duration::from_secs(150);
         let attempt = |unix_secs: u64, replay: &mut Replay| {
-            let request = ResumeRequest { section: section(S1), sub: "u1", token: &token };
+            let request = ResumeRequest { section: section(S1), restaurant: None, sub: "u1", token: &token };
             resume(&settings, replay, &outbox(), request, Audience::Staff, now(unix_secs))
         };
         assert_eq!(attempt(1050, &mut replay), resumed(0), "the chain began 150 s ago: still good");

@@ -26,8 +26,8 @@ pub struct EntityEvent {
     pub object_id: Option<EntityId>,
     /// `tableId` of a reservation.
     pub table_id: Option<EntityId>,
-    /// The restaurant a section belongs to (`restaurantId`), or a
-    /// restaurant's own id.
+    /// The restaurant a section or a reservation belongs to
+    /// (`restaurantId`), or a restaurant's own id.
     pub restaurant_id: Option<EntityId>,
     /// A reservation's `userId`: the diner who may see it whole.
     pub diner: Option<UserId>,
@@ -176,7 +176,7 @@ pub fn parse(topic: &str, record: &[u8], max_bytes: usize) -> Result<EntityEvent
         EntityKind::Object | EntityKind::Reservation | EntityKind::Restaurant => None,
     };
     let restaurant_id = match kind {
-        EntityKind::Section => routing_id("restaurantId")?,
+        EntityKind::Section | EntityKind::Reservation => routing_id("restaurantId")?,
         EntityKind::Restaurant => Some(id.clone()),
         _ => None,
     };

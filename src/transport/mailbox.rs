@@ -18,7 +18,7 @@ use prometheus::IntCounter;
 use tokio::sync::Notify;
 
 use crate::application::admission::Permit;
-use crate::application::delivery::Delivery;
+use crate::application::delivery::{Delivery, Unseen};
 use crate::application::ports::Dispatch;
 use crate::domain::access::Claims;
 use crate::domain::ids::SectionId;
@@ -67,6 +67,9 @@ pub enum ShardMessage {
     RecordDone(Position),
     /// Where the ingest stands on every partition.
     Progress(Arc<Progress>),
+    /// A record that reached none of this instance's sections, though it
+    /// may have concerned some.
+    Unseen(Unseen),
 }
 
 /// The sending half: cloned into every thread that feeds the shard.
@@ -190,6 +193,12 @@ impl Dispatch for ShardDispatch {
     fn progress(&self, progress: Arc<Progress>) {
         for mailbox in self.shards.mailboxes.iter() {
             mailbox.send_event(ShardMessage::Progress(Arc::clone(&progress)), &self.shards.shutdown);
+        }
+    }
+
+    fn unseen(&self, unseen: &Unseen) {
+        for mailbox in self.shards.mailboxes.iter() {
+            mailbox.send_event(ShardMessage::Unseen(unseen.clone()), &self.shards.shutdown);
         }
     }
 }

@@ -144,6 +144,7 @@ async fn handle_mailbox<S: SnapshotSource + 'static>(state: &Rc<ShardState<S>>, 
                 }
                 ShardMessage::RecordDone(next) => state.replay.borrow_mut().record_done(next),
                 ShardMessage::Progress(progress) => state.replay.borrow_mut().merge_progress(&progress),
+                ShardMessage::Unseen(unseen) => state.replay.borrow_mut().unseen(unseen, now),
             }
             if writers_needed {
                 break;
@@ -181,9 +182,11 @@ fn adopt<S: SnapshotSource + 'static>(state: &Rc<ShardState<S>>, handed_off: Han
     let registration = connect::register(&state.hub, section, state.ctx.session.queue, viewer.subject.clone());
     let resumed = match (&state.ctx.resume, handed_off.resume.as_deref()) {
         (Some(settings), Some(token)) if !token.is_empty() => {
-            let request = ResumeRequest { section, sub: viewer.subject.as_str(), token };
             // No snapshot names the restaurant: the one Kafka told decides.
-            let audience = viewer.audience(state.ctx.restaurants.owner_of(section, None).as_ref());
+            let restaurant = state.ctx.restaurants.restaurant_of(section);
+            let request =
+                ResumeRequest { section, restaurant: restaurant.as_ref(), sub: viewer.subject.as_str(), token };
+            let audience = viewer.audience(state.ctx.restaurants.owner_of(section, restaurant.as_ref()).as_ref());
             let mut replay = state.replay.borrow_mut();
             let outcome =
                 resume::resume(settings, &mut replay, registration.outbox(), request, audience, Now::current());
