@@ -31,6 +31,25 @@
 //! client checks that each expected frame arrived exactly once (loss and duplicates are counted
 //! per row).
 //!
+//! Events are ~`LOAD_EVENT_BYTES` (550) v2 records, `table.updated` on `mesa-ya.tables.events` by
+//! default (`LOAD_EVENT=table`; each section's events cycle over 4096 table ids). With
+//! `LOAD_EVENT=reservation` they are `reservation.updated` on `mesa-ya.reservations.events`: a
+//! reservation as the API sends it (`userId`, `userName`, `userEmail` of one diner whom no client's
+//! token names, so every public client gets the cut frame), 4096 reservation ids per section, each
+//! on one of the section's `LOAD_SNAPSHOT_TABLES` snapshot tables, so it routes at once. Either
+//! kind carries `loadSeq` and `loadSent`, a new `updatedAt` for every event of a section, and a
+//! `notes` padding up to the size (a reservation's own fields take ~620 B, so at the default its
+//! padding is empty). `LOAD_STAFF_SHARE` percent of each section's clients (default
+//! 50 with reservations, 0 with tables) connect with an `ADMIN` token (staff: the full frame), the
+//! rest with a `USER` token (public). In the reservation mode the gateway gets
+//! `WS_PUBLIC_RESERVATION_FIELDS` = its default list plus `loadSeq,loadSent`, so that public
+//! clients can still check their sequence and measure latency; `notes` stays private, so the public
+//! frame is really cut. The rows print what each audience received (frames, payload bytes), and the
+//! gateway's `mesaya_audience_connections`, `mesaya_frames_cut_total` and
+//! `mesaya_events_dropped_total`. The raw writer sends one pre-built frame to all, so it has no
+//! variants to choose from: `LOAD_EVENT=reservation` skips it (with a message) and measures the
+//! gateway alone.
+//!
 //! The clients run in this process (a minimal WebSocket client: one task and one read buffer per
 //! connection, answering pings). The raw writer runs in a child process (this executable with
 //! `LOAD_ROLE=raw`), so its RSS and CPU are its own: it accepts the WebSocket handshake, holds the
@@ -62,6 +81,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
+use mesaya_realtime::domain::audience::{DEFAULT_PUBLIC_RESERVATION_FIELDS, PublicFields};
 use mesaya_realtime::domain::ids::SectionId;
 use mesaya_testkit::api::StandInApi;
 use mesaya_testkit::broker::Broker;
@@ -75,10 +95,12 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 
 const SECRET: &str = "load-harness-secret-0123456789";
-const TOPIC: &str = "mesa-ya.tables.events";
-/// Distinct tables per section that events cycle over: more than a client queue holds, so
-/// conflation can never merge two frames and hide a loss.
-const TABLES_PER_SECTION: u64 = 4096;
+/// Distinct entities (tables, or reservations) per section that events cycle over: more than a
+/// client queue holds, so conflation can never merge two frames and hide a loss.
+const ENTITIES_PER_SECTION: u64 = 4096;
+/// The diner of every reservation the harness publishes: no client's `sub` (theirs are random
+/// UUIDs), so every public client gets the cut frame.
+const DINER: &str = fixtures::USER_ID;
 
 fn setting(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.trim().replace('_', "").parse().ok()).unwrap_or(default)
@@ -444,40 +466,127 @@ impl Latencies {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Events: the same bytes for Kafka (a v2 `table.updated` record) and for the raw writer (the
-// WebSocket text frame the gateway makes of it)
+// Events: the same bytes for Kafka (a v2 `table.updated` or `reservation.updated` record) and for
+// the raw writer (the WebSocket text frame the gateway makes of it)
+
+/// What the harness publishes (`LOAD_EVENT`).
+#[derive(Clone, Copy, PartialEq)]
+enum EventKind {
+    /// `table.updated` on `mesa-ya.tables.events`: one frame for everyone.
+    Table,
+    /// `reservation.updated` on `mesa-ya.reservations.events`: a full frame for staff and a
+    /// public one cut to `WS_PUBLIC_RESERVATION_FIELDS` (SPEC §2.7).
+    Reservation,
+}
+
+impl EventKind {
+    fn from_setting() -> Self {
+        match std::env::var("LOAD_EVENT").unwrap_or_default().trim().to_ascii_lowercase().as_str() {
+            "" | "table" => EventKind::Table,
+            "reservation" => EventKind::Reservation,
+            other => panic!("LOAD_EVENT={other}: expected table or reservation"),
+        }
+    }
+
+    fn topic(self) -> &'static str {
+        match self {
+            EventKind::Table => "mesa-ya.tables.events",
+            EventKind::Reservation => "mesa-ya.reservations.events",
+        }
+    }
+
+    /// The event of the frames the gateway sends.
+    fn event(self) -> &'static str {
+        match self {
+            EventKind::Table => "table.updated",
+            EventKind::Reservation => "reservation.updated",
+        }
+    }
+
+    /// The fourth group of the entities' UUIDs (the snapshot's tables have `9…`).
+    fn id_group(self) -> char {
+        match self {
+            EventKind::Table => '8',
+            EventKind::Reservation => 'a',
+        }
+    }
+}
+
+/// The id of snapshot table `k` of section `section` (what the stand-in API serves).
+fn snapshot_table_id(section: usize, k: u64) -> String {
+    format!("00000000-0000-4000-9{section:03x}-{k:012x}")
+}
+
+/// `WS_PUBLIC_RESERVATION_FIELDS` in the reservation mode: the gateway's default, and the
+/// harness's `loadSeq` and `loadSent`, so that public clients can check their sequence and
+/// measure latency. The padding (`notes`) stays private, so the cut really shrinks the frame.
+fn public_reservation_fields() -> String {
+    format!("{DEFAULT_PUBLIC_RESERVATION_FIELDS},loadSeq,loadSent")
+}
 
 struct Events {
+    kind: EventKind,
     sections: Vec<String>,
+    /// Tables in each section's snapshot: a reservation's `tableId` is one of them, so it routes
+    /// at once.
+    snapshot_tables: u64,
     padding: String,
     epoch: Instant,
 }
 
 impl Events {
-    fn new(sections: Vec<String>, event_bytes: usize, epoch: Instant) -> Self {
-        let mut events = Self { sections, padding: String::new(), epoch };
+    fn new(kind: EventKind, sections: Vec<String>, snapshot_tables: usize, event_bytes: usize, epoch: Instant) -> Self {
+        assert!(
+            kind == EventKind::Table || snapshot_tables > 0,
+            "LOAD_EVENT=reservation needs LOAD_SNAPSHOT_TABLES ≥ 1: a reservation routes by its table"
+        );
+        let snapshot_tables = snapshot_tables as u64;
+        let mut events = Self { kind, sections, snapshot_tables, padding: String::new(), epoch };
         let base = events.record(0, 0, 0).len();
         events.padding = "x".repeat(event_bytes.saturating_sub(base));
         events
     }
 
+    /// The id of the entity of event `seq` of `section`: one of [`ENTITIES_PER_SECTION`].
+    fn entity_id(&self, section: usize, seq: u64) -> String {
+        format!("00000000-0000-4000-{}{section:03x}-{:012x}", self.kind.id_group(), seq % ENTITIES_PER_SECTION)
+    }
+
     fn data(&self, section: usize, seq: u64, sent_us: u64) -> String {
-        let table = format!("00000000-0000-4000-8{section:03x}-{:012x}", seq % TABLES_PER_SECTION);
+        let id = self.entity_id(section, seq);
+        // A new `updatedAt` for every event of a section, so none is taken for an older copy.
         let secs = seq / 1000;
         let updated =
             format!("2026-01-10T{:02}:{:02}:{:02}.{:03}Z", 16 + secs / 3600 % 8, secs / 60 % 60, secs % 60, seq % 1000);
+        let fields = match self.kind {
+            EventKind::Table => format!(
+                concat!(
+                    r#""sectionId":"{section_id}","number":1,"capacity":4,"posX":10,"posY":10,"width":2,"height":2,"#,
+                    r#""tableImageId":"0f7d2c8e-1111-4a2b-9c3d-4e5f60718293","#,
+                    r#""chairImageId":"6a1b2c3d-2222-4e5f-8a9b-0c1d2e3f4a5b","status":"AVAILABLE","isAvailable":true"#
+                ),
+                section_id = self.sections[section],
+            ),
+            EventKind::Reservation => format!(
+                concat!(
+                    r#""restaurantId":"{restaurant}","userId":"{diner}","userName":"María José Andrade","#,
+                    r#""userEmail":"maria.andrade@example.com","tableId":"{table}","reservationDate":"2026-01-15","#,
+                    r#""reservationTime":"2026-01-15T19:30:00.000Z","numberOfGuests":4,"status":"CONFIRMED""#
+                ),
+                restaurant = fixtures::RESTAURANT_ID,
+                diner = DINER,
+                table = snapshot_table_id(section, seq % self.snapshot_tables),
+            ),
+        };
         format!(
             concat!(
-                r#"{{"loadSeq":{seq},"loadSent":{sent},"id":"{table}","sectionId":"{section_id}","number":1,"#,
-                r#""capacity":4,"posX":10,"posY":10,"width":2,"height":2,"#,
-                r#""tableImageId":"0f7d2c8e-1111-4a2b-9c3d-4e5f60718293","#,
-                r#""chairImageId":"6a1b2c3d-2222-4e5f-8a9b-0c1d2e3f4a5b","status":"AVAILABLE","isAvailable":true,"#,
+                r#"{{"loadSeq":{seq},"loadSent":{sent},"id":"{id}",{fields},"#,
                 r#""createdAt":"2026-01-10T15:04:05.101Z","updatedAt":"{updated}","notes":"{padding}"}}"#
             ),
             seq = seq,
             sent = sent_us,
-            table = table,
-            section_id = self.sections[section],
+            id = id,
+            fields = fields,
             updated = updated,
             padding = self.padding,
         )
@@ -485,16 +594,31 @@ impl Events {
 
     fn record(&self, section: usize, seq: u64, sent_us: u64) -> String {
         let data = self.data(section, seq, sent_us);
-        let table = format!("00000000-0000-4000-8{section:03x}-{:012x}", seq % TABLES_PER_SECTION);
-        format!(
-            r#"{{"timestamp":"2026-01-10T16:00:00.500Z","event_type":"updated","entity_id":"{table}","data":{data}}}"#
-        )
+        let id = self.entity_id(section, seq);
+        format!(r#"{{"timestamp":"2026-01-10T16:00:00.500Z","event_type":"updated","entity_id":"{id}","data":{data}}}"#)
+    }
+
+    /// The text of the gateway's frame for this event: the full one (staff's).
+    fn frame_text(&self, payload: &str) -> String {
+        format!(r#"{{"event":"{}","payload":{payload}}}"#, self.kind.event())
     }
 
     /// The gateway's frame for this event, WebSocket-framed.
     fn frame(&self, section: usize, seq: u64, sent_us: u64) -> Vec<u8> {
-        let text = format!(r#"{{"event":"table.updated","payload":{}}}"#, self.data(section, seq, sent_us));
-        text_frame(&[text.as_bytes()])
+        text_frame(&[self.frame_text(&self.data(section, seq, sent_us)).as_bytes()])
+    }
+
+    /// Bytes of a record, of the full frame's text and of the public frame's text, the latter
+    /// cut as the gateway cuts it (the same for reservations only).
+    fn sizes(&self) -> (usize, usize, usize) {
+        let data = self.data(0, 0, 0);
+        let public = match self.kind {
+            EventKind::Table => data.clone(),
+            EventKind::Reservation => {
+                PublicFields::parse(&public_reservation_fields()).cut(&data).unwrap_or(data.clone())
+            }
+        };
+        (self.record(0, 0, 0).len(), self.frame_text(&data).len(), self.frame_text(&public).len())
     }
 
     fn now_us(&self) -> u64 {
@@ -1027,37 +1151,39 @@ const FORWARDED: [&str; 13] = [
     "LOG_LEVEL",
 ];
 
-fn gateway_env_summary() -> String {
-    let mut parts = vec![
-        "WS_MAX_CONNECTIONS=19500".to_string(),
-        "WS_MAX_CONNECTIONS_PER_USER=0".to_string(),
-        "KAFKA_FETCH_WAIT_MAX=10ms".to_string(),
-        "LOG_LEVEL=warn".to_string(),
+/// The gateway's variables the harness sets besides the wiring (its own defaults, then the
+/// forwarded ones).
+fn gateway_env(event: EventKind) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        ("WS_MAX_CONNECTIONS", "19500".to_string()),
+        ("WS_MAX_CONNECTIONS_PER_USER", "0".to_string()),
+        ("KAFKA_FETCH_WAIT_MAX", "10ms".to_string()),
+        ("LOG_LEVEL", "warn".to_string()),
     ];
+    if event == EventKind::Reservation {
+        env.push(("WS_PUBLIC_RESERVATION_FIELDS", public_reservation_fields()));
+    }
     for name in FORWARDED {
         if let Ok(value) = std::env::var(name) {
-            parts.retain(|p| !p.starts_with(&format!("{name}=")));
-            parts.push(format!("{name}={value}"));
+            env.retain(|(n, _)| *n != name);
+            env.push((name, value));
         }
     }
-    parts.join(" ")
+    env
+}
+
+fn gateway_env_summary(event: EventKind) -> String {
+    gateway_env(event).iter().map(|(name, value)| format!("{name}={value}")).collect::<Vec<_>>().join(" ")
 }
 
 impl Stack {
-    async fn start(sections: &[String], snapshot_tables: usize) -> Stack {
+    async fn start(sections: &[String], settings: &Settings) -> Stack {
         let broker = Broker::start_memory().await;
-        let api = stand_in_api(sections, snapshot_tables);
+        let api = stand_in_api(sections, settings.snapshot_tables);
         let mut env = gateway::wiring(&broker, &api, SECRET);
-        env.extend([
-            ("WS_MAX_CONNECTIONS", "19500".to_string()),
-            ("WS_MAX_CONNECTIONS_PER_USER", "0".to_string()),
-            ("LOG_LEVEL", "warn".to_string()),
-        ]);
-        for name in FORWARDED {
-            if let Ok(value) = std::env::var(name) {
-                env.retain(|(n, _)| *n != name);
-                env.push((name, value));
-            }
+        for (name, value) in gateway_env(settings.event) {
+            env.retain(|(n, _)| *n != name);
+            env.push((name, value));
         }
         let mut gateway = Gateway::start(&gateway_binary(), &env);
         gateway.wait_ready(Duration::from_secs(60)).await;
@@ -1080,10 +1206,7 @@ fn stand_in_api(sections: &[String], snapshot_tables: usize) -> StandInApi {
     let api = StandInApi::start();
     for (s, section) in sections.iter().enumerate() {
         let tables = (0..snapshot_tables)
-            .map(|k| {
-                let id = format!("00000000-0000-4000-9{s:03x}-{k:012x}");
-                fixtures::table_json(&id, section, fixtures::CREATED_AT)
-            })
+            .map(|k| fixtures::table_json(&snapshot_table_id(s, k as u64), section, fixtures::CREATED_AT))
             .collect();
         api.set_section(section, fixtures::nest_snapshot(section, tables));
     }
@@ -1098,7 +1221,7 @@ enum Server {
 impl Server {
     async fn start(kind: Kind, sections: &[String], settings: &Settings) -> Server {
         match kind {
-            Kind::Gateway => Server::Gateway(Box::new(Stack::start(sections, settings.snapshot_tables).await)),
+            Kind::Gateway => Server::Gateway(Box::new(Stack::start(sections, settings).await)),
             Kind::Raw => Server::Raw(RawServer::start(settings.shards, None)),
             Kind::RawSnapshot => {
                 Server::Raw(RawServer::start(settings.shards, Some(stand_in_api(sections, settings.snapshot_tables))))
@@ -1126,7 +1249,7 @@ impl Server {
             Server::Gateway(stack) => {
                 let record = events.record(section, seq, sent);
                 loop {
-                    match stack.producer.send_result(FutureRecord::<(), _>::to(TOPIC).payload(&record)) {
+                    match stack.producer.send_result(FutureRecord::<(), _>::to(events.kind.topic()).payload(&record)) {
                         Ok(delivery) => {
                             stack.deliveries.push(delivery);
                             break;
@@ -1204,6 +1327,11 @@ struct Shared {
     progress: Vec<AtomicU64>,
     /// Per client: still connected and reading.
     alive: Vec<AtomicBool>,
+    /// Per client: connected with a staff token.
+    staff: Vec<bool>,
+    /// Frames with a sequence number and their payload bytes, received by staff clients
+    /// (`[0]`) and by public ones (`[1]`): the public frames of reservations are cut.
+    by_audience: [(AtomicU64, AtomicU64); 2],
     latency: Latencies,
 }
 
@@ -1377,7 +1505,7 @@ async fn client(
     let mut next = 0u64;
     let mut reply = Vec::new();
     let end = loop {
-        let (mut frames, mut others) = (0u64, 0u64);
+        let (mut frames, mut bytes, mut others) = (0u64, 0u64, 0u64);
         let mut closed = None;
         while let Some((opcode, header, len)) = frame_at(&buf) {
             let payload = &buf[header..header + len];
@@ -1393,6 +1521,7 @@ async fn client(
                 1 => match number_after(payload, b"\"loadSeq\":") {
                     Some((seq, at)) => {
                         frames += 1;
+                        bytes += len as u64;
                         if seq == next {
                             next += 1;
                         } else if seq < next {
@@ -1428,6 +1557,9 @@ async fn client(
         }
         if frames > 0 {
             shared.frames.fetch_add(frames, Relaxed);
+            let (audience_frames, audience_bytes) = &shared.by_audience[usize::from(!shared.staff[id])];
+            audience_frames.fetch_add(frames, Relaxed);
+            audience_bytes.fetch_add(bytes, Relaxed);
             shared.progress[id].store(next, Relaxed);
         }
         if others > 0 {
@@ -1461,16 +1593,16 @@ async fn client(
 }
 
 impl Fleet {
-    /// Starts `paths.len()` clients, at most `concurrency` connecting at a time.
+    /// Starts the clients, at most `concurrency` connecting at a time.
     fn start(
         port: u16,
-        paths: Vec<String>,
-        section_of: Vec<usize>,
+        clients: Clients,
         expect_snapshot: bool,
         concurrency: usize,
         buf_cap: usize,
         epoch: Instant,
     ) -> Fleet {
+        let Clients { paths, section_of, staff } = clients;
         let n = paths.len();
         let shared = Arc::new(Shared {
             started: Instant::now(),
@@ -1486,6 +1618,8 @@ impl Fleet {
             gaps: AtomicU64::new(0),
             progress: (0..n).map(|_| AtomicU64::new(0)).collect(),
             alive: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            staff,
+            by_audience: Default::default(),
             latency: Latencies::new(),
         });
         let (stop, stopped) = watch::channel(false);
@@ -1576,6 +1710,24 @@ impl Fleet {
             others: s.other_frames.load(Relaxed),
             ended_early: s.ended.load(Relaxed),
         }
+    }
+
+    /// Frames received and their mean size (the text of their WebSocket payload), by staff and by
+    /// public clients (`None` when every client is public).
+    fn audiences(&self) -> Option<String> {
+        let s = &self.shared;
+        let staff = s.staff.iter().filter(|&&staff| staff).count();
+        if staff == 0 {
+            return None;
+        }
+        let part = |i: usize, name: &str, clients: usize| {
+            let (frames, bytes) = (s.by_audience[i].0.load(Relaxed), s.by_audience[i].1.load(Relaxed));
+            format!(
+                "{clients} {name} clients received {frames} frames of {:.0} B of text each",
+                bytes as f64 / frames.max(1) as f64
+            )
+        };
+        Some(format!("{}; {}", part(0, "staff", staff), part(1, "public", s.staff.len() - staff)))
     }
 
     fn outcomes(&self) -> String {
@@ -1697,16 +1849,71 @@ struct Settings {
     snapshot_tables: usize,
     /// `LOAD_SERVER_NICE`, for the `latency`, `cpu` and `closed` rows.
     server_nice: Option<i32>,
-    token: String,
+    /// `LOAD_EVENT`.
+    event: EventKind,
+    tokens: Tokens,
 }
 
-fn paths(sections: &[String], n: usize, token: &str) -> (Vec<String>, Vec<usize>) {
+impl Settings {
+    /// What the stream rows publish, and to whom, for the rows' labels: empty for the default
+    /// (`table.updated`, every client public), so the labels stay those of earlier runs.
+    fn audience_label(&self) -> String {
+        if self.event == EventKind::Table && self.tokens.staff_share == 0 {
+            return String::new();
+        }
+        format!(
+            ", {} to {} % staff and {} % public clients",
+            self.event.event(),
+            self.tokens.staff_share,
+            100 - self.tokens.staff_share
+        )
+    }
+}
+
+/// The clients' tokens: `LOAD_STAFF_SHARE` percent of each section's clients are staff (role
+/// `ADMIN`, the gateway's default `WS_STAFF_ROLES`), the rest public (role `USER`). Each kind
+/// shares one `sub` (`WS_MAX_CONNECTIONS_PER_USER=0`), never the reservations' `userId`.
+struct Tokens {
+    staff: String,
+    public: String,
+    /// Percent, 0 to 100.
+    staff_share: usize,
+}
+
+impl Tokens {
+    fn new(staff_share: usize) -> Self {
+        let token = |role: &str| TokenBuilder::new().roles(&[role]).expires_in(4 * 3600).hs256(SECRET);
+        Self { staff: token("ADMIN"), public: token("USER"), staff_share: staff_share.min(100) }
+    }
+
+    /// Whether the `k`-th client of a section is staff: `staff_share` of every 100, spread evenly.
+    fn is_staff(&self, k: usize) -> bool {
+        (k + 1) * self.staff_share / 100 > k * self.staff_share / 100
+    }
+}
+
+/// The clients of a row: the path each connects to, its section, and whether it is staff.
+struct Clients {
+    paths: Vec<String>,
+    section_of: Vec<usize>,
+    staff: Vec<bool>,
+}
+
+fn clients(sections: &[String], n: usize, tokens: &Tokens) -> Clients {
     let section_of: Vec<usize> = (0..n).map(|i| i % sections.len()).collect();
+    let staff: Vec<bool> = (0..n).map(|i| tokens.is_staff(i / sections.len())).collect();
     // `LOAD_RESUME=1`: every client opts in to resume tokens (`section.position` frames, which the
     // clients count as other frames); give the gateway `RESUME_SECRET` too.
     let query = if setting("LOAD_RESUME", 0) == 1 { "?resume=" } else { "" };
-    let paths = section_of.iter().map(|&s| format!("/ws/restaurant/{}/{token}{query}", sections[s])).collect();
-    (paths, section_of)
+    let paths = section_of
+        .iter()
+        .zip(&staff)
+        .map(|(&s, &staff)| {
+            let token = if staff { &tokens.staff } else { &tokens.public };
+            format!("/ws/restaurant/{}/{token}{query}", sections[s])
+        })
+        .collect();
+    Clients { paths, section_of, staff }
 }
 
 struct IdleResult {
@@ -1737,18 +1944,11 @@ async fn idle_connect(settings: &Settings, kind: Kind) -> IdleResult {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let pid = server.pid();
     let before = rss_kib(pid);
-    let (paths, section_of) = paths(&sections, n, &settings.token);
+    let clients = clients(&sections, n, &settings.tokens);
     let overflows = listen_overflows();
     let cpu_before = (cpu_split(&pid.to_string()), cpu_seconds("self"), machine_busy_seconds());
-    let fleet = Fleet::start(
-        server.port(),
-        paths,
-        section_of,
-        kind.sends_snapshot(),
-        settings.connect_concurrency,
-        4096,
-        Instant::now(),
-    );
+    let fleet =
+        Fleet::start(server.port(), clients, kind.sends_snapshot(), settings.connect_concurrency, 4096, Instant::now());
     let elapsed = fleet.wait_live(Duration::from_secs(300)).await;
     let live = fleet.live();
     let connects_per_s = live as f64 / elapsed.max(1e-9);
@@ -1879,17 +2079,10 @@ async fn stream_row(settings: &Settings, kind: Kind, conns: usize, sections: usi
     let section_ids = balanced_sections(sections, settings.shards);
     wait_for_quiet().await;
     let mut server = Server::start(kind, &section_ids, settings).await;
-    let (paths, section_of) = paths(&section_ids, conns, &settings.token);
+    let clients = clients(&section_ids, conns, &settings.tokens);
     let overflows = listen_overflows();
-    let fleet = Fleet::start(
-        server.port(),
-        paths,
-        section_of,
-        kind.sends_snapshot(),
-        settings.connect_concurrency,
-        32 << 10,
-        epoch,
-    );
+    let fleet =
+        Fleet::start(server.port(), clients, kind.sends_snapshot(), settings.connect_concurrency, 32 << 10, epoch);
     let elapsed = fleet.wait_live(Duration::from_secs(120)).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while server.connections().await < fleet.live() as u64 && Instant::now() < deadline {
@@ -1903,7 +2096,8 @@ async fn stream_row(settings: &Settings, kind: Kind, conns: usize, sections: usi
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let events = Events::new(section_ids.clone(), settings.event_bytes, epoch);
+    let events =
+        Events::new(settings.event, section_ids.clone(), settings.snapshot_tables, settings.event_bytes, epoch);
     let mut published = vec![0u64; sections];
     let pid = server.pid().to_string();
     if let Some(nice) = settings.server_nice {
@@ -2032,11 +2226,20 @@ async fn stream_row(settings: &Settings, kind: Kind, conns: usize, sections: usi
         result.e2e.1.map_or("?".into(), |v| format!("{v:.2} ms"))
     );
     println!("  {}: {}; connection ends: {}", kind.name(), result.exact, fleet.outcomes());
+    if let Some(audiences) = fleet.audiences() {
+        println!("  {}: {audiences}", kind.name());
+    }
     if let Server::Gateway(stack) = &server {
         let metrics = stack.metrics().await;
         for name in ["mesaya_slow_consumer_closes_total", "mesaya_frames_conflated_total", "mesaya_events_routed_total"]
         {
             println!("    {name} {}", metric_sum(&metrics, name));
+        }
+        // Who watched, what was cut, and what was skipped (a reservation whose table is unknown
+        // is held 5 s, then dropped).
+        let labelled = ["mesaya_audience_connections{", "mesaya_frames_cut_total{", "mesaya_events_dropped_total{"];
+        for line in metrics.lines().filter(|l| labelled.iter().any(|name| l.starts_with(name))) {
+            println!("    {line}");
         }
     }
     if let Server::Raw(raw) = &mut server {
@@ -2066,7 +2269,9 @@ fn main() {
     }
     // `cargo bench` passes `--bench`; this harness takes its settings from the environment.
     let shards = setting("SHARDS", cores()).max(1);
-    let settings = Settings {
+    let event = EventKind::from_setting();
+    let staff_share = setting("LOAD_STAFF_SHARE", if event == EventKind::Reservation { 50 } else { 0 });
+    let mut settings = Settings {
         rows: list_setting("LOAD_ROWS", "idle,connect,latency,cpu,closed"),
         kinds: list_setting("LOAD_TARGETS", "gateway,raw")
             .iter()
@@ -2094,8 +2299,16 @@ fn main() {
         server_nice: std::env::var("LOAD_SERVER_NICE").ok().filter(|nice| !nice.trim().is_empty()).map(|nice| {
             nice.trim().parse().unwrap_or_else(|_| panic!("LOAD_SERVER_NICE={nice}: not a whole number (-20 to 19)"))
         }),
-        token: TokenBuilder::new().expires_in(4 * 3600).hs256(SECRET),
+        event,
+        tokens: Tokens::new(staff_share),
     };
+    if event == EventKind::Reservation && settings.kinds.contains(&Kind::Raw) {
+        println!(
+            "LOAD_EVENT=reservation: skipping the raw writer, which writes one pre-built frame to every client of a \
+             section and so has no staff and public frames to choose between; measuring the gateway only"
+        );
+        settings.kinds.retain(|&kind| kind != Kind::Raw);
+    }
     let has = |row: &str| settings.rows.iter().any(|r| r == row);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let run_started = Instant::now();
@@ -2105,12 +2318,27 @@ fn main() {
         Some(other) => println!("gateway under test: {} ({GATEWAY_BIN})", other.to_string_lossy()),
         None => println!("gateway under test: built by cargo from {}", source_version()),
     }
-    println!(
-        "gateway: {}; raw writer: {} threads; events ~{} B v2 table.updated on {TOPIC}; rows {:?}",
-        gateway_env_summary(),
-        settings.shards,
+    let (record_bytes, full_bytes, public_bytes) = Events::new(
+        settings.event,
+        vec![uuid::Uuid::nil().to_string()],
+        settings.snapshot_tables,
         settings.event_bytes,
+        Instant::now(),
+    )
+    .sizes();
+    println!(
+        "gateway: {}; raw writer: {} threads; events ~{record_bytes} B v2 {} on {} (frames ~{full_bytes} B{}); rows {:?}",
+        gateway_env_summary(settings.event),
+        settings.shards,
+        settings.event.event(),
+        settings.event.topic(),
+        if public_bytes == full_bytes { String::new() } else { format!(", public ~{public_bytes} B") },
         settings.rows
+    );
+    println!(
+        "clients: {} % staff (role ADMIN), {} % public (role USER) (LOAD_STAFF_SHARE)",
+        settings.tokens.staff_share,
+        100 - settings.tokens.staff_share
     );
     let mut table: Vec<(String, String, String)> = Vec::new();
     runtime.block_on(async {
@@ -2170,8 +2398,9 @@ fn main() {
             let raw = results.get(Kind::Raw.name());
             table.push((
                 format!(
-                    "own latency (gateway: route → socket, mesaya_delivery_seconds; raw: stdin → socket), {conns} connections in {sections} sections, {} deliveries/s offered",
-                    settings.offered
+                    "own latency (gateway: route → socket, mesaya_delivery_seconds; raw: stdin → socket), {conns} connections in {sections} sections, {} deliveries/s offered{}",
+                    settings.offered,
+                    settings.audience_label()
                 ),
                 own_latency_cell(gateway),
                 own_latency_cell(raw),
@@ -2204,7 +2433,11 @@ fn main() {
                 })
             };
             table.push((
-                format!("deliveries per server CPU-second, {conns} connections in {sections} sections, {} deliveries/s offered", settings.offered),
+                format!(
+                    "deliveries per server CPU-second, {conns} connections in {sections} sections, {} deliveries/s offered{}",
+                    settings.offered,
+                    settings.audience_label()
+                ),
                 cell(Kind::Gateway),
                 cell(Kind::Raw),
             ));
@@ -2230,7 +2463,11 @@ fn main() {
                     )
                 })
             };
-            table.push((format!("closed-loop deliveries/s, {conns} connections, 1 section"), cell(Kind::Gateway), cell(Kind::Raw)));
+            table.push((
+                format!("closed-loop deliveries/s, {conns} connections, 1 section{}", settings.audience_label()),
+                cell(Kind::Gateway),
+                cell(Kind::Raw),
+            ));
             table.push((
                 "  exactly once (closed row)".into(),
                 results.get(Kind::Gateway.name()).map_or("—".into(), exact_cell),
