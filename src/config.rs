@@ -75,6 +75,8 @@ pub struct SessionSettings {
     pub token_leeway: Duration,
     /// A socket that takes no bytes for this long is dropped.
     pub write_timeout: Duration,
+    /// How long before a token's expiry `auth.expiring` is sent.
+    pub refresh_notice: Duration,
 }
 
 /// Who may connect, and how many at once, decided before the upgrade.
@@ -380,6 +382,7 @@ impl Config {
                 client_messages_per_second: client_rate(&env)?,
                 token_leeway,
                 write_timeout: env.duration("WS_WRITE_TIMEOUT", Duration::from_secs(10))?,
+                refresh_notice: env.duration("WS_REFRESH_NOTICE", Duration::from_secs(60))?,
             },
             drain_timeout: env.duration("DRAIN_TIMEOUT", Duration::from_secs(10))?,
             log_level,
@@ -483,6 +486,7 @@ mod tests {
             (&[key, ("SNAPSHOT_CONCURRENCY", "0")], "SNAPSHOT_CONCURRENCY"),
             (&[key, ("TRUSTED_PROXIES", "10.0.0.0/33")], "TRUSTED_PROXIES"),
             (&[key, ("WS_WRITE_TIMEOUT", "never")], "WS_WRITE_TIMEOUT"),
+            (&[key, ("WS_REFRESH_NOTICE", "soonish")], "WS_REFRESH_NOTICE"),
             (&[key, ("RESUME_WINDOW", "25h")], "RESUME_WINDOW"),
             (&[key, ("RESUME_BUFFER", "lots")], "RESUME_BUFFER"),
             (&[key, ("RESUME_BUFFER_BYTES", "64 parsecs")], "RESUME_BUFFER_BYTES"),

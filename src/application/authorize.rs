@@ -28,13 +28,31 @@ impl Authorizer {
     pub fn authorize(&self, token: Option<&str>) -> Result<Claims, Refusal> {
         let token =
             token.filter(|token| !token.is_empty()).ok_or_else(|| Refusal::Unauthenticated("no token".into()))?;
-        let claims = self.verifier.verify(token).map_err(|InvalidToken(reason)| Refusal::Unauthenticated(reason))?;
+        self.check(token).map_err(|refusal| refusal.refusal)
+    }
+
+    /// The checks of [`Authorizer::authorize`] on a token that is there,
+    /// telling an expired token apart (an in-band refresh reports it).
+    pub fn check(&self, token: &str) -> Result<Claims, CheckedRefusal> {
+        let claims = self.verifier.verify(token).map_err(|InvalidToken { reason, expired }| CheckedRefusal {
+            refusal: Refusal::Unauthenticated(reason),
+            expired,
+        })?;
         if claims.subject.is_empty() {
-            return Err(Refusal::Unauthenticated("empty sub".into()));
+            return Err(CheckedRefusal { refusal: Refusal::Unauthenticated("empty sub".into()), expired: false });
         }
-        self.policy.check(&claims).map_err(Refusal::Forbidden)?;
+        self.policy
+            .check(&claims)
+            .map_err(|denial| CheckedRefusal { refusal: Refusal::Forbidden(denial), expired: false })?;
         Ok(claims)
     }
+}
+
+/// A refusal, and whether it is because the token expired.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CheckedRefusal {
+    pub refusal: Refusal,
+    pub expired: bool,
 }
 
 #[cfg(test)]
@@ -47,7 +65,9 @@ mod tests {
         fn verify(&self, _token: &str) -> Result<Claims, InvalidToken> {
             match &self.0 {
                 Ok(claims) => Ok(claims.clone()),
-                Err(InvalidToken(reason)) => Err(InvalidToken(reason.clone())),
+                Err(InvalidToken { reason, expired }) => {
+                    Err(InvalidToken { reason: reason.clone(), expired: *expired })
+                }
             }
         }
     }
@@ -65,7 +85,7 @@ mod tests {
         let ok = authorizer(Ok(claims("u", "USER")));
         assert!(matches!(ok.authorize(None), Err(Refusal::Unauthenticated(_))));
         assert!(matches!(ok.authorize(Some("")), Err(Refusal::Unauthenticated(_))));
-        let bad = authorizer(Err(InvalidToken("expired".into())));
+        let bad = authorizer(Err(InvalidToken::expired()));
         assert_eq!(bad.authorize(Some("t")), Err(Refusal::Unauthenticated("expired".into())));
         let anonymous = authorizer(Ok(claims("", "USER")));
         assert!(matches!(anonymous.authorize(Some("t")), Err(Refusal::Unauthenticated(_))));

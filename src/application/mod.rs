@@ -12,6 +12,7 @@ pub mod ingest;
 pub mod outbox;
 pub mod ports;
 pub mod readiness;
+pub mod refresh;
 pub mod replay;
 pub mod restaurants;
 pub mod resume;

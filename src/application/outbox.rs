@@ -378,9 +378,22 @@ impl Outbox {
         state.writable().next().map(|queued| queued.next(&state.audience))
     }
 
+    /// Past the snapshot (or the replay): frames are written.
+    pub fn is_live(&self) -> bool {
+        self.state.borrow().live
+    }
+
     /// The audience the client's frames are chosen for.
     pub fn audience(&self) -> Audience {
         self.state.borrow().audience.clone()
+    }
+
+    /// From now on the client gets the frames of `audience` (a refresh
+    /// decided it again), queued ones included.
+    pub fn set_audience(&self, audience: Audience) {
+        let mut state = self.state.borrow_mut();
+        state.audience = audience;
+        state.recount_bytes();
     }
 
     /// Wakes the writer without queueing anything (the reader has a pong

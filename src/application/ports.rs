@@ -21,8 +21,23 @@ pub trait TokenVerifier: Send + Sync {
 
 /// Why a token was refused; the text goes to logs (never the token itself).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid token: {0}")]
-pub struct InvalidToken(pub String);
+#[error("invalid token: {reason}")]
+pub struct InvalidToken {
+    pub reason: String,
+    /// It was good but its `exp` has passed (an in-band refresh tells the
+    /// client so).
+    pub expired: bool,
+}
+
+impl InvalidToken {
+    pub fn new(reason: impl Into<String>) -> Self {
+        Self { reason: reason.into(), expired: false }
+    }
+
+    pub fn expired() -> Self {
+        Self { reason: "expired".into(), expired: true }
+    }
+}
 
 /// Fetches a section's full state with the client's own token. Called once
 /// per connection, on the shard that owns the section; dropping the future

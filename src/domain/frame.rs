@@ -46,6 +46,22 @@ impl Frame {
         Self(Bytes::from(format!(r#"{{"event":"section.resumed","payload":{{"replayed":{replayed}}}}}"#)))
     }
 
+    /// `{"event":"auth.expiring","payload":{"exp":<exp>}}` (SPEC §2.8).
+    pub fn auth_expiring(exp: u64) -> Self {
+        Self(Bytes::from(format!(r#"{{"event":"auth.expiring","payload":{{"exp":{exp}}}}}"#)))
+    }
+
+    /// `{"event":"auth.refreshed","payload":{"exp":<exp>}}`.
+    pub fn auth_refreshed(exp: u64) -> Self {
+        Self(Bytes::from(format!(r#"{{"event":"auth.refreshed","payload":{{"exp":{exp}}}}}"#)))
+    }
+
+    /// `{"event":"auth.refresh_failed","payload":{"reason":"<reason>"}}`;
+    /// `reason` is one of the fixed labels, so it needs no escaping.
+    pub fn auth_refresh_failed(reason: &str) -> Self {
+        Self(Bytes::from(format!(r#"{{"event":"auth.refresh_failed","payload":{{"reason":"{reason}"}}}}"#)))
+    }
+
     pub const fn from_static(text: &'static str) -> Self {
         Self(Bytes::from_static(text.as_bytes()))
     }

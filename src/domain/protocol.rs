@@ -31,18 +31,67 @@ impl CloseCode {
     pub const SLOW_CONSUMER: Self = Self { code: 4408, reason: "slow consumer: reconnect for a fresh snapshot" };
 }
 
-/// What a client sends instead of a ping frame (browsers cannot send those).
-pub fn is_application_ping(text: &str) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Probe<'a> {
-        #[serde(borrow)]
-        event: &'a str,
+/// What a client's text frame asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientMessage {
+    /// `{"event":"ping"}`: browsers cannot send ping frames.
+    Ping,
+    /// `{"event":"auth.refresh","payload":{"token":"<jwt>"}}` (SPEC §2.8);
+    /// `None` when the frame names the event but carries no token.
+    Refresh(Option<String>),
+    /// Anything else: ignored.
+    Other,
+}
+
+impl ClientMessage {
+    pub fn parse(text: &str) -> Self {
+        #[derive(serde::Deserialize)]
+        struct Probe<'a> {
+            #[serde(borrow)]
+            event: &'a str,
+            payload: Option<RefreshPayload>,
+        }
+        #[derive(serde::Deserialize)]
+        struct RefreshPayload {
+            token: Option<String>,
+        }
+        let Ok(probe) = serde_json::from_str::<Probe<'_>>(text) else {
+            // `{"event":"auth.refresh", …}` that is not quite right is still a refresh.
+            return if text.contains(r#""auth.refresh""#) { Self::Refresh(None) } else { Self::Other };
+        };
+        match probe.event {
+            "ping" => Self::Ping,
+            "auth.refresh" => Self::Refresh(probe.payload.and_then(|payload| payload.token).filter(|t| !t.is_empty())),
+            _ => Self::Other,
+        }
     }
-    // Cheap pre-check: most client text is pings, and anything long is not.
-    text.len() < 256 && serde_json::from_str::<Probe<'_>>(text).is_ok_and(|probe| probe.event == "ping")
 }
 
 pub const PONG_FRAME: &str = r#"{"event":"pong"}"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_messages_are_pings_refreshes_or_ignored() {
+        assert_eq!(ClientMessage::parse(r#"{"event":"ping"}"#), ClientMessage::Ping);
+        assert_eq!(
+            ClientMessage::parse(r#"{"event":"auth.refresh","payload":{"token":"a.b.c"}}"#),
+            ClientMessage::Refresh(Some("a.b.c".into()))
+        );
+        for malformed in [
+            r#"{"event":"auth.refresh"}"#,
+            r#"{"event":"auth.refresh","payload":{"token":7}}"#,
+            r#"{"event":"auth.refresh","payload":{"token":""}}"#,
+            r#"{"event":"auth.refresh","payload":"#,
+        ] {
+            assert_eq!(ClientMessage::parse(malformed), ClientMessage::Refresh(None), "{malformed}");
+        }
+        assert_eq!(ClientMessage::parse(r#"{"event":"noise"}"#), ClientMessage::Other);
+        assert_eq!(ClientMessage::parse("not json"), ClientMessage::Other);
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -2,6 +2,7 @@
 //! `JWT_SECRET`, RSA/EC/Ed25519 public keys from `JWT_PUBLIC_KEY`. When both
 //! are set, the token header's `alg` picks the key.
 
+use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
 
@@ -74,14 +75,16 @@ fn public_key(pem: &[u8], settings: &JwtSettings) -> Result<KeyedValidation, Con
 
 impl TokenVerifier for JwtVerifier {
     fn verify(&self, token: &str) -> Result<Claims, InvalidToken> {
-        let header = decode_header(token).map_err(|e| InvalidToken(format!("malformed: {e}")))?;
+        let header = decode_header(token).map_err(|e| InvalidToken::new(format!("malformed: {e}")))?;
         let keyed = [&self.hmac, &self.public]
             .into_iter()
             .flatten()
             .find(|keyed| keyed.validation.algorithms.contains(&header.alg))
-            .ok_or_else(|| InvalidToken(format!("algorithm {:?} not accepted", header.alg)))?;
-        let data =
-            decode::<TokenClaims>(token, &keyed.key, &keyed.validation).map_err(|e| InvalidToken(e.to_string()))?;
+            .ok_or_else(|| InvalidToken::new(format!("algorithm {:?} not accepted", header.alg)))?;
+        let data = decode::<TokenClaims>(token, &keyed.key, &keyed.validation).map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => InvalidToken::expired(),
+            _ => InvalidToken::new(e.to_string()),
+        })?;
         Ok(Claims {
             subject: data.claims.sub,
             roles: data.claims.roles,

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::application::connect::{Connected, Interruption};
+use crate::application::refresh::RefreshFailure;
 use crate::application::resume::{ResumeFallback, Resumed};
 use crate::domain::ids::SectionId;
 use crate::domain::protocol::CloseCode;
@@ -119,6 +120,23 @@ impl PositionsWithheld {
     pub fn emit(self) {
         METRICS.positions_withheld.inc();
         tracing::debug!("no section.position: more partitions than a resume token can name");
+    }
+}
+
+/// A client refreshed its token in band, or tried to. The token itself is
+/// never logged.
+pub struct TokenRefreshed {
+    pub outcome: Result<u64, RefreshFailure>,
+}
+
+impl TokenRefreshed {
+    pub fn emit(self) {
+        let label = self.outcome.map_or_else(RefreshFailure::label, |_| "refreshed");
+        METRICS.token_refreshes.with_label_values(&[label]).inc();
+        match self.outcome {
+            Ok(expires_at) => tracing::info!(expires_at, "token refreshed in band"),
+            Err(failure) => tracing::info!(reason = failure.label(), "token refresh refused"),
+        }
     }
 }
 

@@ -44,6 +44,7 @@ pub struct Metrics {
     pub resume_buffer_frames: IntGauge,
     pub resume_buffer_bytes: IntGauge,
     pub log_lines_dropped: IntCounter,
+    pub token_refreshes: IntCounterVec,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::register);
@@ -188,6 +189,12 @@ impl Metrics {
                 &r,
                 "mesaya_log_lines_dropped_total",
                 "Log lines dropped because the log writer's buffer was full (logging never blocks)",
+            ),
+            token_refreshes: counter_vec(
+                &r,
+                "mesaya_token_refreshes_total",
+                "In-band token refreshes by outcome (refreshed, or the reason of auth.refresh_failed)",
+                &["outcome"],
             ),
             registry: r,
         }

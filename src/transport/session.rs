@@ -7,6 +7,7 @@ use std::cell::{Cell, RefCell};
 use std::future::pending;
 use std::net::IpAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
@@ -21,16 +22,17 @@ use tracing::Instrument;
 use crate::application::connect::{self, Connected, Interruption, Registration, SnapshotPorts};
 use crate::application::outbox::{Outbox, PushOutcome};
 use crate::application::ports::{DirectWriter, SnapshotRequest, SnapshotSource};
+use crate::application::refresh::{self, RefreshRules};
 use crate::application::resume::{self, NoPosition, Now, PositionFor, PositionSchedule, ResumeSettings};
 use crate::domain::access::Claims;
 use crate::domain::audience::{UserId, Viewer};
 use crate::domain::frame::Frame;
 use crate::domain::ids::SectionId;
-use crate::domain::protocol::{self, CloseCode};
-use crate::telemetry::events::{PositionsWithheld, SessionClosed};
+use crate::domain::protocol::{self, ClientMessage, CloseCode};
+use crate::telemetry::events::{PositionsWithheld, SessionClosed, TokenRefreshed};
 use crate::telemetry::{Counted, METRICS};
 
-use super::context::ShardState;
+use super::context::{ServerContext, ShardState};
 use super::frame_meter::{FrameMeter, Metered};
 use super::mailbox::HandedOff;
 use super::wire::{ReadOnly, WireWriter};
@@ -96,9 +98,11 @@ pub fn start<S: SnapshotSource + 'static>(state: Rc<ShardState<S>>, admitted: Ad
         let heard = Rc::new(Heard::default());
         let outbox = Rc::clone(registration.outbox());
         let meter = FrameMeter::new(settings.client_messages_per_second, settings.pong_timeout);
-        let reader = tokio::task::spawn_local(read_client(incoming, Rc::clone(&outbox), Rc::clone(&heard), meter));
+        let refresher = Rc::new(Refresher { ctx: Arc::clone(&state.ctx), section, holder: viewer.subject.clone() });
+        let peer = Peer { outbox: Rc::clone(&outbox), heard: Rc::clone(&heard), refresher: Rc::clone(&refresher) };
+        let reader = tokio::task::spawn_local(read_client(incoming, peer, meter));
         let writer = Rc::new(WireWriter::new(socket));
-        Client { reader, heard, writer, outbox, token, viewer, expires_at, resumed_chain, opted_in }
+        Client { reader, heard, writer, outbox, refresher, token, viewer, expires_at, resumed_chain, opted_in }
     });
     // Held to the end: the registration leaves the hub, and the permit frees
     // the session's place (a draining shard waits for every place to be
@@ -149,6 +153,7 @@ struct Client {
     heard: Rc<Heard>,
     writer: Rc<WireWriter>,
     outbox: Rc<Outbox>,
+    refresher: Rc<Refresher>,
     /// Needed only for the snapshot call, and freed after it.
     token: String,
     viewer: Viewer,
@@ -160,7 +165,8 @@ struct Client {
 }
 
 async fn serve<S: SnapshotSource>(state: &ShardState<S>, client: Client, log: &SessionLog) {
-    let Client { mut reader, heard, writer, outbox, token, viewer, expires_at, resumed_chain, opted_in } = client;
+    let Client { mut reader, heard, writer, outbox, refresher, token, viewer, expires_at, resumed_chain, opted_in } =
+        client;
     // Dropping a JoinHandle detaches the task: a reader still waiting on a
     // peer that went silent would keep the socket open, and the outbox
     // alive, until that peer sent something: for a dead peer, never. The
@@ -208,6 +214,10 @@ async fn serve<S: SnapshotSource>(state: &ShardState<S>, client: Client, log: &S
         if positions.is_none() {
             outbox.attach(Rc::clone(&writer) as Rc<dyn DirectWriter>);
         }
+        // A refresh sent during the snapshot call is answered now.
+        if let Some(token) = heard.pending_refresh.take() {
+            refresher.answer(token.as_deref(), &outbox, &heard);
+        }
         let terms = LiveTerms { expires_at, positions };
         write_live(state, &writer, &outbox, &heard, terms, reader, log).await;
         outbox.detach();
@@ -235,6 +245,46 @@ struct Heard {
     /// The payload of the latest unanswered ping (only the latest needs an
     /// answer).
     ping: RefCell<Option<Bytes>>,
+    /// A refresh took: the token's new `exp`.
+    refreshed: Cell<Option<u64>>,
+    /// The latest refresh sent before the connection went live, with its
+    /// token (if it had one): answered once it is.
+    pending_refresh: RefCell<Option<Option<String>>>,
+}
+
+/// What the reader answers a client with.
+struct Peer {
+    outbox: Rc<Outbox>,
+    heard: Rc<Heard>,
+    refresher: Rc<Refresher>,
+}
+
+/// Answers a connection's `auth.refresh` frames (SPEC §2.8): the decision is
+/// the refresh use case's; this only carries its frames.
+struct Refresher {
+    ctx: Arc<ServerContext>,
+    section: SectionId,
+    /// The connection's user: a refresh must be of the same.
+    holder: UserId,
+}
+
+impl Refresher {
+    fn answer(&self, token: Option<&str>, outbox: &Outbox, heard: &Heard) {
+        let ctx = &self.ctx;
+        let rules =
+            RefreshRules { authorizer: &ctx.authorizer, staff_roles: &ctx.staff_roles, owners: &ctx.restaurants };
+        let outcome = refresh::refresh(&rules, self.section, &self.holder, token);
+        let frame = match &outcome {
+            Ok(refreshed) => {
+                outbox.set_audience(refreshed.audience.clone());
+                heard.refreshed.set(Some(refreshed.expires_at));
+                Frame::auth_refreshed(refreshed.expires_at)
+            }
+            Err(failure) => Frame::auth_refresh_failed(failure.label()),
+        };
+        outbox.push_control(frame);
+        TokenRefreshed { outcome: outcome.map(|refreshed| refreshed.expires_at) }.emit();
+    }
 }
 
 /// How the reader ended.
@@ -278,7 +328,7 @@ async fn write_live<S>(
     mut reader: JoinHandle<ReaderEnd>,
     log: &SessionLog,
 ) {
-    let LiveTerms { expires_at, positions } = terms;
+    let LiveTerms { mut expires_at, positions } = terms;
     let settings = &state.ctx.session;
     // Shutdown has no future of its own here (one per idle session is
     // memory): the shard wakes every outbox when it is triggered.
@@ -287,6 +337,7 @@ async fn write_live<S>(
         ping: Instant::now() + settings.ping_interval,
         pong: None,
         expiry: Some(expiry_instant(expires_at, settings.token_leeway)),
+        notice: notice_instant(expires_at, settings.refresh_notice),
         write: None,
         position: None,
     };
@@ -338,6 +389,12 @@ async fn write_live<S>(
         if let Some(payload) = heard.ping.take() {
             writer.queue_pong(payload);
         }
+        // A refresh moves the one expiry deadline, and the notice with it.
+        if let Some(exp) = heard.refreshed.take() {
+            expires_at = Some(exp);
+            deadlines.expiry = Some(expiry_instant(expires_at, settings.token_leeway));
+            deadlines.notice = notice_instant(expires_at, settings.refresh_notice);
+        }
         let has_output = writer.has_started() || outbox.has_writable();
         match (has_output, deadlines.write) {
             (true, None) => {
@@ -363,6 +420,13 @@ async fn write_live<S>(
                 if deadlines.expiry.is_some_and(|due| due <= now) {
                     deadlines.expiry = None;
                     outbox.request_close(CloseCode::TOKEN_EXPIRED, false);
+                }
+                if let Some(exp) = expires_at
+                    && deadlines.notice.is_some_and(|due| due <= now)
+                {
+                    // Once per token: a refresh arms the next one.
+                    deadlines.notice = None;
+                    outbox.push_control(Frame::auth_expiring(exp));
                 }
                 if deadlines.write.is_some_and(|due| due <= now) {
                     let caught_up = output_since.max(writer.progressed_at()) + settings.write_timeout;
@@ -428,6 +492,8 @@ struct Deadlines {
     pong: Option<Instant>,
     /// When the token expires (plus the leeway); `None` once it has.
     expiry: Option<Instant>,
+    /// When `auth.expiring` is due; `None` once sent.
+    notice: Option<Instant>,
     /// While there is something to write: when the socket must have taken
     /// bytes (possibly stale: it is checked against the progress when it comes).
     write: Option<Instant>,
@@ -437,7 +503,10 @@ struct Deadlines {
 
 impl Deadlines {
     fn next(&self) -> Instant {
-        [self.pong, self.expiry, self.write, self.position].into_iter().flatten().fold(self.ping, Instant::min)
+        [self.pong, self.expiry, self.notice, self.write, self.position]
+            .into_iter()
+            .flatten()
+            .fold(self.ping, Instant::min)
     }
 }
 
@@ -468,6 +537,14 @@ fn expiry_instant(expires_at: Option<u64>, leeway: Duration) -> Instant {
     Instant::now() + remaining
 }
 
+/// When `auth.expiring` is due for a token expiring at `exp`: `notice`
+/// before it, or at once when that has passed.
+fn notice_instant(expires_at: Option<u64>, notice: Duration) -> Option<Instant> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let due = expires_at?.saturating_sub(notice.as_secs());
+    Some(Instant::now() + Duration::from_secs(due.saturating_sub(now)).min(FAR_FUTURE))
+}
+
 /// Closes a socket that no shard will serve, on the thread that holds it.
 pub async fn close_unadopted(stream: std::net::TcpStream, code: CloseCode) {
     let Ok(stream) = TcpStream::from_std(stream) else { return };
@@ -487,8 +564,9 @@ struct Incoming {
 /// against the client's rate ([`FrameMeter`]): a flood of pings or of empty
 /// fragments would otherwise burn the shard thread every section on it
 /// shares.
-async fn read_client(incoming: Incoming, outbox: Rc<Outbox>, heard: Rc<Heard>, meter: FrameMeter) -> ReaderEnd {
+async fn read_client(incoming: Incoming, peer: Peer, meter: FrameMeter) -> ReaderEnd {
     let Incoming { reading, pipelined, config } = incoming;
+    let Peer { outbox, heard, refresher } = peer;
     let meter = Rc::new(RefCell::new(meter));
     if let Err(code) = meter.borrow_mut().observe(&pipelined) {
         return refused(&outbox, code);
@@ -510,11 +588,20 @@ async fn read_client(incoming: Incoming, outbox: Rc<Outbox>, heard: Rc<Heard>, m
         let refusal = match message {
             Ok(Message::Close(_)) => return ReaderEnd::PeerClosed,
             Ok(Message::Text(text)) => {
-                if protocol::is_application_ping(&text) {
-                    count("ping");
-                    outbox.push_control(PONG);
-                } else {
-                    count("ignored");
+                match ClientMessage::parse(&text) {
+                    ClientMessage::Ping => {
+                        count("ping");
+                        outbox.push_control(PONG);
+                    }
+                    ClientMessage::Refresh(token) => {
+                        count("refresh");
+                        if outbox.is_live() {
+                            refresher.answer(token.as_deref(), &outbox, &heard);
+                        } else {
+                            heard.pending_refresh.replace(Some(token));
+                        }
+                    }
+                    ClientMessage::Other => count("ignored"),
                 }
                 None
             }
