@@ -10,6 +10,7 @@ use mesaya_realtime::application::admission::Admission;
 use mesaya_realtime::application::authorize::Authorizer;
 use mesaya_realtime::application::floor::SharedFloor;
 use mesaya_realtime::application::ingest::Ingest;
+use mesaya_realtime::application::pending::PendingConnections;
 use mesaya_realtime::application::readiness::Readiness;
 use mesaya_realtime::application::replay::ReplayLimits;
 use mesaya_realtime::application::restaurants::SharedRestaurants;
@@ -139,6 +140,7 @@ fn run(config: Config, verifier: JwtVerifier, listener: std::net::TcpListener) -
         ),
         admission: Admission::new(config.admission.max_connections, config.admission.max_connections_per_user),
         trusted_proxies: config.admission.trusted_proxies.clone(),
+        pending: PendingConnections::new(config.admission.pending),
         readiness: Arc::clone(&readiness),
         shutdown: shutdown.clone(),
         shards: shards.clone(),
@@ -197,6 +199,7 @@ fn run(config: Config, verifier: JwtVerifier, listener: std::net::TcpListener) -
         address = %SocketAddr::new(config.host, config.port),
         shards = config.shards,
         max_connections = config.admission.max_connections,
+        max_pending = config.admission.pending.max_pending,
         snapshot = %format!("{}{}", config.rest_base_url, config.snapshot_path),
         "mesaya-realtime listening"
     );

@@ -20,6 +20,7 @@ use crate::config::SessionSettings;
 use crate::domain::audience::StaffRoles;
 use crate::shutdown::Shutdown;
 
+use super::front::Pending;
 use super::mailbox::Shards;
 use super::section_reports::ShardSectionReports;
 
@@ -28,6 +29,8 @@ pub struct ServerContext {
     pub admission: Arc<Admission>,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// The public port's connections that have not upgraded.
+    pub pending: Arc<Pending>,
     pub readiness: Arc<Readiness>,
     pub shutdown: Shutdown,
     pub shards: Shards,

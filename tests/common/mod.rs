@@ -73,10 +73,19 @@ impl Stack {
     }
 
     pub async fn start_with(extra: &[(&str, String)]) -> Stack {
+        Self::launch(extra, |env| Gateway::start(binary(), env)).await
+    }
+
+    /// [`Stack::start_with`], the gateway's open-file limit set to `open_files` (soft and hard).
+    pub async fn start_with_open_files(extra: &[(&str, String)], open_files: u64) -> Stack {
+        Self::launch(extra, |env| Gateway::start_with_open_files(binary(), env, open_files)).await
+    }
+
+    async fn launch(extra: &[(&str, String)], start: impl FnOnce(&[(&str, String)]) -> Gateway) -> Stack {
         let broker = Broker::start_memory().await;
         let api = StandInApi::start();
         let producer = EventProducer::new(&broker.bootstrap());
-        let mut gateway = Gateway::start(binary(), &gateway_env(&broker, &api, extra));
+        let mut gateway = start(&gateway_env(&broker, &api, extra));
         gateway.wait_ready(WAIT).await;
         Stack { broker, api, producer, gateway }
     }

@@ -52,10 +52,24 @@ pub struct Gateway {
 impl Gateway {
     /// Spawns `bin` with stdout and stderr captured to one log file.
     pub fn start(bin: &Path, env: &[(&str, String)]) -> Gateway {
+        Self::spawn(bin, env, None)
+    }
+
+    /// [`Gateway::start`] with the child's open-file limit, soft and hard, set to `open_files`,
+    /// as a container's `ulimit -n` would: the gateway cannot raise it.
+    pub fn start_with_open_files(bin: &Path, env: &[(&str, String)], open_files: u64) -> Gateway {
+        Self::spawn(bin, env, Some(open_files))
+    }
+
+    fn spawn(bin: &Path, env: &[(&str, String)], open_files: Option<u64>) -> Gateway {
         let port = port_from(env);
         let log = LogFile::new("gateway");
         let (stdout, stderr) = log.stdio();
-        let child = command(bin, port, env)
+        let mut command = command(bin, port, env);
+        if let Some(limit) = open_files {
+            limit_open_files(&mut command, limit);
+        }
+        let child = command
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
@@ -205,6 +219,23 @@ fn port_from(env: &[(&str, String)]) -> u16 {
     match env.iter().find(|(name, _)| *name == "PORT") {
         Some((_, port)) => port.parse().unwrap_or_else(|_| panic!("PORT={port} is not a port")),
         None => free_port(),
+    }
+}
+
+/// Sets the child's soft and hard `RLIMIT_NOFILE` between fork and exec.
+fn limit_open_files(command: &mut Command, open_files: u64) {
+    use std::os::unix::process::CommandExt;
+    let limit = libc::rlimit { rlim_cur: open_files, rlim_max: open_files };
+    // SAFETY: setrlimit(2) is async-signal-safe, and the closure touches nothing but the copied
+    // struct, as code between fork and exec must.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
     }
 }
 
