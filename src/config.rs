@@ -2,7 +2,7 @@
 //! earlier Go service). Any problem is one [`ConfigError`] that names the
 //! variable, and the process stops at start.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -123,6 +123,9 @@ pub struct Config {
     pub rest_timeout: Duration,
     pub snapshot_concurrency: usize,
     pub admission: AdmissionSettings,
+    /// Where the operations endpoints are served instead of the public
+    /// port, when `ADMIN_PORT` is set.
+    pub admin: Option<SocketAddr>,
     pub shards: usize,
     pub session: SessionSettings,
     pub drain_timeout: Duration,
@@ -298,6 +301,19 @@ fn max_connections<F: Fn(&str) -> Option<String>>(
     }
 }
 
+/// `ADMIN_HOST:ADMIN_PORT`, when `ADMIN_PORT` is set.
+fn admin_address<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Option<SocketAddr>, ConfigError> {
+    let host = env.parsed("ADMIN_HOST", IpAddr::from([127, 0, 0, 1]), "an IP address")?;
+    if env.get("ADMIN_PORT").is_none() {
+        return Ok(None);
+    }
+    match env.parsed("ADMIN_PORT", 0u16, "a port number")? {
+        // An unknown port that nothing could probe.
+        0 => Err(ConfigError::new("ADMIN_PORT", "must be a port from 1 to 65535")),
+        port => Ok(Some(SocketAddr::new(host, port))),
+    }
+}
+
 impl Config {
     /// Reads the process environment. `open_files` is the process's limit
     /// on open descriptors, which bounds the default `WS_MAX_CONNECTIONS`.
@@ -414,6 +430,7 @@ impl Config {
                 trusted_proxies: trusted_proxies(&env)?,
                 pending,
             },
+            admin: admin_address(&env)?,
             shards: env.positive("SHARDS", cores)?,
             session: SessionSettings {
                 queue: QueueLimits {
@@ -468,6 +485,7 @@ mod tests {
         );
         assert_eq!(config.admission.max_connections_per_user, 64);
         assert_eq!(config.admission.pending, PendingLimits { max_pending: 1024, max_per_client: 32 });
+        assert_eq!(config.admin, None, "the operations endpoints stay on the public port");
         assert_eq!(config.session.write_timeout, Duration::from_secs(10));
         assert!(config.resume.is_none(), "resume is off without a secret");
     }
@@ -521,6 +539,16 @@ mod tests {
     }
 
     #[test]
+    fn the_admin_listener_is_on_when_admin_port_is_set() {
+        let key = ("JWT_SECRET", "k");
+        let admin = |vars: &[(&str, &str)]| config(&[&[key][..], vars].concat()).map(|c| c.admin);
+        assert_eq!(admin(&[("ADMIN_PORT", "9090")]), Ok(Some("127.0.0.1:9090".parse().unwrap())));
+        assert_eq!(admin(&[("ADMIN_HOST", "::"), ("ADMIN_PORT", "9090")]), Ok(Some("[::]:9090".parse().unwrap())));
+        assert_eq!(admin(&[("ADMIN_HOST", "10.0.0.7")]), Ok(None), "a host alone opens nothing");
+        assert_eq!(admin(&[("ADMIN_PORT", "0")]).unwrap_err().variable, "ADMIN_PORT");
+    }
+
+    #[test]
     fn go_service_names_are_accepted() {
         let config = config(&[
             ("JWT_PUBLIC_KEY", "\"-----BEGIN PUBLIC KEY-----\\nabc\\n-----END PUBLIC KEY-----\""),
@@ -568,6 +596,8 @@ mod tests {
             (&[key, ("HTTP_MAX_PENDING_PER_IP", "a few")], "HTTP_MAX_PENDING_PER_IP"),
             (&[key, ("HTTP_MAX_PENDING", "100000")], "WS_MAX_CONNECTIONS"),
             (&[key, ("WS_MAX_CONNECTIONS", "20000")], "WS_MAX_CONNECTIONS"),
+            (&[key, ("ADMIN_PORT", "admin")], "ADMIN_PORT"),
+            (&[key, ("ADMIN_PORT", "9090"), ("ADMIN_HOST", "localhost")], "ADMIN_HOST"),
         ];
         for (vars, variable) in cases {
             let error = config(vars).unwrap_err();

@@ -584,6 +584,8 @@ async fn configuration_errors_stop_the_process_with_one_line_naming_the_variable
         }
         env
     };
+    // Held until the end: ADMIN_PORT cannot be bound while it listens.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let cases: Vec<(&str, Env, &str)> = vec![
         ("no JWT_SECRET nor JWT_PUBLIC_KEY", with(&[("JWT_SECRET", None)]), "JWT_SECRET"),
         (
@@ -609,6 +611,11 @@ async fn configuration_errors_stop_the_process_with_one_line_naming_the_variable
             "WS_MAX_CONNECTIONS with no descriptors left for anything else",
             with(&[("WS_MAX_CONNECTIONS", Some(open_file_limit().to_string()))]),
             "WS_MAX_CONNECTIONS",
+        ),
+        (
+            "ADMIN_PORT already taken",
+            with(&[("ADMIN_PORT", Some(taken.local_addr().unwrap().port().to_string()))]),
+            "ADMIN_PORT",
         ),
     ];
     let limit = Duration::from_secs(10);

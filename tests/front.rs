@@ -1,7 +1,8 @@
-//! End to end: the HTTP front, before any upgrade (SPEC §1.1). Connections that have not
+//! End to end: the HTTP front, before any upgrade (SPEC §1.1, §1.4). Connections that have not
 //! upgraded are bounded for the instance (`HTTP_MAX_PENDING`: the longest-idle is closed to make
 //! room) and for each client address (`HTTP_MAX_PENDING_PER_IP`: the new one is closed at once,
-//! unanswered), and request heads are bounded (431).
+//! unanswered), request heads are bounded (431), and with `ADMIN_PORT` the operations endpoints
+//! live on a listener of their own, which a flood of the public port does not reach.
 //!
 //! Every address of 127.0.0.0/8 is this machine's: clients that must differ connect from
 //! 127.0.0.2, 127.0.1.7 and so on. Real gateway binary, real tansu broker, real stand-in API,
@@ -20,7 +21,7 @@ use futures_util::future::join_all;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use mesaya_testkit::{client, wait};
+use mesaya_testkit::{client, gateway, wait};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinSet;
@@ -251,4 +252,49 @@ async fn request_heads_beyond_the_limits_are_answered_431() {
     assert_eq!(get(fillers(60, 1)).await, 431, "60 headers");
     assert_eq!(get(fillers(1, 20 << 10)).await, 431, "a 20 KiB header");
     assert_eq!(stack.metric(REFUSED, r#"reason="headers_too_large""#).await, 2.0);
+}
+
+/// With `ADMIN_PORT` set, `/healthz`, `/readyz` and `/metrics` are served on
+/// the admin listener only (404 on the public port, and the admin listener
+/// serves nothing else); while the public port is flooded beyond its
+/// descriptors, the admin listener still answers. It ends with the drain
+/// after a SIGTERM, not at the drain's deadline.
+#[tokio::test]
+async fn with_admin_port_the_probes_have_a_listener_of_their_own_that_a_flood_does_not_reach() {
+    let admin_port = gateway::free_port();
+    let mut stack = Stack::start_with_open_files(
+        &[
+            ("ADMIN_PORT", admin_port.to_string()),
+            ("HTTP_MAX_PENDING", MAX_PENDING.to_string()),
+            // Far beyond WAIT: a process that waited for the deadline would show.
+            ("DRAIN_TIMEOUT", "60s".to_string()),
+        ],
+        OPEN_FILES,
+    )
+    .await;
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(stack.gateway.get(path).await.0, 404, "{path} on the public port");
+        assert_eq!(stack.gateway.get_ops(path).await.0, 200, "{path} on the admin port");
+    }
+    let section = new_id();
+    stack.serve_section(&section, vec![]);
+    for path in [format!("/ws/restaurant/{section}/{}", token()), "/nothing-here".to_string()] {
+        assert_eq!(stack.gateway.get_ops(&path).await.0, 404, "the admin listener serves the probes only");
+    }
+
+    let flood = Flood::start(stack.gateway.port());
+    assert_eq!(stack.gateway.get_ops("/readyz").await.0, 200, "while the flood comes in");
+    let connected = flood.settle().await;
+    assert!(connected > OPEN_FILES as usize);
+    assert_eq!(stack.gateway.get_ops("/readyz").await.0, 200, "with the flood in place");
+    assert_eq!(stack.gateway.get_ops("/healthz").await.0, 200);
+    assert!(stack.metric(EVICTED, "").await >= (connected - MAX_PENDING) as f64);
+    let (mut client, _) = stack.watch(&section).await;
+    client.close().await;
+    wait_metric(&stack, "mesaya_connections", "the client to leave", |n| n == 0.0).await;
+
+    stack.gateway.terminate();
+    let exit = stack.gateway.wait_exit(WAIT).await.expect("the process exits once drained");
+    assert_eq!(exit.code(), Some(0));
+    assert!(!stack.gateway.logs().contains("threads still running"), "every thread ended with the drain");
 }

@@ -1,4 +1,5 @@
-//! What every HTTP connection gets before any upgrade: accepts that survive running out of
+//! What every HTTP connection gets before any upgrade, on the public port
+//! and the admin listener alike: accepts that survive running out of
 //! descriptors, hyper's HTTP/1 with bounded request heads and the header
 //! read timeout, and a way to be closed when the registry of pending
 //! connections (`application::pending`) evicts it.

@@ -1,5 +1,6 @@
 //! The public HTTP front: the upgrade checks, answered as plain HTTP before
-//! any WebSocket exists, and the operations endpoints. Every connection holds a place among the pending ones
+//! any WebSocket exists, and the operations endpoints when there is no
+//! admin listener. Every connection holds a place among the pending ones
 //! until it upgrades.
 
 use std::net::IpAddr;
@@ -88,7 +89,9 @@ fn answer(
         PendingClosed::ClientFull.emit();
         return Err(full);
     }
-    if let Some(response) = ops::answer(&request, ctx) {
+    if ctx.public_ops
+        && let Some(response) = ops::answer(&request, ctx)
+    {
         return Ok(response);
     }
     if request.uri().path().starts_with("/ws/") {

@@ -8,8 +8,10 @@
 //! owning shard's [`mailbox`] to that shard ([`shard`]), which serves it to
 //! the end ([`session`]). What every connection gets before its upgrade
 //! (bounded heads, a place among the pending connections) is [`front`]'s;
-//! the operations endpoints are [`ops`].
+//! the operations endpoints ([`ops`]) are answered on the public port or on
+//! the [`admin`] listener.
 
+pub mod admin;
 pub mod context;
 pub mod frame_meter;
 pub mod front;

@@ -1,5 +1,6 @@
 //! The operations endpoints (SPEC §1.4): `GET /healthz`, `/readyz` and
-//! `/metrics`.
+//! `/metrics`, answered on the public port or, with `ADMIN_PORT`, on the
+//! admin listener only.
 
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;

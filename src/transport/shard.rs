@@ -28,8 +28,6 @@ use super::{http, session};
 
 /// At most this many events per turn, so sessions get to write.
 const MAILBOX_BATCH: usize = 1024;
-/// How often a shard whose own sessions are done looks whether the others' are.
-const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// How often a quiet shard drops the frames its replay buffer kept too long.
 const EXPIRE_EVERY: Duration = Duration::from_secs(1);
 /// How soon a shard retries table reports the ingest thread had no room for.
@@ -111,9 +109,7 @@ async fn run<S: SnapshotSource + 'static>(state: Rc<ShardState<S>>, inbox: Inbox
     // accepted from the shared listener.
     let drained = tokio::time::timeout(state.ctx.drain_timeout, async {
         let _ = sessions_done.recv().await;
-        while state.ctx.admission.held() > 0 {
-            tokio::time::sleep(DRAIN_POLL).await;
-        }
+        state.ctx.sessions_ended().await;
     });
     if drained.await.is_err() {
         tracing::warn!(shard = state.index, "drain timeout: dropping remaining connections");

@@ -113,10 +113,11 @@ impl Stack {
         self.producer.send_json(topic, value).await;
     }
 
-    /// A counter or gauge from `/metrics`, summed over label sets whose
-    /// text contains `labels` (e.g. `reason="not_json"`).
+    /// A counter or gauge from `/metrics` (on the admin listener when there
+    /// is one), summed over label sets whose text contains `labels` (e.g.
+    /// `reason="not_json"`).
     pub async fn metric(&self, name: &str, labels: &str) -> f64 {
-        let (status, body) = self.gateway.get("/metrics").await;
+        let (status, body) = self.gateway.get_ops("/metrics").await;
         assert_eq!(status, 200);
         metric_value(&body, name, labels)
     }
@@ -188,10 +189,11 @@ pub async fn wait_metric(stack: &Stack, name: &str, what: &str, done: impl Fn(f6
     .await
 }
 
-/// Polls `/readyz` until it answers `status`.
+/// Polls `/readyz` (on the admin listener when there is one) until it
+/// answers `status`.
 pub async fn wait_readyz(gateway: &Gateway, status: u16, timeout: Duration) {
     wait::until_some(timeout, &format!("/readyz {status}"), || async {
-        (gateway.get("/readyz").await.0 == status).then_some(())
+        (gateway.get_ops("/readyz").await.0 == status).then_some(())
     })
     .await
 }

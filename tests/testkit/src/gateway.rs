@@ -6,6 +6,8 @@
 //! The child gets a clean environment: `HOST=127.0.0.1`, `PORT=<free port>`, `LOG_FORMAT=json`,
 //! `RUST_BACKTRACE` if set, then the caller's variables (which may override the first three).
 //! Pass `KAFKA_BROKERS` and `REST_BASE_URL` explicitly: the defaults point at `localhost`.
+//! With `ADMIN_PORT` among them, the operations endpoints are looked for on that port
+//! ([`Gateway::ops_url`]), as the gateway serves them only there.
 
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -16,7 +18,8 @@ use tokio::time::Instant;
 use crate::api::{SNAPSHOT_PATH, StandInApi};
 use crate::broker::Broker;
 use crate::client;
-use crate::process::{LogFile, free_port};
+use crate::process::LogFile;
+pub use crate::process::free_port;
 use crate::wait::POLL_INTERVAL;
 
 /// Lines of the log quoted in panic messages.
@@ -45,6 +48,8 @@ pub fn wiring_to(bootstrap: &str, api: &StandInApi, secret: &str) -> Vec<(&'stat
 pub struct Gateway {
     child: Child,
     port: u16,
+    /// `ADMIN_PORT`, when the caller set it.
+    admin_port: Option<u16>,
     log: LogFile,
     exit: Option<ExitStatus>,
 }
@@ -74,7 +79,7 @@ impl Gateway {
             .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run the gateway {}: {e}", bin.display()));
-        Gateway { child, port, log, exit: None }
+        Gateway { child, port, admin_port: admin_port_from(env), log, exit: None }
     }
 
     /// Runs `bin` until it exits by itself (e.g. rejecting its configuration); returns its exit
@@ -91,6 +96,7 @@ impl Gateway {
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot run the gateway {}: {e}", bin.display())),
             port,
+            admin_port: admin_port_from(env),
             log: stdout_log,
             exit: None,
         };
@@ -117,6 +123,12 @@ impl Gateway {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// Where `/healthz`, `/readyz` and `/metrics` are served: `http://127.0.0.1:ADMIN_PORT` when
+    /// the caller set `ADMIN_PORT`, else [`Gateway::url`].
+    pub fn ops_url(&self) -> String {
+        self.admin_port.map_or_else(|| self.url(), |port| format!("http://127.0.0.1:{port}"))
+    }
+
     /// `ws://127.0.0.1:PORT{path}`; `path` starts with `/`.
     pub fn ws_url(&self, path: &str) -> String {
         format!("ws://127.0.0.1:{}{path}", self.port)
@@ -131,16 +143,21 @@ impl Gateway {
         self.log.path()
     }
 
-    /// `GET {url}{path}` → `(status, body)`.
+    /// `GET {url}{path}` on the public port → `(status, body)`.
     pub async fn get(&self, path: &str) -> (u16, String) {
         client::get(&format!("{}{path}", self.url())).await
     }
 
-    /// Polls `GET /readyz` until it answers 200. Panics with the log's tail if the process exits
-    /// or `timeout` passes first.
+    /// `GET {ops_url}{path}`: on the admin listener when there is one (see [`Gateway::ops_url`]).
+    pub async fn get_ops(&self, path: &str) -> (u16, String) {
+        client::get(&format!("{}{path}", self.ops_url())).await
+    }
+
+    /// Polls `GET /readyz` (on [`Gateway::ops_url`]) until it answers 200. Panics with the log's
+    /// tail if the process exits or `timeout` passes first.
     pub async fn wait_ready(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        let url = format!("{}/readyz", self.url());
+        let url = format!("{}/readyz", self.ops_url());
         loop {
             if let Some(status) = self.poll_exit() {
                 panic!("the gateway exited ({status}) before it was ready; output:\n{}", self.log.tail(LOG_TAIL));
@@ -220,6 +237,12 @@ fn port_from(env: &[(&str, String)]) -> u16 {
         Some((_, port)) => port.parse().unwrap_or_else(|_| panic!("PORT={port} is not a port")),
         None => free_port(),
     }
+}
+
+/// The caller's `ADMIN_PORT`, if any.
+fn admin_port_from(env: &[(&str, String)]) -> Option<u16> {
+    let (_, port) = env.iter().find(|(name, _)| *name == "ADMIN_PORT")?;
+    Some(port.parse().unwrap_or_else(|_| panic!("ADMIN_PORT={port} is not a port")))
 }
 
 /// Sets the child's soft and hard `RLIMIT_NOFILE` between fork and exec.
