@@ -23,6 +23,8 @@ COPY --from=build /src/target/release/mesaya-realtime /usr/local/bin/mesaya-real
 USER 10001
 ENV HOST=0.0.0.0 PORT=8080 LOG_FORMAT=json
 EXPOSE 8080
-# Readiness is /readyz, liveness /healthz; SIGTERM drains (1001 to clients).
+# Readiness is /readyz, liveness /healthz; SIGTERM drains (1001 to clients). With ADMIN_PORT set
+# (and ADMIN_HOST=0.0.0.0 for the kubelet to reach it) they move to that port, and the public one
+# answers them 404.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/mesaya-realtime"]

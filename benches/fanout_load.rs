@@ -59,7 +59,8 @@
 //!
 //! Gateway variables forwarded when set: `SHARDS`, `WS_QUEUE_MAX_FRAMES`, `WS_QUEUE_MAX_BYTES`,
 //! `KAFKA_FETCH_WAIT_MAX` (default 10ms here), `SNAPSHOT_CONCURRENCY`, `WS_MAX_CONNECTIONS`
-//! (default 19500 here), `WS_PING_INTERVAL`, `WS_WRITE_TIMEOUT`, `LOG_LEVEL` (default warn),
+//! (default 19200 here), `HTTP_MAX_PENDING` (256 here), `HTTP_MAX_PENDING_PER_IP` (0 here),
+//! `WS_PING_INTERVAL`, `WS_WRITE_TIMEOUT`, `LOG_LEVEL` (default warn),
 //! `RESUME_SECRET`, `RESUME_WINDOW`, `RESUME_BUFFER`, `RESUME_BUFFER_BYTES`. With `LOAD_RESUME=1`
 //! every client opts in to resume tokens (`?resume=`). `LOAD_GATEWAY_BIN` measures another build
 //! of the gateway (an older commit's, built elsewhere) instead of this one.
@@ -1134,8 +1135,21 @@ struct Stack {
     _broker: Broker,
 }
 
+/// What the harness sets on the gateway, unless forwarded: room for every connection of a row
+/// (`WS_MAX_CONNECTIONS` within the open-file limit of 20 000, beside `HTTP_MAX_PENDING` and the
+/// descriptors the gateway keeps for the API and Kafka), every client a user of its own, and the
+/// clients' connects, which all come from 127.0.0.1 at `LOAD_CONNECT_CONCURRENCY` at once, uncapped
+/// per address.
+const GATEWAY_SETTINGS: [(&str, &str); 5] = [
+    ("WS_MAX_CONNECTIONS", "19200"),
+    ("WS_MAX_CONNECTIONS_PER_USER", "0"),
+    ("HTTP_MAX_PENDING", "256"),
+    ("HTTP_MAX_PENDING_PER_IP", "0"),
+    ("LOG_LEVEL", "warn"),
+];
+
 /// Gateway variables the harness forwards when they are set in its own environment.
-const FORWARDED: [&str; 13] = [
+const FORWARDED: [&str; 15] = [
     "SHARDS",
     "RESUME_SECRET",
     "RESUME_WINDOW",
@@ -1146,6 +1160,8 @@ const FORWARDED: [&str; 13] = [
     "KAFKA_FETCH_WAIT_MAX",
     "SNAPSHOT_CONCURRENCY",
     "WS_MAX_CONNECTIONS",
+    "HTTP_MAX_PENDING",
+    "HTTP_MAX_PENDING_PER_IP",
     "WS_PING_INTERVAL",
     "WS_WRITE_TIMEOUT",
     "LOG_LEVEL",
@@ -1154,12 +1170,9 @@ const FORWARDED: [&str; 13] = [
 /// The gateway's variables the harness sets besides the wiring (its own defaults, then the
 /// forwarded ones).
 fn gateway_env(event: EventKind) -> Vec<(&'static str, String)> {
-    let mut env = vec![
-        ("WS_MAX_CONNECTIONS", "19500".to_string()),
-        ("WS_MAX_CONNECTIONS_PER_USER", "0".to_string()),
-        ("KAFKA_FETCH_WAIT_MAX", "10ms".to_string()),
-        ("LOG_LEVEL", "warn".to_string()),
-    ];
+    let mut env: Vec<(&'static str, String)> =
+        GATEWAY_SETTINGS.iter().map(|(name, value)| (*name, value.to_string())).collect();
+    env.push(("KAFKA_FETCH_WAIT_MAX", "10ms".to_string()));
     if event == EventKind::Reservation {
         env.push(("WS_PUBLIC_RESERVATION_FIELDS", public_reservation_fields()));
     }

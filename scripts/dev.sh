@@ -9,7 +9,9 @@
 #   KAFKA_BROKERS=host:9092 scripts/dev.sh    a Kafka that already runs
 #   scripts/dev.sh --rate 10            simulated events per second (default 2)
 #
-# PORT=… picks the gateway's port (8080), PAGE_PORT=… the page's (8081).
+# PORT=… picks the gateway's port (8080), PAGE_PORT=… the page's (8081), ADMIN_PORT=… the gateway's
+# admin listener's (8082), where /healthz, /readyz and /metrics are served (the public port answers
+# them 404), as in production with ADMIN_PORT set.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

@@ -2,12 +2,13 @@
 //! earlier Go service). Any problem is one [`ConfigError`] that names the
 //! variable, and the process stops at start.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use ipnet::IpNet;
 
 use crate::application::outbox::QueueLimits;
+use crate::application::pending::PendingLimits;
 use crate::domain::audience::{DEFAULT_PUBLIC_RESERVATION_FIELDS, PublicFields};
 
 /// The default `KAFKA_TOPICS`: the v1 (`mesa-ya.<domain>.<verb>`) and v2
@@ -19,9 +20,10 @@ pub const DEFAULT_TOPICS: &str = r"^mesa-ya\.(sections|tables|objects|section-ob
 /// The longest any duration setting may be.
 const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
-/// Descriptors kept free of WebSocket sessions by default: the listener,
-/// Kafka and API connections, logs.
-const RESERVED_FILES: usize = 1024;
+/// Descriptors kept for what is neither a client nor an API connection:
+/// Kafka's sockets and wake-up pipes, the listeners, the admin listener's
+/// connections (`transport::admin::MAX_CONNECTIONS`), the runtimes, logs.
+const OTHER_FILES: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("configuration error: {variable}: {problem}")]
@@ -87,6 +89,8 @@ pub struct AdmissionSettings {
     pub max_connections_per_user: usize,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Connections that have not upgraded yet.
+    pub pending: PendingLimits,
 }
 
 /// Resuming after a reconnect; on when `RESUME_SECRET` is set.
@@ -121,6 +125,9 @@ pub struct Config {
     pub rest_timeout: Duration,
     pub snapshot_concurrency: usize,
     pub admission: AdmissionSettings,
+    /// Where the operations endpoints are served instead of the public
+    /// port, when `ADMIN_PORT` is set.
+    pub admin: Option<SocketAddr>,
     pub shards: usize,
     pub session: SessionSettings,
     pub drain_timeout: Duration,
@@ -260,6 +267,55 @@ fn trusted_proxies<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Vec<Ip
         .collect()
 }
 
+/// `WS_MAX_CONNECTIONS`: by default what the open-file limit leaves once the
+/// connections not upgraded yet, the API connections (at most
+/// `SNAPSHOT_CONCURRENCY`) and [`OTHER_FILES`] have theirs; when set, it
+/// must fit beside them.
+fn max_connections<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+    open_files: usize,
+    pending: usize,
+    snapshot_concurrency: usize,
+) -> Result<usize, ConfigError> {
+    let room = open_files.saturating_sub(pending).saturating_sub(snapshot_concurrency).saturating_sub(OTHER_FILES);
+    let no_room = |what: String| {
+        ConfigError::new(
+            "WS_MAX_CONNECTIONS",
+            format!(
+                "{what} beside HTTP_MAX_PENDING ({pending}), SNAPSHOT_CONCURRENCY ({snapshot_concurrency}) API \
+                 connections and {OTHER_FILES} descriptors for Kafka, the listeners and logs; raise the limit \
+                 (ulimit -n) or lower one of them"
+            ),
+        )
+    };
+    match env.get("WS_MAX_CONNECTIONS") {
+        None if room > 0 => Ok(room),
+        None => Err(no_room(format!("the open-file limit of {open_files} leaves no room for sessions"))),
+        Some(_) => {
+            let sessions = env.positive("WS_MAX_CONNECTIONS", room)?;
+            if sessions > room {
+                return Err(no_room(format!(
+                    "{sessions} sessions do not fit in the open-file limit of {open_files}, which leaves room for {room}"
+                )));
+            }
+            Ok(sessions)
+        }
+    }
+}
+
+/// `ADMIN_HOST:ADMIN_PORT`, when `ADMIN_PORT` is set.
+fn admin_address<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Option<SocketAddr>, ConfigError> {
+    let host = env.parsed("ADMIN_HOST", IpAddr::from([127, 0, 0, 1]), "an IP address")?;
+    if env.get("ADMIN_PORT").is_none() {
+        return Ok(None);
+    }
+    match env.parsed("ADMIN_PORT", 0u16, "a port number")? {
+        // An unknown port that nothing could probe.
+        0 => Err(ConfigError::new("ADMIN_PORT", "must be a port from 1 to 65535")),
+        port => Ok(Some(SocketAddr::new(host, port))),
+    }
+}
+
 impl Config {
     /// Reads the process environment. `open_files` is the process's limit
     /// on open descriptors, which bounds the default `WS_MAX_CONNECTIONS`.
@@ -344,6 +400,12 @@ impl Config {
             buffer_bytes: env.bytes("RESUME_BUFFER_BYTES", 64 << 20)?,
         };
 
+        let snapshot_concurrency = env.positive("SNAPSHOT_CONCURRENCY", 256)?;
+        let pending = PendingLimits {
+            max_pending: env.positive("HTTP_MAX_PENDING", 1024)?,
+            max_per_client: env.count("HTTP_MAX_PENDING_PER_IP", 32)?,
+        };
+
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(Self {
             host: env.parsed("HOST", IpAddr::from([0, 0, 0, 0]), "an IP address")?,
@@ -363,13 +425,14 @@ impl Config {
             rest_base_url,
             snapshot_path,
             rest_timeout: env.duration("REST_TIMEOUT", Duration::from_secs(5))?,
-            snapshot_concurrency: env.positive("SNAPSHOT_CONCURRENCY", 256)?,
+            snapshot_concurrency,
             admission: AdmissionSettings {
-                max_connections: env
-                    .positive("WS_MAX_CONNECTIONS", open_files.saturating_sub(RESERVED_FILES).max(1))?,
+                max_connections: max_connections(&env, open_files, pending.max_pending, snapshot_concurrency)?,
                 max_connections_per_user: env.count("WS_MAX_CONNECTIONS_PER_USER", 64)?,
                 trusted_proxies: trusted_proxies(&env)?,
+                pending,
             },
+            admin: admin_address(&env)?,
             shards: env.positive("SHARDS", cores)?,
             session: SessionSettings {
                 queue: QueueLimits {
@@ -398,8 +461,12 @@ mod tests {
     use super::*;
 
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        config_with_files(vars, 20_000)
+    }
+
+    fn config_with_files(vars: &[(&str, &str)], open_files: usize) -> Result<Config, ConfigError> {
         let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Config::from_lookup(move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()), 20_000)
+        Config::from_lookup(move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()), open_files)
     }
 
     #[test]
@@ -414,8 +481,14 @@ mod tests {
         assert_eq!(config.snapshot_path, "/api/section/{id}");
         assert_eq!(config.rest_timeout, Duration::from_secs(5));
         assert!(config.shards >= 1);
-        assert_eq!(config.admission.max_connections, 20_000 - 1024, "the open-file limit minus 1024");
+        assert_eq!(
+            config.admission.max_connections,
+            20_000 - 1024 - 256 - 256,
+            "the open-file limit minus the pending connections, the API's and 256 more"
+        );
         assert_eq!(config.admission.max_connections_per_user, 64);
+        assert_eq!(config.admission.pending, PendingLimits { max_pending: 1024, max_per_client: 32 });
+        assert_eq!(config.admin, None, "the operations endpoints stay on the public port");
         assert_eq!(config.session.write_timeout, Duration::from_secs(10));
         assert!(config.resume.is_none(), "resume is off without a secret");
     }
@@ -447,6 +520,35 @@ mod tests {
         let config = config(&[("JWT_SECRET", "k"), ("TRUSTED_PROXIES", "10.0.0.0/8, 192.168.1.7,::1")]).unwrap();
         let nets: Vec<String> = config.admission.trusted_proxies.iter().map(ToString::to_string).collect();
         assert_eq!(nets, vec!["10.0.0.0/8", "192.168.1.7/32", "::1/128"]);
+    }
+
+    #[test]
+    fn sessions_get_the_descriptors_the_pending_connections_the_api_and_the_rest_leave() {
+        let key = ("JWT_SECRET", "k");
+        let sessions = |vars: &[(&str, &str)], open_files| {
+            config_with_files(&[&[key][..], vars].concat(), open_files).map(|c| c.admission.max_connections)
+        };
+        let small = [("HTTP_MAX_PENDING", "100"), ("SNAPSHOT_CONCURRENCY", "44")];
+        assert_eq!(sessions(&small, 10_000), Ok(10_000 - 100 - 44 - 256));
+        assert_eq!(sessions(&[small[0], small[1], ("WS_MAX_CONNECTIONS", "9600")], 10_000), Ok(9_600), "it fits");
+        assert_eq!(sessions(&[("WS_MAX_CONNECTIONS", "5")], 1_541), Ok(5), "1024 + 256 + 256 + 5");
+
+        let too_many = sessions(&[small[0], small[1], ("WS_MAX_CONNECTIONS", "9601")], 10_000).unwrap_err();
+        assert_eq!(too_many.variable, "WS_MAX_CONNECTIONS");
+        assert!(too_many.problem.contains("9601 sessions do not fit") && too_many.problem.contains("room for 9600"));
+        let no_room = sessions(&[], 1_536).unwrap_err();
+        assert_eq!(no_room.variable, "WS_MAX_CONNECTIONS", "the default has no room: {no_room}");
+        assert!(no_room.problem.contains("HTTP_MAX_PENDING (1024)"), "{no_room}");
+    }
+
+    #[test]
+    fn the_admin_listener_is_on_when_admin_port_is_set() {
+        let key = ("JWT_SECRET", "k");
+        let admin = |vars: &[(&str, &str)]| config(&[&[key][..], vars].concat()).map(|c| c.admin);
+        assert_eq!(admin(&[("ADMIN_PORT", "9090")]), Ok(Some("127.0.0.1:9090".parse().unwrap())));
+        assert_eq!(admin(&[("ADMIN_HOST", "::"), ("ADMIN_PORT", "9090")]), Ok(Some("[::]:9090".parse().unwrap())));
+        assert_eq!(admin(&[("ADMIN_HOST", "10.0.0.7")]), Ok(None), "a host alone opens nothing");
+        assert_eq!(admin(&[("ADMIN_PORT", "0")]).unwrap_err().variable, "ADMIN_PORT");
     }
 
     #[test]
@@ -494,6 +596,12 @@ mod tests {
             (&[key, ("RESUME_SECRET", "0123456789abcdef0123456789abcde")], "RESUME_SECRET"),
             (&[key, ("RESUME_SECRET", RESUME_KEY), ("RESUME_REAUTH_AFTER", "later")], "RESUME_REAUTH_AFTER"),
             (&[key, ("RESUME_BUFFER_BYTES", "99999999999999999999GiB")], "RESUME_BUFFER_BYTES"),
+            (&[key, ("HTTP_MAX_PENDING", "0")], "HTTP_MAX_PENDING"),
+            (&[key, ("HTTP_MAX_PENDING_PER_IP", "a few")], "HTTP_MAX_PENDING_PER_IP"),
+            (&[key, ("HTTP_MAX_PENDING", "100000")], "WS_MAX_CONNECTIONS"),
+            (&[key, ("WS_MAX_CONNECTIONS", "20000")], "WS_MAX_CONNECTIONS"),
+            (&[key, ("ADMIN_PORT", "admin")], "ADMIN_PORT"),
+            (&[key, ("ADMIN_PORT", "9090"), ("ADMIN_HOST", "localhost")], "ADMIN_HOST"),
         ];
         for (vars, variable) in cases {
             let error = config(vars).unwrap_err();

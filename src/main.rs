@@ -9,6 +9,7 @@ use mesaya_realtime::application::admission::Admission;
 use mesaya_realtime::application::authorize::Authorizer;
 use mesaya_realtime::application::floor::SharedFloor;
 use mesaya_realtime::application::ingest::Ingest;
+use mesaya_realtime::application::pending::PendingConnections;
 use mesaya_realtime::application::readiness::Readiness;
 use mesaya_realtime::application::replay::ReplayLimits;
 use mesaya_realtime::application::restaurants::SharedRestaurants;
@@ -23,6 +24,7 @@ use mesaya_realtime::infrastructure::resume_token::HmacResumeTokens;
 use mesaya_realtime::infrastructure::snapshot_http::HttpSnapshotSource;
 use mesaya_realtime::shutdown::{Shutdown, Threads};
 use mesaya_realtime::telemetry::logs::{self, OneLine};
+use mesaya_realtime::transport::admin;
 use mesaya_realtime::transport::context::ServerContext;
 use mesaya_realtime::transport::mailbox::{self, ShardDispatch, Shards};
 use mesaya_realtime::transport::section_reports;
@@ -60,12 +62,32 @@ fn main() -> ExitCode {
     };
     let _logs = init_logging(&config);
 
-    let address = SocketAddr::new(config.host, config.port);
+    let Some(listener) = listen(SocketAddr::new(config.host, config.port), "PORT") else {
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let admin_listener = match config.admin.map(|address| listen(address, "ADMIN_PORT")) {
+        Some(None) => return ExitCode::from(EXIT_CONFIG),
+        Some(Some(listener)) => Some(listener),
+        None => None,
+    };
+
+    match run(config, verifier, listener, admin_listener) {
+        Ok(code) => code,
+        Err(error) => {
+            tracing::error!(%error, "fatal");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A nonblocking listener on `address`, or `None` once the one line naming
+/// `variable` is out.
+fn listen(address: SocketAddr, variable: &str) -> Option<std::net::TcpListener> {
     let listener = match std::net::TcpListener::bind(address) {
         Ok(listener) => listener,
         Err(error) => {
-            eprintln!("configuration error: PORT: cannot listen on {address}: {error}");
-            return ExitCode::from(EXIT_CONFIG);
+            eprintln!("configuration error: {variable}: cannot listen on {address}: {error}");
+            return None;
         }
     };
     listener.set_nonblocking(true).expect("a bound listener accepts nonblocking mode");
@@ -74,14 +96,7 @@ fn main() -> ExitCode {
     // on a listening socket only resizes the queue.
     // SAFETY: listen(2) takes the descriptor we own and an integer.
     unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), LISTEN_BACKLOG) };
-
-    match run(config, verifier, listener) {
-        Ok(code) => code,
-        Err(error) => {
-            tracing::error!(%error, "fatal");
-            ExitCode::FAILURE
-        }
-    }
+    Some(listener)
 }
 
 /// Logging through the non-blocking writer; the guard flushes it at exit.
@@ -125,7 +140,12 @@ enum Ending {
     ThreadDied(String),
 }
 
-fn run(config: Config, verifier: JwtVerifier, listener: std::net::TcpListener) -> std::io::Result<ExitCode> {
+fn run(
+    config: Config,
+    verifier: JwtVerifier,
+    listener: std::net::TcpListener,
+    admin_listener: Option<std::net::TcpListener>,
+) -> std::io::Result<ExitCode> {
     let readiness = Arc::new(Readiness::default());
     let shutdown = Shutdown::default();
     let floor = SharedFloor::default();
@@ -143,6 +163,8 @@ fn run(config: Config, verifier: JwtVerifier, listener: std::net::TcpListener) -
         ),
         admission: Admission::new(config.admission.max_connections, config.admission.max_connections_per_user),
         trusted_proxies: config.admission.trusted_proxies.clone(),
+        pending: PendingConnections::new(config.admission.pending),
+        public_ops: config.admin.is_none(),
         readiness: Arc::clone(&readiness),
         shutdown: shutdown.clone(),
         shards: shards.clone(),
@@ -181,6 +203,9 @@ fn run(config: Config, verifier: JwtVerifier, listener: std::net::TcpListener) -
         })?;
     }
     drop((listener, reports));
+    if let Some(admin_listener) = admin_listener {
+        admin::spawn(admin_listener, Arc::clone(&ctx), threads.register("admin"))?;
+    }
 
     let disclosure = Disclosure { reservation: config.public_reservation_fields.clone(), ..Disclosure::default() };
     let router = EventRouter::new(floor, restaurants, disclosure);
@@ -200,7 +225,9 @@ fn run(config: Config, verifier: JwtVerifier, listener: std::net::TcpListener) -
     tracing::info!(
         address = %SocketAddr::new(config.host, config.port),
         shards = config.shards,
+        admin = ?config.admin,
         max_connections = config.admission.max_connections,
+        max_pending = config.admission.pending.max_pending,
         snapshot = %format!("{}{}", config.rest_base_url, config.snapshot_path),
         "mesaya-realtime listening"
     );

@@ -584,6 +584,8 @@ async fn configuration_errors_stop_the_process_with_one_line_naming_the_variable
         }
         env
     };
+    // Held until the end: ADMIN_PORT cannot be bound while it listens.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let cases: Vec<(&str, Env, &str)> = vec![
         ("no JWT_SECRET nor JWT_PUBLIC_KEY", with(&[("JWT_SECRET", None)]), "JWT_SECRET"),
         (
@@ -605,6 +607,16 @@ async fn configuration_errors_stop_the_process_with_one_line_naming_the_variable
             "SECTION_SNAPSHOT_PATH",
         ),
         ("RESUME_SECRET of 31 bytes", with(&[("RESUME_SECRET", Some("x".repeat(31)))]), "RESUME_SECRET"),
+        (
+            "WS_MAX_CONNECTIONS with no descriptors left for anything else",
+            with(&[("WS_MAX_CONNECTIONS", Some(open_file_limit().to_string()))]),
+            "WS_MAX_CONNECTIONS",
+        ),
+        (
+            "ADMIN_PORT already taken",
+            with(&[("ADMIN_PORT", Some(taken.local_addr().unwrap().port().to_string()))]),
+            "ADMIN_PORT",
+        ),
     ];
     let limit = Duration::from_secs(10);
     let runs = cases.iter().map(async |(name, env, _)| {
@@ -627,6 +639,14 @@ async fn configuration_errors_stop_the_process_with_one_line_naming_the_variable
         assert!(lines[0].contains(variable), "{name}: {:?} does not name {variable}", lines[0]);
         assert!(elapsed < Duration::from_secs(5), "{name}: took {elapsed:?} to give up");
     }
+}
+
+/// The hard limit on open descriptors, which the gateway raises its own to.
+fn open_file_limit() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit(2) only writes the struct passed.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+    limit.rlim_max
 }
 
 // ------------------------------------------------------- scale-out

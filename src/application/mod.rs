@@ -10,6 +10,7 @@ pub mod floor;
 pub mod hub;
 pub mod ingest;
 pub mod outbox;
+pub mod pending;
 pub mod ports;
 pub mod readiness;
 pub mod refresh;

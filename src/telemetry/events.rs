@@ -69,6 +69,31 @@ impl UpgradeRefused<'_> {
     }
 }
 
+/// A connection closed before its upgrade to keep the connections not
+/// upgraded bounded (SPEC §1.1).
+#[derive(Clone, Copy, Debug)]
+pub enum PendingClosed {
+    /// The longest-idle one, at `HTTP_MAX_PENDING`, to make room.
+    Evicted,
+    /// Its client address held `HTTP_MAX_PENDING_PER_IP` already: closed
+    /// unanswered.
+    ClientFull,
+    /// Its request head had too many header lines or bytes: answered 431.
+    HeadersTooLarge,
+}
+
+impl PendingClosed {
+    pub fn emit(self) {
+        match self {
+            Self::Evicted => METRICS.http_pending_evicted.inc(),
+            Self::ClientFull => METRICS.http_pending_refused.with_label_values(&["per_ip"]).inc(),
+            Self::HeadersTooLarge => METRICS.http_pending_refused.with_label_values(&["headers_too_large"]).inc(),
+        }
+        // A flood makes one of these per connection: not for the default level.
+        tracing::debug!(why = ?self, "connection closed before its upgrade");
+    }
+}
+
 /// The snapshot phase of a connection ended.
 pub struct SnapshotFetched<'a> {
     pub connected: &'a Connected,

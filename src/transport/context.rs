@@ -20,14 +20,23 @@ use crate::config::SessionSettings;
 use crate::domain::audience::StaffRoles;
 use crate::shutdown::Shutdown;
 
+use super::front::Pending;
 use super::mailbox::Shards;
 use super::section_reports::ShardSectionReports;
+
+/// How often a drain looks whether every shard's sessions are done.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
 
 pub struct ServerContext {
     pub authorizer: Authorizer,
     pub admission: Arc<Admission>,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// The public port's connections that have not upgraded.
+    pub pending: Arc<Pending>,
+    /// The operations endpoints are served on the public port: there is no
+    /// admin listener.
+    pub public_ops: bool,
     pub readiness: Arc<Readiness>,
     pub shutdown: Shutdown,
     pub shards: Shards,
@@ -43,6 +52,15 @@ pub struct ServerContext {
     pub staff_roles: StaffRoles,
     /// Set when `RESUME_SECRET` is.
     pub resume: Option<ResumeSettings>,
+}
+
+impl ServerContext {
+    /// Resolves once no session is left on any shard.
+    pub async fn sessions_ended(&self) {
+        while self.admission.held() > 0 {
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+    }
 }
 
 /// A shard's own state, shared by its tasks on its one thread.

@@ -1,17 +1,16 @@
-//! The HTTP front: ops endpoints and the upgrade checks, answered as plain
-//! HTTP before any WebSocket exists.
+//! The public HTTP front: the upgrade checks, answered as plain HTTP before
+//! any WebSocket exists, and the operations endpoints when there is no
+//! admin listener. Every connection holds a place among the pending ones
+//! until it upgrades.
 
-use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_TYPE, RETRY_AFTER, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_PROTOCOL, UPGRADE};
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::header::{CONNECTION, RETRY_AFTER, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_PROTOCOL, UPGRADE};
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
@@ -19,17 +18,16 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::application::admission::Refused;
 use crate::application::authorize::Refusal;
+use crate::application::pending::ClientFull;
 use crate::domain::ids::SectionId;
 use crate::domain::protocol::CloseCode;
-use crate::telemetry::METRICS;
-use crate::telemetry::events::UpgradeRefused;
+use crate::telemetry::events::{PendingClosed, UpgradeRefused};
 
 use super::context::ServerContext;
+use super::front::{self, Body, CloseSignal, PendingPlace, plain};
 use super::mailbox::{ClientInfo, HandedOff, ShardGone};
-use super::session;
 use super::upgrade::{self, TokenSource};
-
-type Body = Full<Bytes>;
+use super::{ops, session};
 
 /// Why a 503 is a shutdown's (no `Retry-After`: go elsewhere) and not a full
 /// instance's.
@@ -39,67 +37,67 @@ const DRAINING: &str = "draining";
 /// reconnect storm to spread out, short enough not to be noticed.
 const RETRY_AFTER_SECONDS: &str = "5";
 
-/// Accepts until the shard stops. Accept errors (e.g. out of file
-/// descriptors) are logged and retried after a pause rather than spun on.
+/// Accepts until the shard stops. A connection whose client address holds
+/// its share of the pending connections is closed at once, unanswered; one
+/// that takes the last place evicts the longest-idle.
 pub async fn accept_loop(listener: TcpListener, ctx: Arc<ServerContext>, shard: usize) {
     loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                // For the socket's whole life: it stays set through the hand-off to the owning shard.
-                let _ = stream.set_nodelay(true);
-                tokio::task::spawn_local(serve_http(stream, peer.ip(), Arc::clone(&ctx), shard));
-            }
-            Err(error) => {
-                tracing::warn!(%error, shard, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+        let (stream, peer) = front::accept(&listener).await;
+        let peer = peer.ip().to_canonical();
+        let close = CloseSignal::default();
+        let Ok(entered) = ctx.pending.enter(upgrade::counted_address(peer, &ctx.trusted_proxies), close.clone()) else {
+            PendingClosed::ClientFull.emit();
+            continue;
+        };
+        tokio::task::spawn_local(serve_http(stream, peer, entered.place, close, Arc::clone(&ctx), shard));
+        if entered.evicted {
+            PendingClosed::Evicted.emit();
+            // An evicted connection of this shard closes before the next
+            // accept takes another descriptor.
+            tokio::task::yield_now().await;
         }
     }
 }
 
-async fn serve_http(stream: TcpStream, peer: IpAddr, ctx: Arc<ServerContext>, shard: usize) {
+async fn serve_http(
+    stream: TcpStream,
+    peer: IpAddr,
+    place: PendingPlace,
+    close: CloseSignal,
+    ctx: Arc<ServerContext>,
+    shard: usize,
+) {
     let service = service_fn(move |request| {
-        let response = respond(request, peer, &ctx, shard);
-        async move { Ok::<_, Infallible>(response) }
+        let answer = answer(request, peer, &place, &ctx, shard);
+        async move { answer }
     });
-    if let Err(error) = http1::Builder::new()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades()
-        .await
+    front::serve(stream, service, close).await;
+}
+
+/// One request: counted under its client first (each request through a
+/// trusted proxy names its own), then answered. `Err` has hyper close the
+/// connection unanswered.
+fn answer(
+    request: Request<Incoming>,
+    peer: IpAddr,
+    place: &PendingPlace,
+    ctx: &Arc<ServerContext>,
+    shard: usize,
+) -> Result<Response<Body>, ClientFull> {
+    let client = upgrade::client_address(peer, request.headers(), &ctx.trusted_proxies);
+    if let Err(full) = place.request(upgrade::counted_address(client, &ctx.trusted_proxies)) {
+        PendingClosed::ClientFull.emit();
+        return Err(full);
+    }
+    if ctx.public_ops
+        && let Some(response) = ops::answer(&request, ctx)
     {
-        tracing::debug!(%error, "http connection ended with an error");
+        return Ok(response);
     }
-}
-
-fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    response
-}
-
-fn respond(request: Request<Incoming>, peer: IpAddr, ctx: &Arc<ServerContext>, shard: usize) -> Response<Body> {
-    let path = request.uri().path();
-    match (request.method(), path) {
-        (&Method::GET, "/healthz") => plain(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/readyz") => {
-            let ready = ctx.readiness.is_ready() && !ctx.shutdown.is_triggered();
-            if ready { plain(StatusCode::OK, "ready\n") } else { plain(StatusCode::SERVICE_UNAVAILABLE, "not ready\n") }
-        }
-        (&Method::GET, "/metrics") => {
-            // A gauge read only here, so it is set only here.
-            METRICS.kafka_ready.set(i64::from(ctx.readiness.is_ready()));
-            let mut response = Response::new(Full::new(Bytes::from(METRICS.render())));
-            response
-                .headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
-            response
-        }
-        _ if path.starts_with("/ws/") => upgrade(request, peer, ctx, shard),
-        _ => plain(StatusCode::NOT_FOUND, "not found\n"),
+    if request.uri().path().starts_with("/ws/") {
+        return Ok(upgrade(request, client, place, ctx, shard));
     }
+    Ok(front::not_found())
 }
 
 fn refuse(status: StatusCode, why: &str, route: &'static str) -> Response<Body> {
@@ -131,7 +129,13 @@ fn refuse(status: StatusCode, why: &str, route: &'static str) -> Response<Body> 
     response
 }
 
-fn upgrade(mut request: Request<Incoming>, peer: IpAddr, ctx: &Arc<ServerContext>, shard: usize) -> Response<Body> {
+fn upgrade(
+    mut request: Request<Incoming>,
+    client: IpAddr,
+    place: &PendingPlace,
+    ctx: &Arc<ServerContext>,
+    shard: usize,
+) -> Response<Body> {
     let route = upgrade::route_kind(request.uri());
     let Some(target) = upgrade::parse_target(request.uri(), request.headers()) else {
         return refuse(StatusCode::NOT_FOUND, "unknown path", route);
@@ -161,10 +165,9 @@ fn upgrade(mut request: Request<Incoming>, peer: IpAddr, ctx: &Arc<ServerContext
         Err(Refused::InstanceFull) => return refuse(StatusCode::SERVICE_UNAVAILABLE, "instance full", route),
         Err(Refused::UserFull) => return refuse(StatusCode::TOO_MANY_REQUESTS, "user at their limit", route),
     };
-    let client = ClientInfo {
-        addr: upgrade::client_address(peer, request.headers(), &ctx.trusted_proxies),
-        request_id: uuid::Uuid::new_v4().simple().to_string(),
-    };
+    let client = ClientInfo { addr: client, request_id: uuid::Uuid::new_v4().simple().to_string() };
+    // A session from here on, counted by admission.
+    place.leave();
     tracing::debug!(
         %section,
         sub = %claims.subject,

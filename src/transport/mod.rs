@@ -6,12 +6,18 @@
 //! endpoints, upgrade checks) itself ([`http`], [`upgrade`]); an upgraded
 //! socket is then handed, as a plain `std::net::TcpStream`, through the
 //! owning shard's [`mailbox`] to that shard ([`shard`]), which serves it to
-//! the end ([`session`]).
+//! the end ([`session`]). What every connection gets before its upgrade
+//! (bounded heads, a place among the pending connections) is [`front`]'s;
+//! the operations endpoints ([`ops`]) are answered on the public port or on
+//! the [`admin`] listener.
 
+pub mod admin;
 pub mod context;
 pub mod frame_meter;
+pub mod front;
 pub mod http;
 pub mod mailbox;
+pub mod ops;
 pub mod rate;
 pub mod section_reports;
 pub mod session;

@@ -158,6 +158,14 @@ pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> I
     client
 }
 
+/// The address the per-address cap on pending connections counts a
+/// connection or request under: the client's, or none for one of our own
+/// proxies, whose connections carry many clients (SPEC §1.1).
+pub fn counted_address(addr: IpAddr, trusted: &[IpNet]) -> Option<IpAddr> {
+    let addr = addr.to_canonical();
+    (!trusted.iter().any(|net| net.contains(&addr))).then_some(addr)
+}
+
 /// One `X-Forwarded-For` entry as an address: bare (`10.0.0.5`,
 /// `2001:db8::1`), bracketed (`[2001:db8::1]`) or with a port
 /// (`10.0.0.5:4711`, `[2001:db8::1]:4711`), as proxies write them.
@@ -277,6 +285,16 @@ mod tests {
         headers.append(X_FORWARDED_FOR.clone(), HeaderValue::from_bytes("203.0.113.5, caf\u{e9}".as_bytes()).unwrap());
         headers.append(X_FORWARDED_FOR.clone(), HeaderValue::from_static("10.7.7.7"));
         assert_eq!(client_address(ip("10.1.2.3"), &headers, &trusted), ip("10.7.7.7"), "not 6.6.6.6 from before it");
+    }
+
+    #[test]
+    fn our_proxies_are_counted_under_no_address() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        assert_eq!(counted_address(ip("203.0.113.5"), &trusted), Some(ip("203.0.113.5")));
+        assert_eq!(counted_address(ip("10.1.2.3"), &trusted), None);
+        assert_eq!(counted_address(ip("::ffff:10.1.2.3"), &trusted), None, "a mapped proxy is still ours");
+        assert_eq!(counted_address(ip("::ffff:203.0.113.5"), &trusted), Some(ip("203.0.113.5")));
     }
 
     #[test]

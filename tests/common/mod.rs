@@ -73,10 +73,19 @@ impl Stack {
     }
 
     pub async fn start_with(extra: &[(&str, String)]) -> Stack {
+        Self::launch(extra, |env| Gateway::start(binary(), env)).await
+    }
+
+    /// [`Stack::start_with`], the gateway's open-file limit set to `open_files` (soft and hard).
+    pub async fn start_with_open_files(extra: &[(&str, String)], open_files: u64) -> Stack {
+        Self::launch(extra, |env| Gateway::start_with_open_files(binary(), env, open_files)).await
+    }
+
+    async fn launch(extra: &[(&str, String)], start: impl FnOnce(&[(&str, String)]) -> Gateway) -> Stack {
         let broker = Broker::start_memory().await;
         let api = StandInApi::start();
         let producer = EventProducer::new(&broker.bootstrap());
-        let mut gateway = Gateway::start(binary(), &gateway_env(&broker, &api, extra));
+        let mut gateway = start(&gateway_env(&broker, &api, extra));
         gateway.wait_ready(WAIT).await;
         Stack { broker, api, producer, gateway }
     }
@@ -104,10 +113,11 @@ impl Stack {
         self.producer.send_json(topic, value).await;
     }
 
-    /// A counter or gauge from `/metrics`, summed over label sets whose
-    /// text contains `labels` (e.g. `reason="not_json"`).
+    /// A counter or gauge from `/metrics` (on the admin listener when there
+    /// is one), summed over label sets whose text contains `labels` (e.g.
+    /// `reason="not_json"`).
     pub async fn metric(&self, name: &str, labels: &str) -> f64 {
-        let (status, body) = self.gateway.get("/metrics").await;
+        let (status, body) = self.gateway.get_ops("/metrics").await;
         assert_eq!(status, 200);
         metric_value(&body, name, labels)
     }
@@ -179,10 +189,11 @@ pub async fn wait_metric(stack: &Stack, name: &str, what: &str, done: impl Fn(f6
     .await
 }
 
-/// Polls `/readyz` until it answers `status`.
+/// Polls `/readyz` (on the admin listener when there is one) until it
+/// answers `status`.
 pub async fn wait_readyz(gateway: &Gateway, status: u16, timeout: Duration) {
     wait::until_some(timeout, &format!("/readyz {status}"), || async {
-        (gateway.get("/readyz").await.0 == status).then_some(())
+        (gateway.get_ops("/readyz").await.0 == status).then_some(())
     })
     .await
 }

@@ -6,6 +6,8 @@
 //! The child gets a clean environment: `HOST=127.0.0.1`, `PORT=<free port>`, `LOG_FORMAT=json`,
 //! `RUST_BACKTRACE` if set, then the caller's variables (which may override the first three).
 //! Pass `KAFKA_BROKERS` and `REST_BASE_URL` explicitly: the defaults point at `localhost`.
+//! With `ADMIN_PORT` among them, the operations endpoints are looked for on that port
+//! ([`Gateway::ops_url`]), as the gateway serves them only there.
 
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -16,7 +18,8 @@ use tokio::time::Instant;
 use crate::api::{SNAPSHOT_PATH, StandInApi};
 use crate::broker::Broker;
 use crate::client;
-use crate::process::{LogFile, free_port};
+use crate::process::LogFile;
+pub use crate::process::free_port;
 use crate::wait::POLL_INTERVAL;
 
 /// Lines of the log quoted in panic messages.
@@ -45,6 +48,8 @@ pub fn wiring_to(bootstrap: &str, api: &StandInApi, secret: &str) -> Vec<(&'stat
 pub struct Gateway {
     child: Child,
     port: u16,
+    /// `ADMIN_PORT`, when the caller set it.
+    admin_port: Option<u16>,
     log: LogFile,
     exit: Option<ExitStatus>,
 }
@@ -52,15 +57,29 @@ pub struct Gateway {
 impl Gateway {
     /// Spawns `bin` with stdout and stderr captured to one log file.
     pub fn start(bin: &Path, env: &[(&str, String)]) -> Gateway {
+        Self::spawn(bin, env, None)
+    }
+
+    /// [`Gateway::start`] with the child's open-file limit, soft and hard, set to `open_files`,
+    /// as a container's `ulimit -n` would: the gateway cannot raise it.
+    pub fn start_with_open_files(bin: &Path, env: &[(&str, String)], open_files: u64) -> Gateway {
+        Self::spawn(bin, env, Some(open_files))
+    }
+
+    fn spawn(bin: &Path, env: &[(&str, String)], open_files: Option<u64>) -> Gateway {
         let port = port_from(env);
         let log = LogFile::new("gateway");
         let (stdout, stderr) = log.stdio();
-        let child = command(bin, port, env)
+        let mut command = command(bin, port, env);
+        if let Some(limit) = open_files {
+            limit_open_files(&mut command, limit);
+        }
+        let child = command
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run the gateway {}: {e}", bin.display()));
-        Gateway { child, port, log, exit: None }
+        Gateway { child, port, admin_port: admin_port_from(env), log, exit: None }
     }
 
     /// Spawns `bin` with its stderr a pipe that nobody reads (once the pipe
@@ -73,7 +92,7 @@ impl Gateway {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run the gateway {}: {e}", bin.display()));
-        Gateway { child, port, log, exit: None }
+        Gateway { child, port, admin_port: admin_port_from(env), log, exit: None }
     }
 
     /// Runs `bin` until it exits by itself (e.g. rejecting its configuration); returns its exit
@@ -90,6 +109,7 @@ impl Gateway {
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot run the gateway {}: {e}", bin.display())),
             port,
+            admin_port: admin_port_from(env),
             log: stdout_log,
             exit: None,
         };
@@ -116,6 +136,12 @@ impl Gateway {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// Where `/healthz`, `/readyz` and `/metrics` are served: `http://127.0.0.1:ADMIN_PORT` when
+    /// the caller set `ADMIN_PORT`, else [`Gateway::url`].
+    pub fn ops_url(&self) -> String {
+        self.admin_port.map_or_else(|| self.url(), |port| format!("http://127.0.0.1:{port}"))
+    }
+
     /// `ws://127.0.0.1:PORT{path}`; `path` starts with `/`.
     pub fn ws_url(&self, path: &str) -> String {
         format!("ws://127.0.0.1:{}{path}", self.port)
@@ -130,16 +156,21 @@ impl Gateway {
         self.log.path()
     }
 
-    /// `GET {url}{path}` → `(status, body)`.
+    /// `GET {url}{path}` on the public port → `(status, body)`.
     pub async fn get(&self, path: &str) -> (u16, String) {
         client::get(&format!("{}{path}", self.url())).await
     }
 
-    /// Polls `GET /readyz` until it answers 200. Panics with the log's tail if the process exits
-    /// or `timeout` passes first.
+    /// `GET {ops_url}{path}`: on the admin listener when there is one (see [`Gateway::ops_url`]).
+    pub async fn get_ops(&self, path: &str) -> (u16, String) {
+        client::get(&format!("{}{path}", self.ops_url())).await
+    }
+
+    /// Polls `GET /readyz` (on [`Gateway::ops_url`]) until it answers 200. Panics with the log's
+    /// tail if the process exits or `timeout` passes first.
     pub async fn wait_ready(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        let url = format!("{}/readyz", self.url());
+        let url = format!("{}/readyz", self.ops_url());
         loop {
             if let Some(status) = self.poll_exit() {
                 panic!("the gateway exited ({status}) before it was ready; output:\n{}", self.log.tail(LOG_TAIL));
@@ -218,6 +249,29 @@ fn port_from(env: &[(&str, String)]) -> u16 {
     match env.iter().find(|(name, _)| *name == "PORT") {
         Some((_, port)) => port.parse().unwrap_or_else(|_| panic!("PORT={port} is not a port")),
         None => free_port(),
+    }
+}
+
+/// The caller's `ADMIN_PORT`, if any.
+fn admin_port_from(env: &[(&str, String)]) -> Option<u16> {
+    let (_, port) = env.iter().find(|(name, _)| *name == "ADMIN_PORT")?;
+    Some(port.parse().unwrap_or_else(|_| panic!("ADMIN_PORT={port} is not a port")))
+}
+
+/// Sets the child's soft and hard `RLIMIT_NOFILE` between fork and exec.
+fn limit_open_files(command: &mut Command, open_files: u64) {
+    use std::os::unix::process::CommandExt;
+    let limit = libc::rlimit { rlim_cur: open_files, rlim_max: open_files };
+    // SAFETY: setrlimit(2) is async-signal-safe, and the closure touches nothing but the copied
+    // struct, as code between fork and exec must.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
     }
 }
 

@@ -7,7 +7,7 @@ use std::process::Stdio;
 
 /// A port that was free on 127.0.0.1 a moment ago. The listener is closed before returning, so
 /// another process could take it in between; with ephemeral ports that race is negligible.
-pub(crate) fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())

@@ -26,7 +26,8 @@ const USAGE: &str = "usage: mesaya-dev [--broker mock|tansu] [--rate EVENTS_PER_
   --rate N         simulated upstream events per second (default 2; fractions allowed)
 
   KAFKA_BROKERS=host:port    use that Kafka instead of starting one
-  PORT=8080, PAGE_PORT=8081  the gateway's and the floor-plan page's ports";
+  PORT=8080, PAGE_PORT=8081  the gateway's and the floor-plan page's ports
+  ADMIN_PORT=8082            the gateway's admin listener (/healthz, /readyz, /metrics)";
 const SECRET: &str = "mesaya-dev-secret-change-me";
 const DEFAULT_RATE: f64 = 2.0;
 /// A bound against typos such as `--rate 20000`: load testing is `cargo bench --bench fanout_load`'s job.
@@ -97,6 +98,7 @@ async fn main() {
         std::process::exit(2);
     });
     let gateway_port = port("PORT", 8080);
+    let admin_port = port("ADMIN_PORT", 8082);
     let floor = Floor::sample();
 
     // The page first: it shows "connecting" and retries until the gateway below is ready.
@@ -126,6 +128,7 @@ async fn main() {
     let mut env = gateway::wiring_to(&kafka.bootstrap(), &api, SECRET);
     env.extend([
         ("PORT", gateway_port.to_string()),
+        ("ADMIN_PORT", admin_port.to_string()),
         ("JWT_ISSUER", tokens::ISSUER.to_string()),
         ("LOG_FORMAT", "text".to_string()),
     ]);
@@ -137,7 +140,8 @@ async fn main() {
     println!("  kafka:     {}", kafka.describe());
     println!("  API:       {} (stand-in, serving the sample sections)", api.base_url());
     println!("  connect:   {}", gateway.ws_url(&format!("/ws/restaurant/{first_section}/{token}")));
-    println!("  health:    {}/healthz  {}/readyz  {}/metrics", gateway.url(), gateway.url(), gateway.url());
+    let ops = gateway.ops_url();
+    println!("  admin:     {ops}/healthz  {ops}/readyz  {ops}/metrics (the admin listener; 404 on the public port)");
     println!("  logs:      {}", gateway.log_path().display());
     println!();
     println!("Simulating {} event(s) per second. Ctrl-C stops everything.", options.rate);
