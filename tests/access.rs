@@ -250,8 +250,9 @@ async fn token_sources_precedence_and_pre_upgrade_refusals() {
         assert!(status == 400 || status == 404, "{path}: {status}");
     }
 
-    // Everything above was logged at debug, refusals and sessions alike.
-    wait::until(WAIT, "the refusals to be logged", || gateway.logs().matches("upgrade refused").count() >= 22).await;
+    // Everything above was logged at debug, refusals and sessions alike;
+    // refusals at most 5 a second per status (the rest only counted).
+    wait::until(WAIT, "the refusals to be logged", || gateway.logs().matches("upgrade refused").count() >= 5).await;
     minted.assert_absent_from(&gateway.logs());
 }
 
