@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: the workspace's against a real tansu broker (extra arguments go to cargo test),
-# then the client library's (clients/js) with Node's test runner.
+# then the client library's (clients/js) with Node's test runner: its unit tests, then its
+# end-to-end and browser tests against the gateway binary, tansu and the stand-in API.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -8,7 +9,7 @@ TANSU_BIN="$(scripts/ensure-tansu.sh)"
 export TANSU_BIN
 echo "using tansu at $TANSU_BIN" >&2
 
-# tests/browser.rs looks at the floor-plan page in Debian's headless Chromium.
+# clients/js/e2e/browser.test.ts drives the floor-plan page in Debian's headless Chromium.
 if [[ -z "${CHROMIUM_BIN:-}" ]] && ! command -v chromium >/dev/null; then
   echo "installing chromium for the browser test..." >&2
   apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium >&2
@@ -16,6 +17,11 @@ fi
 
 cargo test --workspace --locked "$@"
 
+# The binaries the client library's end-to-end tests run (mesaya-dev --driven starts the rest).
+cargo build --locked -p mesaya-realtime -p mesaya-testkit --bin mesaya-realtime --bin mesaya-dev
+target_dir="$(realpath "${CARGO_TARGET_DIR:-target}")"
+export MESAYA_GATEWAY_BIN="$target_dir/debug/mesaya-realtime" MESAYA_DEV_BIN="$target_dir/debug/mesaya-dev"
+
 # The client library (clients/js): its own tests, with Node's test runner.
 echo "running the client library's tests..." >&2
-(cd clients/js && npm ci --no-audit --no-fund >&2 && npm test)
+(cd clients/js && npm ci --no-audit --no-fund >&2 && npm test && npm run test:e2e)

@@ -79,6 +79,18 @@ export interface StatusEvent {
   retryIn?: number;
 }
 
+/**
+ * The token's life on the open connection (§2.8), for a page that shows it:
+ * `expiring` (the gateway's notice; the library is asking `getToken`),
+ * `refreshed` (the gateway took the new token: `exp` is its expiry),
+ * `refresh_failed` (with the gateway's `reason`; the library reconnects
+ * through the 4401 path).
+ */
+export type AuthEvent =
+  | { kind: "expiring"; exp: number | undefined }
+  | { kind: "refreshed"; exp: number | undefined }
+  | { kind: "refresh_failed"; reason: string };
+
 export interface Watch {
   /** The current floor: a new object after every applied change. */
   readonly floor: Floor;
@@ -86,6 +98,8 @@ export interface Watch {
   /** Called after every floor frame (snapshot, resumed, entity event) with the floor after it; returns an unsubscribe function. */
   subscribe(listener: (floor: Floor, change: Change) => void): () => void;
   onStatus(listener: (event: StatusEvent) => void): () => void;
+  /** Called on each in-band refresh step; the library does the refresh itself, this only tells. */
+  onAuth(listener: (event: AuthEvent) => void): () => void;
   /** Ends the watch: reports `closed` (code 1000, final) once and leaves no timer or socket behind. */
   close(): void;
 }
@@ -127,6 +141,7 @@ export class SectionWatch implements Watch {
 
   readonly #floorListeners = new Set<(floor: Floor, change: Change) => void>();
   readonly #statusListeners = new Set<(event: StatusEvent) => void>();
+  readonly #authListeners = new Set<(event: AuthEvent) => void>();
 
   #store: FloorStore;
   /** The latest position token; only ever set while the store holds the floor it belongs to. */
@@ -192,6 +207,11 @@ export class SectionWatch implements Watch {
     return () => void this.#statusListeners.delete(listener);
   }
 
+  onAuth(listener: (event: AuthEvent) => void): () => void {
+    this.#authListeners.add(listener);
+    return () => void this.#authListeners.delete(listener);
+  }
+
   close(): void {
     // Kept in storage: a reload after the page closed its watch may resume.
     this.#finish(1000, "closed by the client", { forget: false });
@@ -255,16 +275,23 @@ export class SectionWatch implements Watch {
         if (typeof frame.payload?.token === "string") this.#keepPosition(frame.payload.token);
         return;
       case "auth.expiring":
+        this.#emitAuth({ kind: "expiring", exp: expiry(frame.payload) });
         void this.#refresh();
         return;
-      case "auth.refresh_failed":
+      case "auth.refreshed":
+        this.#emitAuth({ kind: "refreshed", exp: expiry(frame.payload) });
+        return;
+      case "auth.refresh_failed": {
         // The old token still works until its exp, but a token the gateway
         // refuses now will be refused at the next connect too: reconnect at
         // once through the 4401 path, which asks getToken for a new one.
-        this.#drop(4401, `token refresh failed: ${String(frame.payload?.reason)}`);
+        const reason = String(frame.payload?.reason);
+        this.#emitAuth({ kind: "refresh_failed", reason });
+        this.#drop(4401, `token refresh failed: ${reason}`);
         return;
+      }
     }
-    // pong, auth.refreshed, and events this version does not know change nothing.
+    // pong, and events this version does not know change nothing.
     if (!isFloorMessage(frame)) return;
     const change = this.#store.apply(frame);
     if (change.kind === "snapshot") this.#resumeToken = undefined; // a new chain: positions follow
@@ -421,6 +448,15 @@ export class SectionWatch implements Watch {
     const floor = this.#store.floor;
     for (const listener of [...this.#floorListeners]) call(listener, floor, change);
   }
+
+  #emitAuth(event: AuthEvent): void {
+    for (const listener of [...this.#authListeners]) call(listener, event);
+  }
+}
+
+/** The `exp` (unix seconds) of an `auth.expiring` / `auth.refreshed` payload. */
+function expiry(payload: Record<string, unknown> | undefined): number | undefined {
+  return typeof payload?.exp === "number" ? payload.exp : undefined;
 }
 
 /** A listener that throws must not break the connection: its error is rethrown on its own. */

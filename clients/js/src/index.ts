@@ -16,11 +16,13 @@ export function watchSection(options: WatchOptions): Watch {
     },
     subscribe: (listener) => watch.subscribe(listener),
     onStatus: (listener) => watch.onStatus(listener),
+    onAuth: (listener) => watch.onAuth(listener),
     close: () => watch.close(),
   };
 }
 
 export type {
+  AuthEvent,
   Clock,
   Status,
   StatusEvent,

@@ -18,6 +18,9 @@ test("the browser bundle is one self-contained module that works", { timeout: 60
   const code = readFileSync(bundle, "utf8");
   assert.doesNotMatch(code, /\bimport\s*[\w{*"'(]|\brequire\(/, "no imports left to resolve");
   assert.ok(code.length < 20_000, `small: ${code.length} bytes`);
+  // The dev floor-plan page serves a committed copy, so that trying it needs no JavaScript tooling.
+  const devCopy = readFileSync(`${packageDir}../../dev/mesaya-realtime.min.js`, "utf8");
+  assert.ok(devCopy === code, "dev/mesaya-realtime.min.js is not this source's bundle: run `npm run bundle:dev`");
 
   const library = (await import(pathToFileURL(bundle).href)) as typeof Library;
   const { WebSocket, sockets } = socketFactory();

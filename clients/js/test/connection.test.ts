@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 
-import { watchSection, type Change, type StatusEvent, type SyncStorage, type WatchOptions } from "../src/index.js";
+import { watchSection, type AuthEvent, type Change, type StatusEvent, type SyncStorage, type WatchOptions } from "../src/index.js";
 import { FakeClock, SECTION_ID, at, settle, snapshot, socketFactory, table } from "./fakes.js";
 
 const BASE = "wss://rt.example";
@@ -315,12 +315,18 @@ describe("close codes", () => {
 describe("token refresh in band", () => {
   test("auth.expiring asks getToken and sends auth.refresh on the same connection", async () => {
     const h = start();
+    const told: AuthEvent[] = [];
+    h.watch.onAuth((event) => told.push(event));
     const s = await h.connect();
     s.receive({ event: "auth.expiring", payload: { exp: 1_900_000_000 } });
     await settle();
     assert.deepEqual(h.tokenRequests, ["connect", "expiring"]);
     assert.deepEqual(s.sent, [{ event: "auth.refresh", payload: { token: "jwt-2" } }]);
     s.receive({ event: "auth.refreshed", payload: { exp: 1_900_003_600 } });
+    assert.deepEqual(told, [
+      { kind: "expiring", exp: 1_900_000_000 },
+      { kind: "refreshed", exp: 1_900_003_600 },
+    ]);
     assert.equal(h.watch.status, "live");
     assert.equal(h.sockets.length, 1);
     h.watch.close();
@@ -346,8 +352,11 @@ describe("token refresh in band", () => {
   test("auth.refresh_failed drops the socket and reconnects as after a 4401", async () => {
     const h = start();
     const s = await h.connect();
+    const told: AuthEvent[] = [];
+    h.watch.onAuth((event) => told.push(event));
     s.receive({ event: "section.position", payload: { token: "pos-1" } });
     s.receive({ event: "auth.refresh_failed", payload: { reason: "expired" } });
+    assert.deepEqual(told, [{ kind: "refresh_failed", reason: "expired" }]);
     assert.equal(s.endedBy, "terminated");
     assert.deepEqual(h.statuses.at(-1), {
       status: "reconnecting",

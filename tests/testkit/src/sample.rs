@@ -6,8 +6,9 @@
 //! null keys and no headers, as Nest does.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicI64, Ordering};
 
-use chrono::{SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 
 use crate::api::StandInApi;
@@ -155,6 +156,31 @@ impl Floor {
         Some(body)
     }
 
+    /// What a client watching `section_id` should hold once it has caught up: the section without
+    /// `tables`, its tables, its section-object links each with its `object`, and the live
+    /// reservations of its tables.
+    pub fn watched(&self, section_id: &str) -> Option<Value> {
+        let section = self.sections.get(section_id)?;
+        let objects: Vec<Value> = self
+            .links_of(section_id)
+            .into_iter()
+            .map(|link| {
+                let mut link = link.clone();
+                if let Some(object) = link["objectId"].as_str().and_then(|id| self.objects.get(id)) {
+                    link["object"] = object.clone();
+                }
+                link
+            })
+            .collect();
+        let tables = self.tables_of(section_id);
+        let reservations: Vec<&Value> = self
+            .reservations
+            .values()
+            .filter(|reservation| tables.iter().any(|table| table["id"] == reservation["tableId"]))
+            .collect();
+        Some(json!({"section": section, "tables": tables, "objects": objects, "reservations": reservations}))
+    }
+
     /// Makes the stand-in API answer every section with its [`Floor::snapshot`].
     pub fn serve_on(&self, api: &StandInApi) {
         for (id, _) in self.sections() {
@@ -295,6 +321,13 @@ impl Floor {
         Event { topic: SECTIONS_TOPIC, envelope: updated(section), what }
     }
 
+    /// `section.deleted`, carrying the section as the API last served it.
+    pub fn section_deleted(&self, section_id: &str) -> Event {
+        let section = self.snapshot(section_id).unwrap_or_else(|| panic!("the sample floor has no section {section_id}"));
+        let what = format!("{} deleted", str_field(&section, "name"));
+        Event { topic: SECTIONS_TOPIC, envelope: envelope("deleted", section), what }
+    }
+
     /// A copy of an entity with `updatedAt` now, for an update event.
     fn updated(&self, entities: &BTreeMap<String, Value>, id: &str) -> Value {
         let mut entity = entities.get(id).unwrap_or_else(|| panic!("the sample floor has no entity {id}")).clone();
@@ -331,6 +364,11 @@ impl Simulator {
 
     pub fn floor(&self) -> &Floor {
         &self.floor
+    }
+
+    /// Applies a change made outside the simulator (a scripted one) to its floor.
+    pub fn record(&mut self, event: &Event) {
+        self.floor.apply(event);
     }
 
     /// The next upstream event, already applied to the floor (so the API serves its effect).
@@ -515,9 +553,16 @@ fn str_field(entity: &Value, field: &str) -> String {
     entity[field].as_str().unwrap_or_else(|| panic!("entity without a string {field}: {entity}")).to_string()
 }
 
-/// Emission time, as Nest's `@KafkaEmit` stamps it: ISO-8601 UTC with milliseconds.
+/// Emission time, as Nest's `@KafkaEmit` stamps it: ISO-8601 UTC with milliseconds, and never the
+/// same millisecond twice in this process. A database stamps updates finer than that; two updates of
+/// one entity in one millisecond would look like a duplicate to a client comparing `updatedAt`,
+/// which a test driving thousands of events a second would otherwise meet.
 fn now() -> String {
-    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let wall = Utc::now().timestamp_millis();
+    let previous = LAST.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| Some(wall.max(last + 1)));
+    let stamp = wall.max(previous.unwrap_or(0) + 1);
+    DateTime::from_timestamp_millis(stamp).unwrap_or_default().to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 /// The v2 envelope of `data`, stamped now; `entity_id` is `data.id`, as for every section-related

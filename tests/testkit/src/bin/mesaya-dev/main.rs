@@ -1,34 +1,35 @@
 //! The gateway's main job on one machine, for a person to look at: Kafka, the stand-in MesaYa API
 //! serving the two sections of a sample restaurant, the gateway itself, a simulator producing the
 //! upstream traffic of a busy evening, and a floor-plan page showing a section live (its URL is
-//! the first line printed).
+//! the first line printed, once everything is ready). With `--driven` (for tests in other
+//! languages), no simulator runs by itself: see `driven.rs`.
 //!
 //! `scripts/dev.sh` builds the gateway and runs this; Ctrl-C stops everything.
 
+mod driven;
 mod kafka;
+mod stack;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use mesaya_testkit::api::StandInApi;
-use mesaya_testkit::gateway::{self, Gateway};
-use mesaya_testkit::page::{FloorPlanPage, PageConfig};
-use mesaya_testkit::producer::EventProducer;
-use mesaya_testkit::sample::{Floor, Simulator};
-use mesaya_testkit::tokens::{self, TokenBuilder};
+use mesaya_testkit::gateway::free_port;
 
-use kafka::{Choice, Kafka};
+use kafka::Choice;
+use stack::{Layout, Stack};
 
-const USAGE: &str = "usage: mesaya-dev [--broker mock|tansu] [--rate EVENTS_PER_SECOND] <path to mesaya-realtime>
+const USAGE: &str = "usage: mesaya-dev [--broker mock|tansu] [--rate EVENTS_PER_SECOND] [--driven] <path to mesaya-realtime> [NAME=VALUE…]
 
   --broker mock    Kafka in this process (librdkafka's mock cluster; the default)
   --broker tansu   a tansu broker process (TANSU_BIN, see scripts/ensure-tansu.sh)
   --rate N         simulated upstream events per second (default 2; fractions allowed)
+  --driven         no simulator of its own: JSON commands on stdin, answers on stdout (for tests)
+  NAME=VALUE       passed to the gateway, over the dev command's own settings
 
   KAFKA_BROKERS=host:port    use that Kafka instead of starting one
-  PORT=8080, PAGE_PORT=8081  the gateway's and the floor-plan page's ports
-  ADMIN_PORT=8082            the gateway's admin listener (/healthz, /readyz, /metrics)";
-const SECRET: &str = "mesaya-dev-secret-change-me";
+  PORT=8080, PAGE_PORT=8081  the gateway's and the floor-plan page's ports (0: any free port)
+  ADMIN_PORT=8082            the gateway's admin listener (/healthz, /readyz, /metrics)
+  PAGE_TOKEN_LIFETIME=120    seconds the page's tokens live (it refreshes them in band)";
 const DEFAULT_RATE: f64 = 2.0;
 /// A bound against typos such as `--rate 20000`: load testing is `cargo bench --bench fanout_load`'s job.
 const MAX_RATE: f64 = 1000.0;
@@ -37,13 +38,17 @@ const MAX_RATE: f64 = 1000.0;
 struct Options {
     kafka: Choice,
     rate: f64,
+    driven: bool,
     gateway_bin: PathBuf,
+    gateway_env: Vec<(String, String)>,
 }
 
 fn parse(args: impl IntoIterator<Item = String>, kafka_brokers: Option<String>) -> Result<Options, String> {
     let mut broker = None;
     let mut rate = DEFAULT_RATE;
+    let mut driven = false;
     let mut gateway_bin = None;
+    let mut gateway_env = Vec::new();
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -60,8 +65,13 @@ fn parse(args: impl IntoIterator<Item = String>, kafka_brokers: Option<String>) 
                     return Err(format!("--rate {text}: must be above 0 and at most {MAX_RATE}"));
                 }
             }
+            "--driven" => driven = true,
             "-h" | "--help" => return Err(String::new()),
             other if other.starts_with('-') => return Err(format!("unknown option {other}")),
+            _ if gateway_bin.is_some() => {
+                let (name, value) = arg.split_once('=').ok_or(format!("{arg}: expected NAME=VALUE for the gateway"))?;
+                gateway_env.push((name.to_string(), value.to_string()));
+            }
             _ => gateway_bin = Some(PathBuf::from(arg)),
         }
     }
@@ -73,12 +83,25 @@ fn parse(args: impl IntoIterator<Item = String>, kafka_brokers: Option<String>) 
         (Some(other), None) => return Err(format!("--broker {other}: expected mock or tansu")),
     };
     let gateway_bin = gateway_bin.ok_or("the path to the mesaya-realtime binary is missing")?;
-    Ok(Options { kafka, rate, gateway_bin })
+    Ok(Options { kafka, rate, driven, gateway_bin, gateway_env })
 }
 
+/// `variable`'s port, `default` when unset; `0` picks a free one now, so that the gateway keeps it
+/// across a restart.
 fn port(variable: &str, default: u16) -> u16 {
-    match std::env::var(variable) {
+    let port = match std::env::var(variable) {
         Ok(value) => value.parse().unwrap_or_else(|_| fail(&format!("{variable}={value} is not a port"))),
+        Err(_) => default,
+    };
+    if port == 0 { free_port() } else { port }
+}
+
+fn seconds(variable: &str, default: Duration) -> Duration {
+    match std::env::var(variable) {
+        Ok(value) => match value.parse() {
+            Ok(seconds) if seconds > 0 => Duration::from_secs(seconds),
+            _ => fail(&format!("{variable}={value} is not a whole number of seconds above 0")),
+        },
         Err(_) => default,
     }
 }
@@ -97,56 +120,46 @@ async fn main() {
         eprintln!("{USAGE}");
         std::process::exit(2);
     });
-    let gateway_port = port("PORT", 8080);
-    let admin_port = port("ADMIN_PORT", 8082);
-    let floor = Floor::sample();
-
-    // The page first: it shows "connecting" and retries until the gateway below is ready.
-    let token = TokenBuilder::new().roles(&["USER"]).expires_in(24 * 3600).hs256(SECRET);
-    let page = FloorPlanPage::start(
-        port("PAGE_PORT", 8081),
-        &PageConfig {
-            gateway: format!("ws://127.0.0.1:{gateway_port}"),
-            token: token.clone(),
-            sections: floor.sections(),
-        },
-    )
-    .unwrap_or_else(|error| fail(&format!("{error}; pick another port with PAGE_PORT=…")));
-    println!("floor plan: {}", page.url());
-    println!();
-
-    let kafka = Kafka::start(options.kafka).await.unwrap_or_else(|error| fail(&error));
-    let producer = EventProducer::new(&kafka.bootstrap());
-    // What the topics would hold in production: the gateway rebuilds object links from it.
-    for event in floor.history() {
-        producer.send_json(event.topic, &event.envelope).await;
+    let seed = fastrand::u64(..);
+    let layout = Layout {
+        kafka: options.kafka,
+        gateway_bin: options.gateway_bin,
+        gateway_port: port("PORT", 8080),
+        admin_port: port("ADMIN_PORT", 8082),
+        page_port: port("PAGE_PORT", 8081),
+        page_token_lifetime: seconds("PAGE_TOKEN_LIFETIME", stack::PAGE_TOKEN_LIFETIME),
+        gateway_env: options.gateway_env,
+        seed,
+    };
+    let stack = Stack::start(layout).await.unwrap_or_else(|error| fail(&error));
+    if options.driven {
+        driven::serve(stack, seed).await;
+    } else {
+        show(stack, options.rate).await;
     }
-    let api = StandInApi::start();
-    let mut simulator = Simulator::new(floor, fastrand::Rng::new());
-    simulator.floor().serve_on(&api);
+}
 
-    let mut env = gateway::wiring_to(&kafka.bootstrap(), &api, SECRET);
-    env.extend([
-        ("PORT", gateway_port.to_string()),
-        ("ADMIN_PORT", admin_port.to_string()),
-        ("JWT_ISSUER", tokens::ISSUER.to_string()),
-        ("LOG_FORMAT", "text".to_string()),
-    ]);
-    let mut gateway = Gateway::start(&options.gateway_bin, &env);
-    gateway.wait_ready(Duration::from_secs(60)).await;
-
-    let (first_section, _) = &simulator.floor().sections()[0];
-    println!("mesaya-realtime is ready");
-    println!("  kafka:     {}", kafka.describe());
-    println!("  API:       {} (stand-in, serving the sample sections)", api.base_url());
-    println!("  connect:   {}", gateway.ws_url(&format!("/ws/restaurant/{first_section}/{token}")));
-    let ops = gateway.ops_url();
-    println!("  admin:     {ops}/healthz  {ops}/readyz  {ops}/metrics (the admin listener; 404 on the public port)");
-    println!("  logs:      {}", gateway.log_path().display());
+/// For a person: where everything is, then the simulator's events as they go.
+async fn show(mut stack: Stack, rate: f64) {
+    let (first_section, _) = &stack.simulator.floor().sections()[0];
+    println!("floor plan: {}", stack.page.url());
     println!();
-    println!("Simulating {} event(s) per second. Ctrl-C stops everything.", options.rate);
+    println!("mesaya-realtime is ready");
+    println!("  kafka:     {}", stack.kafka.describe());
+    println!("  API:       {} (stand-in, serving the sample sections)", stack.api.base_url());
+    let token = stack::token(&["USER"], stack.page_token_lifetime);
+    println!("  connect:   {}  (token: {token})", stack.gateway.ws_url(&format!("/ws/restaurant/{first_section}")));
+    let ops = stack.gateway.ops_url();
+    println!("  admin:     {ops}/healthz  {ops}/readyz  {ops}/metrics (the admin listener; 404 on the public port)");
+    println!("  logs:      {}", stack.gateway.log_path().display());
+    println!(
+        "  tokens:    the page's live {} s and are refreshed in band (auth.expiring → auth.refresh)",
+        stack.page_token_lifetime.as_secs()
+    );
+    println!();
+    println!("Simulating {rate} event(s) per second. Ctrl-C stops everything.");
 
-    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / options.rate));
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("installing a SIGTERM handler");
@@ -156,16 +169,11 @@ async fn main() {
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
         }
-        let event = simulator.next_event();
-        // The API answers with the state the event leaves behind, as the real one would to a
-        // client that connects right after it.
-        simulator.floor().serve_on(&api);
-        producer.send_json(event.topic, &event.envelope).await;
+        let event = stack.simulate().await;
         println!("{}  {:<34} {}", chrono::Utc::now().format("%H:%M:%S"), event.topic, event.what);
     }
     println!("stopping");
-    gateway.terminate();
-    let _ = gateway.wait_exit(Duration::from_secs(15)).await;
+    let _ = stack.stop_gateway().await;
 }
 
 #[cfg(test)]
@@ -198,6 +206,18 @@ mod tests {
         assert_eq!(options.kafka, Choice::External("kafka.internal:9092".into()));
         assert!(parse(args("--broker tansu gw"), Some("k:9092".into())).unwrap_err().contains("use one"));
         assert_eq!(parse(args("gw"), Some(String::new())).unwrap().kafka, Choice::Mock);
+    }
+
+    #[test]
+    fn driven_mode_and_settings_for_the_gateway() {
+        let options = parse(args("--driven gw WS_QUEUE_MAX_FRAMES=64 RESUME_SECRET=a=b"), None).unwrap();
+        assert!(options.driven);
+        assert_eq!(
+            options.gateway_env,
+            [("WS_QUEUE_MAX_FRAMES".into(), "64".into()), ("RESUME_SECRET".into(), "a=b".into())]
+        );
+        assert!(!parse(args("gw"), None).unwrap().driven);
+        assert!(parse(args("gw stray"), None).unwrap_err().contains("NAME=VALUE"));
     }
 
     #[test]
