@@ -321,6 +321,28 @@ impl Floor {
         Event { topic: SECTIONS_TOPIC, envelope: updated(section), what }
     }
 
+    /// `table.created`: a new table numbered `number` in `section_id` at `(x, y)`, as a bulk import
+    /// of a banquet layout makes them; `notes` bytes of the importer's notes ride along (a field
+    /// the API does not have: the gateway and the client carry unknown fields as they come).
+    pub fn table_created(&self, section_id: &str, number: u64, (x, y): (i64, i64), notes: usize) -> Event {
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut table = fixtures::table_json(&id, section_id, &now());
+        table["number"] = json!(number);
+        (table["posX"], table["posY"]) = (json!(x), json!(y));
+        if notes > 0 {
+            table["notes"] = json!("n".repeat(notes));
+        }
+        let what = format!("table {number} created in {}", self.section_name(section_id));
+        Event { topic: TABLES_TOPIC, envelope: envelope("created", table), what }
+    }
+
+    /// `table.deleted`.
+    pub fn table_deleted(&self, table_id: &str) -> Event {
+        let table = self.updated(&self.tables, table_id);
+        let what = format!("{} deleted", self.table_label(&table));
+        Event { topic: TABLES_TOPIC, envelope: envelope("deleted", table), what }
+    }
+
     /// `section.deleted`, carrying the section as the API last served it.
     pub fn section_deleted(&self, section_id: &str) -> Event {
         let section = self.snapshot(section_id).unwrap_or_else(|| panic!("the sample floor has no section {section_id}"));

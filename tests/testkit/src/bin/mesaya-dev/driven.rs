@@ -10,6 +10,9 @@
 //! - `table_status` `{table, status}`, `table_moved` `{table, section, x, y}`,
 //!   `reservation_created` `{table, guests, time}`, `object_moved` `{object, x, y}`,
 //!   `section_renamed` `{section, name}`, `section_deleted` `{section}` → `{emitted: 1, what}`;
+//! - `tables_created` `{section, count, notes}` → `{emitted}`: a bulk import of that many new
+//!   tables (numbered from 100, piled on the floor: a load, not a layout), each with `notes` bytes
+//!   of notes; `imports_deleted` `{section}` → `{emitted}`: every such table deleted;
 //! - `watched` `{section}` → what a client watching it should hold once caught up
 //!   (`section`, `tables`, `objects` with their `object`, live `reservations`);
 //! - `reservations` → `{reservations}`: the latest version of every reservation emitted;
@@ -49,6 +52,9 @@ pub async fn serve(mut stack: Stack, seed: u64) {
     let _ = stack.stop_gateway().await;
 }
 
+/// Imported tables are numbered from here; the sample's own stay below.
+const IMPORTED_FROM: u64 = 100;
+
 /// Latest version of each reservation emitted, by id: what a client may hold of it.
 type Reservations = BTreeMap<String, Value>;
 
@@ -69,6 +75,25 @@ async fn run(stack: &mut Stack, reservations: &mut Reservations, command: &Value
                 remember(reservations, &event);
             }
             return Ok(json!({"emitted": count}));
+        }
+        "tables_created" => {
+            let (section, count) = (text("section")?, number("count")?);
+            let notes = usize::try_from(command["notes"].as_u64().unwrap_or(0)).unwrap_or(0);
+            let first = IMPORTED_FROM + floor.tables_of(section).len() as u64;
+            let events: Vec<Event> =
+                (0..count as u64).map(|i| floor.table_created(section, first + i, (2, 2), notes)).collect();
+            stack.emit_all(&events).await;
+            return Ok(json!({"emitted": count}));
+        }
+        "imports_deleted" => {
+            let events: Vec<Event> = floor
+                .tables_of(text("section")?)
+                .into_iter()
+                .filter(|table| table["number"].as_u64() >= Some(IMPORTED_FROM))
+                .map(|table| floor.table_deleted(table["id"].as_str().unwrap_or_default()))
+                .collect();
+            stack.emit_all(&events).await;
+            return Ok(json!({"emitted": events.len()}));
         }
         "watched" => return floor.watched(text("section")?).ok_or("no such section".to_string()),
         "reservations" => return Ok(json!({"reservations": reservations.values().collect::<Vec<_>>()})),

@@ -117,6 +117,18 @@ impl Stack {
         self.publish(event).await;
     }
 
+    /// Scripted changes committed together (a bulk import): all applied and served, then all
+    /// emitted.
+    pub async fn emit_all(&mut self, events: &[Event]) {
+        for event in events {
+            self.simulator.record(event);
+        }
+        self.simulator.floor().serve_on(&self.api);
+        for event in events {
+            self.producer.send_json(event.topic, &event.envelope).await;
+        }
+    }
+
     /// The API answers with the state the event leaves behind, as the real one would to a client
     /// that connects right after it; then the event goes to Kafka.
     async fn publish(&self, event: &Event) {
