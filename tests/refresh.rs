@@ -155,3 +155,32 @@ async fn a_refresh_decides_the_audience_again() {
     stack.publish(RESERVATIONS, &v2("created", after["id"].as_str().unwrap(), after.clone())).await;
     assert_eq!(client.next_json(WAIT).await, json!({"event": "reservation.created", "payload": after}));
 }
+
+/// A refresh sent while the snapshot call is held is answered once the
+/// connection is live, after the snapshot; refreshes are client frames like
+/// any other, so a flood of them closes the connection with 1008.
+#[tokio::test]
+async fn a_refresh_during_the_snapshot_is_answered_once_live_and_refreshes_count_against_the_rate() {
+    let stack = Stack::start_with(&[("WS_CLIENT_RATE", "5".into())]).await;
+    let section = new_id();
+    stack.serve_section(&section, vec![]);
+    let sub = new_id();
+
+    let held = stack.api.hold(&section);
+    let mut client = WsClient::connect(&stack.ws_url(&section, &token_for(&sub, &["USER"], 600))).await.expect("upgrade");
+    mesaya_testkit::wait::until(WAIT, "the snapshot call", || stack.api.call_count(&section) == 1).await;
+    let second_exp = now() + 900;
+    client.send_json(&refresh(&token_for(&sub, &["USER"], 900))).await;
+    held.release();
+    assert_eq!(client.next_json(WAIT).await["event"], "section.snapshot");
+    assert_eq!(client.next_json(WAIT).await, json!({"event": "auth.refreshed", "payload": {"exp": second_exp}}));
+
+    let flood = refresh(&token_for(&sub, &["USER"], 900));
+    for _ in 0..40 {
+        client.send_json(&flood).await;
+    }
+    // The refreshes within the budget are answered before the close.
+    let (answered, code, _) = client.frames_until_close(WAIT).await;
+    assert_eq!(code, 1008, "refreshes are charged to WS_CLIENT_RATE");
+    assert!(answered.len() < 40, "{} of 40 refreshes answered", answered.len());
+}
