@@ -6,6 +6,7 @@
 //! `scripts/dev.sh` builds the gateway and runs this; Ctrl-C stops everything.
 
 mod kafka;
+mod prometheus;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,15 +20,18 @@ use mesaya_testkit::tokens::{self, TokenBuilder};
 
 use kafka::{Choice, Kafka};
 
-const USAGE: &str = "usage: mesaya-dev [--broker mock|tansu] [--rate EVENTS_PER_SECOND] <path to mesaya-realtime>
+const USAGE: &str =
+    "usage: mesaya-dev [--broker mock|tansu] [--rate EVENTS_PER_SECOND] [--with-prometheus] <path to mesaya-realtime>
 
   --broker mock    Kafka in this process (librdkafka's mock cluster; the default)
   --broker tansu   a tansu broker process (TANSU_BIN, see scripts/ensure-tansu.sh)
   --rate N         simulated upstream events per second (default 2; fractions allowed)
+  --with-prometheus  Prometheus (Debian's package) scraping the gateway, the alert rules loaded
 
   KAFKA_BROKERS=host:port    use that Kafka instead of starting one
   PORT=8080, PAGE_PORT=8081  the gateway's and the floor-plan page's ports
-  ADMIN_PORT=8082            the gateway's admin listener (/healthz, /readyz, /metrics)";
+  ADMIN_PORT=8082            the gateway's admin listener (/healthz, /readyz, /metrics)
+  PROMETHEUS_PORT=9090       Prometheus, with --with-prometheus";
 const SECRET: &str = "mesaya-dev-secret-change-me";
 const DEFAULT_RATE: f64 = 2.0;
 /// A bound against typos such as `--rate 20000`: load testing is `cargo bench --bench fanout_load`'s job.
@@ -37,6 +41,7 @@ const MAX_RATE: f64 = 1000.0;
 struct Options {
     kafka: Choice,
     rate: f64,
+    with_prometheus: bool,
     gateway_bin: PathBuf,
 }
 
@@ -44,6 +49,7 @@ fn parse(args: impl IntoIterator<Item = String>, kafka_brokers: Option<String>) 
     let mut broker = None;
     let mut rate = DEFAULT_RATE;
     let mut gateway_bin = None;
+    let mut with_prometheus = false;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -60,6 +66,7 @@ fn parse(args: impl IntoIterator<Item = String>, kafka_brokers: Option<String>) 
                     return Err(format!("--rate {text}: must be above 0 and at most {MAX_RATE}"));
                 }
             }
+            "--with-prometheus" => with_prometheus = true,
             "-h" | "--help" => return Err(String::new()),
             other if other.starts_with('-') => return Err(format!("unknown option {other}")),
             _ => gateway_bin = Some(PathBuf::from(arg)),
@@ -73,7 +80,7 @@ fn parse(args: impl IntoIterator<Item = String>, kafka_brokers: Option<String>) 
         (Some(other), None) => return Err(format!("--broker {other}: expected mock or tansu")),
     };
     let gateway_bin = gateway_bin.ok_or("the path to the mesaya-realtime binary is missing")?;
-    Ok(Options { kafka, rate, gateway_bin })
+    Ok(Options { kafka, rate, with_prometheus, gateway_bin })
 }
 
 fn port(variable: &str, default: u16) -> u16 {
@@ -97,6 +104,9 @@ async fn main() {
         eprintln!("{USAGE}");
         std::process::exit(2);
     });
+    if options.with_prometheus && mesaya_testkit::prometheus::binary().is_none() {
+        fail(prometheus::NOT_INSTALLED);
+    }
     let gateway_port = port("PORT", 8080);
     let admin_port = port("ADMIN_PORT", 8082);
     let floor = Floor::sample();
@@ -143,6 +153,15 @@ async fn main() {
     let ops = gateway.ops_url();
     println!("  admin:     {ops}/healthz  {ops}/readyz  {ops}/metrics (the admin listener; 404 on the public port)");
     println!("  logs:      {}", gateway.log_path().display());
+    let _prometheus = if options.with_prometheus {
+        // The gateway runs already: a Prometheus that cannot start is reported, not fatal.
+        prometheus::start(admin_port, port("PROMETHEUS_PORT", 9090))
+            .await
+            .map_err(|error| eprintln!("mesaya-dev: {error}"))
+            .ok()
+    } else {
+        None
+    };
     println!();
     println!("Simulating {} event(s) per second. Ctrl-C stops everything.", options.rate);
 
@@ -182,6 +201,8 @@ mod tests {
         assert_eq!(options.kafka, Choice::Mock);
         assert_eq!(options.rate, DEFAULT_RATE);
         assert_eq!(options.gateway_bin, PathBuf::from("target/release/mesaya-realtime"));
+        assert!(!options.with_prometheus);
+        assert!(parse(args("--with-prometheus gw"), None).unwrap().with_prometheus);
     }
 
     #[test]
