@@ -8,10 +8,14 @@
 #   scripts/dev.sh --broker tansu       a real broker, tansu (installed on first use, ~15 min)
 #   KAFKA_BROKERS=host:9092 scripts/dev.sh    a Kafka that already runs
 #   scripts/dev.sh --rate 10            simulated events per second (default 2)
+#   scripts/dev.sh --with-prometheus    also Prometheus (Debian's package: apt-get install
+#                                       prometheus) scraping the admin listener, with the alert
+#                                       rules loaded; its URL and a few dashboard queries printed
 #
 # PORT=… picks the gateway's port (8080), PAGE_PORT=… the page's (8081), ADMIN_PORT=… the gateway's
 # admin listener's (8082), where /healthz, /readyz and /metrics are served (the public port answers
-# them 404), as in production with ADMIN_PORT set.
+# them 404), as in production with ADMIN_PORT set; its URL is printed. PROMETHEUS_PORT=… picks
+# Prometheus's (9090).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

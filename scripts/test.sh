@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test: the workspace's against a real tansu broker (extra arguments go to cargo test),
-# then the client library's (clients/js) with Node's test runner: its unit tests, then its
-# end-to-end and browser tests against the gateway binary, tansu and the stand-in API.
+# Runs every test: the alert rules' (promtool), the workspace's against a real tansu broker (extra
+# arguments go to cargo test), then the client library's (clients/js) with Node's test runner: its
+# unit tests, then its end-to-end and browser tests against the gateway binary, tansu and the
+# stand-in API.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -14,6 +15,16 @@ if [[ -z "${CHROMIUM_BIN:-}" ]] && ! command -v chromium >/dev/null; then
   echo "installing chromium for the browser test..." >&2
   apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium >&2
 fi
+
+# The alert rules' unit tests, and tests/prometheus.rs (a real Prometheus scraping the gateway),
+# need Debian's prometheus package: promtool and the prometheus server.
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+  echo "installing prometheus for the alert and dashboard tests..." >&2
+  apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y prometheus >&2
+fi
+echo "running the alert rules' unit tests..." >&2
+promtool check rules deploy/prometheus/alerts.yml >&2
+promtool test rules deploy/prometheus/alerts.test.yml
 
 cargo test --workspace --locked "$@"
 

@@ -2,6 +2,7 @@
 //! earlier Go service). Any problem is one [`ConfigError`] that names the
 //! variable, and the process stops at start.
 
+use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -16,6 +17,9 @@ use crate::domain::audience::{DEFAULT_PUBLIC_RESERVATION_FIELDS, PublicFields};
 /// including the v1 `tables.selecting` / `tables.released` hints, so that
 /// they are counted as skipped rather than silently unseen.
 pub const DEFAULT_TOPICS: &str = r"^mesa-ya\.(sections|tables|objects|section-objects|reservations|restaurants)\.(events|created|updated|deleted|selecting|released)$";
+
+/// The default `KAFKA_BROKERS`.
+const DEFAULT_BROKERS: &str = "localhost:9092";
 
 /// The longest any duration setting may be.
 const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
@@ -136,21 +140,88 @@ pub struct Config {
     pub resume: Option<ResumeConfig>,
 }
 
-/// Reads variables through `lookup`; empty values count as unset.
-struct Env<F>(F);
+/// Where a variable's effective value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Set,
+    Default,
+}
+
+/// One variable as the configuration read it (for `--check-config`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    pub variable: &'static str,
+    /// The effective value as text; empty when unset with no default.
+    pub value: String,
+    pub source: Source,
+}
+
+/// The variables whose values are never shown.
+pub const SECRET_VARIABLES: [&str; 3] = ["JWT_SECRET", "JWT_PUBLIC_KEY", "RESUME_SECRET"];
+
+impl std::fmt::Display for Setting {
+    /// One line: `NAME=value (set)`, `NAME=value (default)` or
+    /// `NAME unset (default)`, secrets redacted.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let source = match self.source {
+            Source::Set => "set",
+            Source::Default => "default",
+        };
+        match (self.value.is_empty(), SECRET_VARIABLES.contains(&self.variable)) {
+            (true, _) => write!(f, "{} unset ({source})", self.variable),
+            (false, true) => write!(f, "{}=<redacted> ({source})", self.variable),
+            (false, false) => write!(f, "{}={} ({source})", self.variable, self.value.replace('\n', "\\n")),
+        }
+    }
+}
+
+/// Reads variables through `lookup`; empty values count as unset. Notes
+/// each variable's effective value as it goes.
+struct Env<F> {
+    lookup: F,
+    read: RefCell<Vec<Setting>>,
+}
 
 impl<F: Fn(&str) -> Option<String>> Env<F> {
-    fn get(&self, name: &str) -> Option<String> {
-        (self.0)(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+    fn get(&self, name: &'static str) -> Option<String> {
+        let value = (self.lookup)(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let source = if value.is_some() { Source::Set } else { Source::Default };
+        self.note(name, value.clone().unwrap_or_default(), source);
+        value
     }
 
-    fn string(&self, name: &str, default: &str) -> String {
-        self.get(name).unwrap_or_else(|| default.to_string())
+    /// `name` was unset and takes `default`.
+    fn defaulted(&self, name: &'static str, default: impl std::fmt::Display) {
+        self.note(name, default.to_string(), Source::Default);
     }
 
-    fn parsed<T: std::str::FromStr>(&self, name: &'static str, default: T, what: &str) -> Result<T, ConfigError> {
+    fn note(&self, variable: &'static str, value: String, source: Source) {
+        let setting = Setting { variable, value, source };
+        let mut read = self.read.borrow_mut();
+        match read.iter_mut().find(|noted| noted.variable == variable) {
+            Some(noted) => *noted = setting,
+            None => read.push(setting),
+        }
+    }
+
+    fn string(&self, name: &'static str, default: &str) -> String {
+        self.get(name).unwrap_or_else(|| {
+            self.defaulted(name, default);
+            default.to_string()
+        })
+    }
+
+    fn parsed<T: std::str::FromStr + std::fmt::Display>(
+        &self,
+        name: &'static str,
+        default: T,
+        what: &str,
+    ) -> Result<T, ConfigError> {
         match self.get(name) {
-            None => Ok(default),
+            None => {
+                self.defaulted(name, &default);
+                Ok(default)
+            }
             Some(raw) => raw.parse().map_err(|_| ConfigError::new(name, format!("expected {what}, got {raw:?}"))),
         }
     }
@@ -169,7 +240,10 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
     }
 
     fn duration(&self, name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
-        let Some(raw) = self.get(name) else { return Ok(default) };
+        let Some(raw) = self.get(name) else {
+            self.defaulted(name, humantime::format_duration(default));
+            return Ok(default);
+        };
         let duration = humantime::parse_duration(&raw)
             .map_err(|e| ConfigError::new(name, format!("expected a duration like 5s or 800ms, got {raw:?} ({e})")))?;
         if duration.is_zero() {
@@ -185,7 +259,10 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
     /// A size in bytes: a whole number, optionally with a unit (`KiB`,
     /// `MiB`, `GiB`, or the decimal `KB`, `MB`, `GB`).
     fn bytes(&self, name: &'static str, default: usize) -> Result<usize, ConfigError> {
-        let Some(raw) = self.get(name) else { return Ok(default) };
+        let Some(raw) = self.get(name) else {
+            self.defaulted(name, default);
+            return Ok(default);
+        };
         let problem = || ConfigError::new(name, format!("expected a size like 64MiB or 1048576, got {raw:?}"));
         let digits = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
         let (number, unit) = raw.split_at(digits);
@@ -202,7 +279,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         number.parse::<usize>().ok().and_then(|n| n.checked_mul(multiplier)).ok_or_else(problem)
     }
 
-    fn list(&self, name: &str, default: &str) -> Vec<String> {
+    fn list(&self, name: &'static str, default: &str) -> Vec<String> {
         self.string(name, default)
             .split(',')
             .map(str::trim)
@@ -289,7 +366,10 @@ fn max_connections<F: Fn(&str) -> Option<String>>(
         )
     };
     match env.get("WS_MAX_CONNECTIONS") {
-        None if room > 0 => Ok(room),
+        None if room > 0 => {
+            env.defaulted("WS_MAX_CONNECTIONS", room);
+            Ok(room)
+        }
         None => Err(no_room(format!("the open-file limit of {open_files} leaves no room for sessions"))),
         Some(_) => {
             let sessions = env.positive("WS_MAX_CONNECTIONS", room)?;
@@ -324,8 +404,22 @@ impl Config {
     }
 
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>, open_files: usize) -> Result<Self, ConfigError> {
-        let env = Env(lookup);
+        Self::read(lookup, open_files).0
+    }
 
+    /// [`Config::from_lookup`], and every variable it read, in order, with
+    /// its effective value and where that came from; up to the first
+    /// problem, when there is one.
+    pub fn read(
+        lookup: impl Fn(&str) -> Option<String>,
+        open_files: usize,
+    ) -> (Result<Self, ConfigError>, Vec<Setting>) {
+        let env = Env { lookup, read: RefCell::default() };
+        let config = Self::parse(&env, open_files);
+        (config, env.read.into_inner())
+    }
+
+    fn parse<F: Fn(&str) -> Option<String>>(env: &Env<F>, open_files: usize) -> Result<Self, ConfigError> {
         let jwt = JwtSettings {
             secret: env.get("JWT_SECRET"),
             // PEM keys often travel through env files with literal `\n`s and
@@ -344,7 +438,10 @@ impl Config {
             ));
         }
 
-        let brokers = env.get("KAFKA_BROKERS").or_else(|| env.get("KAFKA_BROKER")).unwrap_or("localhost:9092".into());
+        let brokers = env.get("KAFKA_BROKERS").or_else(|| env.get("KAFKA_BROKER")).unwrap_or_else(|| {
+            env.defaulted("KAFKA_BROKERS", DEFAULT_BROKERS);
+            DEFAULT_BROKERS.into()
+        });
         let topics = env.list("KAFKA_TOPICS", DEFAULT_TOPICS);
         if topics.is_empty() {
             return Err(ConfigError::new("KAFKA_TOPICS", "names no topic"));
@@ -393,7 +490,7 @@ impl Config {
             .map_err(|e| ConfigError::new("LOG_LEVEL", format!("{log_level:?}: {e}")))?;
 
         let resume = ResumeConfig {
-            secret: resume_secret(&env)?,
+            secret: resume_secret(env)?,
             window: env.duration("RESUME_WINDOW", Duration::from_secs(120))?,
             reauth_after: env.duration("RESUME_REAUTH_AFTER", Duration::from_secs(15 * 60))?,
             buffer_frames: env.count("RESUME_BUFFER", 1024)?,
@@ -421,18 +518,18 @@ impl Config {
             allowed_roles: env.list("WS_ALLOWED_ROLES", "USER,OWNER,ADMIN"),
             required_permission: env.get("WS_REQUIRED_PERMISSION"),
             staff_roles: env.list("WS_STAFF_ROLES", "ADMIN"),
-            public_reservation_fields: public_reservation_fields(&env)?,
+            public_reservation_fields: public_reservation_fields(env)?,
             rest_base_url,
             snapshot_path,
             rest_timeout: env.duration("REST_TIMEOUT", Duration::from_secs(5))?,
             snapshot_concurrency,
             admission: AdmissionSettings {
-                max_connections: max_connections(&env, open_files, pending.max_pending, snapshot_concurrency)?,
+                max_connections: max_connections(env, open_files, pending.max_pending, snapshot_concurrency)?,
                 max_connections_per_user: env.count("WS_MAX_CONNECTIONS_PER_USER", 64)?,
-                trusted_proxies: trusted_proxies(&env)?,
+                trusted_proxies: trusted_proxies(env)?,
                 pending,
             },
-            admin: admin_address(&env)?,
+            admin: admin_address(env)?,
             shards: env.positive("SHARDS", cores)?,
             session: SessionSettings {
                 queue: QueueLimits {
@@ -442,7 +539,7 @@ impl Config {
                 ping_interval: env.duration("WS_PING_INTERVAL", Duration::from_secs(20))?,
                 pong_timeout: env.duration("WS_PONG_TIMEOUT", Duration::from_secs(10))?,
                 max_frame_bytes: env.positive("WS_MAX_FRAME_BYTES", 64 << 10)?,
-                client_messages_per_second: client_rate(&env)?,
+                client_messages_per_second: client_rate(env)?,
                 token_leeway,
                 write_timeout: env.duration("WS_WRITE_TIMEOUT", Duration::from_secs(10))?,
                 refresh_notice: env.duration("WS_REFRESH_NOTICE", Duration::from_secs(60))?,
@@ -549,6 +646,32 @@ mod tests {
         assert_eq!(admin(&[("ADMIN_HOST", "::"), ("ADMIN_PORT", "9090")]), Ok(Some("[::]:9090".parse().unwrap())));
         assert_eq!(admin(&[("ADMIN_HOST", "10.0.0.7")]), Ok(None), "a host alone opens nothing");
         assert_eq!(admin(&[("ADMIN_PORT", "0")]).unwrap_err().variable, "ADMIN_PORT");
+    }
+
+    #[test]
+    fn every_variable_read_is_reported_with_its_source_and_secrets_redacted() {
+        let vars = [("JWT_SECRET", "s3cret-s3cret"), ("PORT", "9000"), ("REST_TIMEOUT", "2s")];
+        let lookup = |name: &str| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string());
+        let (config, settings) = Config::read(lookup, 20_000);
+        assert!(config.is_ok());
+        let line = |variable: &str| {
+            settings.iter().find(|s| s.variable == variable).map(ToString::to_string).unwrap_or_default()
+        };
+        assert_eq!(line("JWT_SECRET"), "JWT_SECRET=<redacted> (set)");
+        assert_eq!(line("PORT"), "PORT=9000 (set)");
+        assert_eq!(line("REST_TIMEOUT"), "REST_TIMEOUT=2s (set)");
+        assert_eq!(line("DRAIN_TIMEOUT"), "DRAIN_TIMEOUT=10s (default)");
+        assert_eq!(line("KAFKA_BROKERS"), "KAFKA_BROKERS=localhost:9092 (default)");
+        assert_eq!(line("RESUME_BUFFER_BYTES"), "RESUME_BUFFER_BYTES=67108864 (default)");
+        assert_eq!(line("WS_MAX_CONNECTIONS"), format!("WS_MAX_CONNECTIONS={} (default)", 20_000 - 1024 - 256 - 256));
+        assert_eq!(line("JWT_ISSUER"), "JWT_ISSUER unset (default)");
+        let mut names: Vec<_> = settings.iter().map(|s| s.variable).collect();
+        names.dedup();
+        assert_eq!(names.len(), settings.len(), "one line per variable");
+
+        let (failed, read) = Config::read(|name: &str| (name == "JWT_SECRET").then(|| "k".to_string()), 100);
+        assert_eq!(failed.unwrap_err().variable, "WS_MAX_CONNECTIONS");
+        assert!(read.iter().any(|s| s.variable == "WS_MAX_CONNECTIONS"), "read up to the problem");
     }
 
     #[test]

@@ -47,10 +47,13 @@
 //! Inward only: [`domain`] (pure rules) ← [`application`] (use cases and
 //! ports) ← [`infrastructure`] (adapters behind the ports) and [`transport`]
 //! (the server). [`config`], [`shutdown`] and [`telemetry`] are read by all;
-//! wiring happens in `main.rs` only.
+//! wiring happens in `main.rs` only, and in [`config_check`], the
+//! `--check-config` command, which puts the configuration and two adapters
+//! together without starting anything.
 
 pub mod application;
 pub mod config;
+pub mod config_check;
 pub mod domain;
 pub mod infrastructure;
 pub mod shutdown;

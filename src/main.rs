@@ -16,6 +16,7 @@ use mesaya_realtime::application::restaurants::SharedRestaurants;
 use mesaya_realtime::application::resume::ResumeSettings;
 use mesaya_realtime::application::router::EventRouter;
 use mesaya_realtime::config::{Config, LogFormat};
+use mesaya_realtime::config_check;
 use mesaya_realtime::domain::access::AccessPolicy;
 use mesaya_realtime::domain::audience::{Disclosure, StaffRoles};
 use mesaya_realtime::infrastructure::jwt::JwtVerifier;
@@ -46,6 +47,10 @@ const EXIT_CONFIG: u8 = 78;
 const EXIT_INTERRUPTED: u8 = 130;
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("--check-config") {
+        let ok = config_check::run(|name| std::env::var(name).ok(), raise_open_file_limit());
+        return if ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_CONFIG) };
+    }
     let config = match Config::from_env(raise_open_file_limit()) {
         Ok(config) => config,
         Err(error) => {

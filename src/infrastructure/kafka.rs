@@ -45,6 +45,7 @@ use crate::domain::position::{PartitionId, Position};
 use crate::shutdown::Shutdown;
 use crate::telemetry::METRICS;
 use crate::telemetry::events::{RecordSkipped, ReservationsExpired};
+use crate::telemetry::freshness::Freshness;
 
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -147,6 +148,7 @@ pub struct KafkaIngest<D> {
     readiness: Arc<Readiness>,
     shutdown: Shutdown,
     link_gauges: LinkGauges,
+    freshness: Freshness,
 }
 
 impl<D: Dispatch> KafkaIngest<D> {
@@ -158,7 +160,16 @@ impl<D: Dispatch> KafkaIngest<D> {
         shutdown: Shutdown,
     ) -> Self {
         let group_id = format!("{}-{}", settings.group_id_prefix, uuid::Uuid::new_v4().simple());
-        Self { settings, group_id, ingest, learned_sections, readiness, shutdown, link_gauges: LinkGauges::new() }
+        Self {
+            settings,
+            group_id,
+            ingest,
+            learned_sections,
+            readiness,
+            shutdown,
+            link_gauges: LinkGauges::new(),
+            freshness: Freshness::default(),
+        }
     }
 
     fn stopped(&self) -> bool {
@@ -224,7 +235,13 @@ impl<D: Dispatch> KafkaIngest<D> {
             // expire on time.
             self.learn_sections(record.map(|record| record.position()));
             ReservationsExpired { count: self.ingest.expire_held() }.emit();
-            if let Some(record) = record {
+            if let (Some(record), Some(Ok(message))) = (record, &polled) {
+                self.freshness.consumed(
+                    record.topic,
+                    record.partition,
+                    message.timestamp().to_millis(),
+                    std::time::SystemTime::now(),
+                );
                 self.handle_record(record);
                 consumer.context().resume_after(record.topic, record.partition, record.offset);
             }
@@ -272,25 +289,12 @@ impl<D: Dispatch> KafkaIngest<D> {
         self.link_gauges.set(self.ingest.link_counts());
     }
 
-    fn client_config(&self, group_id: &str) -> ClientConfig {
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", &self.settings.brokers)
-            .set("group.id", group_id)
-            .set("client.id", "mesaya-realtime")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "latest")
-            .set("allow.auto.create.topics", "false")
-            .set("log_level", "4");
-        config
-    }
-
     /// Phase 1 of the offset lifecycle. Returns each rebuilt partition's high
     /// watermark: where the live consumer takes over.
     fn rebuild_links(&mut self) -> KafkaResult<ResumePoints> {
-        let consumer: BaseConsumer =
-            self.client_config(&format!("{}-rebuild", self.group_id)).set("enable.partition.eof", "true").create()?;
+        let consumer: BaseConsumer = client_config(&self.settings, &format!("{}-rebuild", self.group_id))
+            .set("enable.partition.eof", "true")
+            .create()?;
         let selection = TopicSelection::new(&self.settings.topics);
         let metadata = consumer.fetch_metadata(None, METADATA_TIMEOUT)?;
         let mut ends = ResumePoints::default();
@@ -352,7 +356,7 @@ impl<D: Dispatch> KafkaIngest<D> {
     /// so once at start. A broker that cannot answer is not an error.
     fn warn_on_finite_retention(&self, topics: &[String]) {
         let asked = || -> KafkaResult<Vec<(String, String)>> {
-            let admin: AdminClient<DefaultClientContext> = self.client_config(&self.group_id).create()?;
+            let admin: AdminClient<DefaultClientContext> = client_config(&self.settings, &self.group_id).create()?;
             let specifiers: Vec<ResourceSpecifier<'_>> = topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
             // Short: a broker that does not answer (librdkafka's mock cluster)
             // must not hold readiness back for long.
@@ -394,8 +398,7 @@ impl<D: Dispatch> KafkaIngest<D> {
             resume_points: Mutex::new(start_offsets),
             assigned: Mutex::default(),
         };
-        let consumer: BaseConsumer<IngestContext> = self
-            .client_config(&self.group_id)
+        let consumer: BaseConsumer<IngestContext> = client_config(&self.settings, &self.group_id)
             .set("statistics.interval.ms", "1000")
             .set("fetch.wait.max.ms", self.settings.fetch_wait_max.as_millis().to_string())
             // Pick up topics created after start that match a regex.
@@ -405,6 +408,31 @@ impl<D: Dispatch> KafkaIngest<D> {
         consumer.subscribe(&topics)?;
         Ok(consumer)
     }
+}
+
+fn client_config(settings: &KafkaSettings, group_id: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.brokers)
+        .set("group.id", group_id)
+        .set("client.id", "mesaya-realtime")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "latest")
+        .set("allow.auto.create.topics", "false")
+        .set("log_level", "4");
+    config
+}
+
+/// For `--check-config`: asks the brokers for their topics, as the rebuild
+/// does at start, and returns how many of them `KAFKA_TOPICS` selects (the
+/// gateway is never ready with none). Fails if no broker answers within
+/// `timeout`.
+pub fn probe(settings: &KafkaSettings, timeout: Duration) -> KafkaResult<usize> {
+    let consumer: BaseConsumer = client_config(settings, &format!("{}-check", settings.group_id_prefix)).create()?;
+    let selection = TopicSelection::new(&settings.topics);
+    let metadata = consumer.fetch_metadata(None, timeout)?;
+    Ok(metadata.topics().iter().filter(|topic| selection.selects(topic.name())).count())
 }
 
 struct IngestContext {

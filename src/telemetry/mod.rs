@@ -4,13 +4,15 @@
 //! counted is an internal event in [`events`].
 
 pub mod events;
+pub mod freshness;
 pub mod logs;
 
 use std::sync::LazyLock;
 
+use prometheus::process_collector::ProcessCollector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -35,6 +37,8 @@ pub struct Metrics {
     pub snapshot_bodies_reused: IntCounter,
     pub handoff_skipped: IntCounter,
     pub consumer_lag: IntGaugeVec,
+    pub record_age_seconds: HistogramVec,
+    pub last_record_timestamp: GaugeVec,
     pub shard_mailbox_pushed: IntCounterVec,
     pub shard_mailbox_popped: IntCounterVec,
     pub router_links: IntGaugeVec,
@@ -95,6 +99,28 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(delivery_seconds.clone())).expect("unique metric");
+        let record_age_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "mesaya_kafka_record_age_seconds",
+                "Age of each Kafka record when consumed: now minus its Kafka timestamp (late even when the lag reads 0)",
+            )
+            .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0]),
+            &["topic"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(record_age_seconds.clone())).expect("unique metric");
+        let last_record_timestamp = GaugeVec::new(
+            Opts::new(
+                "mesaya_kafka_last_record_timestamp_seconds",
+                "When a record was last consumed from the partition (Unix time; time() minus it is the time since)",
+            ),
+            &["topic", "partition"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(last_record_timestamp.clone())).expect("unique metric");
+        // process_cpu_seconds_total, process_resident_memory_bytes,
+        // process_open_fds, process_start_time_seconds (restarts) and the rest.
+        r.register(Box::new(ProcessCollector::for_self())).expect("unique metric");
         Self {
             connections: gauge_vec(&r, "mesaya_connections", "Open WebSocket connections", &["shard"]),
             audience_connections: gauge_vec(
@@ -170,6 +196,8 @@ impl Metrics {
                 "Messages behind the high watermark",
                 &["topic", "partition"],
             ),
+            record_age_seconds,
+            last_record_timestamp,
             shard_mailbox_pushed: counter_vec(
                 &r,
                 "mesaya_shard_mailbox_pushed_total",

@@ -44,6 +44,13 @@ pub fn wiring_to(bootstrap: &str, api: &StandInApi, secret: &str) -> Vec<(&'stat
     ]
 }
 
+/// How a gateway run to its end ended, and what it wrote.
+pub struct Exited {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
 /// A running gateway process. Dropping it kills the process.
 pub struct Gateway {
     child: Child,
@@ -98,12 +105,19 @@ impl Gateway {
     /// Runs `bin` until it exits by itself (e.g. rejecting its configuration); returns its exit
     /// status and its stderr alone. Panics (killing it) if it still runs after `timeout`.
     pub async fn run_to_exit(bin: &Path, env: &[(&str, String)], timeout: Duration) -> (ExitStatus, String) {
+        let exited = Self::run_command_to_exit(bin, &[], env, timeout).await;
+        (exited.status, exited.stderr)
+    }
+
+    /// [`Gateway::run_to_exit`] with command-line `args`, returning stdout too.
+    pub async fn run_command_to_exit(bin: &Path, args: &[&str], env: &[(&str, String)], timeout: Duration) -> Exited {
         let stdout_log = LogFile::new("gateway-stdout");
         let stderr_log = LogFile::new("gateway-stderr");
         let port = port_from(env);
         // A Gateway (with stdout as its log) so that a panic below still kills the child.
         let mut gateway = Gateway {
             child: command(bin, port, env)
+                .args(args)
                 .stdout(stdout_log.stdio().0)
                 .stderr(stderr_log.stdio().0)
                 .spawn()
@@ -120,7 +134,7 @@ impl Gateway {
                 stderr_log.tail(LOG_TAIL)
             );
         };
-        (status, stderr_log.read())
+        Exited { status, stdout: gateway.log.read(), stderr: stderr_log.read() }
     }
 
     pub fn port(&self) -> u16 {

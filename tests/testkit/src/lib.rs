@@ -2,8 +2,9 @@
 //!
 //! Everything here is real: a Kafka-protocol broker process ([`broker`], tansu), an HTTP server
 //! standing in for the MesaYa Nest API ([`api`]), the gateway binary itself ([`gateway`]),
-//! WebSocket clients ([`ws`]) and the floor-plan page ([`page`]). [`sample`] holds a sample
-//! restaurant and a simulator of its upstream traffic. Waiting is always bounded polling on a condition ([`wait`]), and everything binds or
+//! WebSocket clients ([`ws`]), the floor-plan page ([`page`]) and a Prometheus server scraping the
+//! gateway ([`prometheus`]). [`sample`] holds a sample restaurant and a simulator of its upstream
+//! traffic. Waiting is always bounded polling on a condition ([`wait`]), and everything binds or
 //! connects to 127.0.0.1 only.
 //!
 //! The `mesaya-dev` binary (`scripts/dev.sh`) puts these pieces together for a person to try, and,
@@ -20,6 +21,7 @@ pub mod fixtures;
 pub mod gateway;
 pub mod page;
 pub mod producer;
+pub mod prometheus;
 pub mod sample;
 pub mod tokens;
 pub mod wait;

@@ -8,6 +8,7 @@
 
 mod driven;
 mod kafka;
+mod prometheus;
 mod stack;
 
 use std::path::PathBuf;
@@ -18,18 +19,20 @@ use mesaya_testkit::gateway::free_port;
 use kafka::Choice;
 use stack::{Layout, Stack};
 
-const USAGE: &str = "usage: mesaya-dev [--broker mock|tansu] [--rate EVENTS_PER_SECOND] [--driven] <path to mesaya-realtime> [NAME=VALUE…]
+const USAGE: &str = "usage: mesaya-dev [--broker mock|tansu] [--rate EVENTS_PER_SECOND] [--driven] [--with-prometheus] <path to mesaya-realtime> [NAME=VALUE…]
 
   --broker mock    Kafka in this process (librdkafka's mock cluster; the default)
   --broker tansu   a tansu broker process (TANSU_BIN, see scripts/ensure-tansu.sh)
   --rate N         simulated upstream events per second (default 2; fractions allowed)
   --driven         no simulator of its own: JSON commands on stdin, answers on stdout (for tests)
+  --with-prometheus  Prometheus (Debian's package) scraping the gateway, the alert rules loaded
   NAME=VALUE       passed to the gateway, over the dev command's own settings
 
   KAFKA_BROKERS=host:port    use that Kafka instead of starting one
   PORT=8080, PAGE_PORT=8081  the gateway's and the floor-plan page's ports (0: any free port)
   ADMIN_PORT=8082            the gateway's admin listener (/healthz, /readyz, /metrics)
-  PAGE_TOKEN_LIFETIME=120    seconds the page's tokens live (it refreshes them in band)";
+  PAGE_TOKEN_LIFETIME=120    seconds the page's tokens live (it refreshes them in band)
+  PROMETHEUS_PORT=9090       Prometheus, with --with-prometheus";
 const DEFAULT_RATE: f64 = 2.0;
 /// A bound against typos such as `--rate 20000`: load testing is `cargo bench --bench fanout_load`'s job.
 const MAX_RATE: f64 = 1000.0;
@@ -39,6 +42,7 @@ struct Options {
     kafka: Choice,
     rate: f64,
     driven: bool,
+    with_prometheus: bool,
     gateway_bin: PathBuf,
     gateway_env: Vec<(String, String)>,
 }
@@ -47,6 +51,7 @@ fn parse(args: impl IntoIterator<Item = String>, kafka_brokers: Option<String>) 
     let mut broker = None;
     let mut rate = DEFAULT_RATE;
     let mut driven = false;
+    let mut with_prometheus = false;
     let mut gateway_bin = None;
     let mut gateway_env = Vec::new();
     let mut args = args.into_iter();
@@ -66,6 +71,7 @@ fn parse(args: impl IntoIterator<Item = String>, kafka_brokers: Option<String>) 
                 }
             }
             "--driven" => driven = true,
+            "--with-prometheus" => with_prometheus = true,
             "-h" | "--help" => return Err(String::new()),
             other if other.starts_with('-') => return Err(format!("unknown option {other}")),
             _ if gateway_bin.is_some() => {
@@ -83,7 +89,7 @@ fn parse(args: impl IntoIterator<Item = String>, kafka_brokers: Option<String>) 
         (Some(other), None) => return Err(format!("--broker {other}: expected mock or tansu")),
     };
     let gateway_bin = gateway_bin.ok_or("the path to the mesaya-realtime binary is missing")?;
-    Ok(Options { kafka, rate, driven, gateway_bin, gateway_env })
+    Ok(Options { kafka, rate, driven, with_prometheus, gateway_bin, gateway_env })
 }
 
 /// `variable`'s port, `default` when unset; `0` picks a free one now, so that the gateway keeps it
@@ -120,12 +126,16 @@ async fn main() {
         eprintln!("{USAGE}");
         std::process::exit(2);
     });
+    if options.with_prometheus && mesaya_testkit::prometheus::binary().is_none() {
+        fail(prometheus::NOT_INSTALLED);
+    }
     let seed = fastrand::u64(..);
+    let admin_port = port("ADMIN_PORT", 8082);
     let layout = Layout {
         kafka: options.kafka,
         gateway_bin: options.gateway_bin,
         gateway_port: port("PORT", 8080),
-        admin_port: port("ADMIN_PORT", 8082),
+        admin_port,
         page_port: port("PAGE_PORT", 8081),
         page_token_lifetime: seconds("PAGE_TOKEN_LIFETIME", stack::PAGE_TOKEN_LIFETIME),
         gateway_env: options.gateway_env,
@@ -135,6 +145,15 @@ async fn main() {
     if options.driven {
         driven::serve(stack, seed).await;
     } else {
+        let _prometheus = if options.with_prometheus {
+            // The gateway runs already: a Prometheus that cannot start is reported, not fatal.
+            prometheus::start(admin_port, port("PROMETHEUS_PORT", 9090))
+                .await
+                .map_err(|error| eprintln!("mesaya-dev: {error}"))
+                .ok()
+        } else {
+            None
+        };
         show(stack, options.rate).await;
     }
 }
@@ -217,6 +236,8 @@ mod tests {
             [("WS_QUEUE_MAX_FRAMES".into(), "64".into()), ("RESUME_SECRET".into(), "a=b".into())]
         );
         assert!(!parse(args("gw"), None).unwrap().driven);
+        assert!(!parse(args("gw"), None).unwrap().with_prometheus);
+        assert!(parse(args("--with-prometheus gw"), None).unwrap().with_prometheus);
         assert!(parse(args("gw stray"), None).unwrap_err().contains("NAME=VALUE"));
     }
 
