@@ -254,7 +254,7 @@ impl Variants {
 
     /// Bytes of every variant: what keeping this event costs.
     pub fn bytes(&self) -> usize {
-        self.full.len() + self.public.as_ref().map_or(0, Frame::len)
+        self.full.held_bytes() + self.public.as_ref().map_or(0, Frame::held_bytes)
     }
 }
 

@@ -87,6 +87,11 @@ impl Frame {
         self.text.len()
     }
 
+    /// What keeping it costs: its text and its compressed form.
+    pub fn held_bytes(&self) -> usize {
+        self.text.len() + self.deflated.as_ref().map_or(0, Bytes::len)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.text.is_empty()
     }
