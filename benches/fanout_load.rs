@@ -71,6 +71,13 @@
 //! its latency. `LOAD_SERVER_NICE=-10` (root) gives the server's threads priority over
 //! everything else, as cores of its own would.
 //!
+//! Compression: with `LOAD_DEFLATE=1` every client offers permessage-deflate as a browser does
+//! (`permessage-deflate; client_max_window_bits`) and inflates what comes compressed (RSV1); the
+//! gateway accepts it unless `WS_COMPRESSION=off` is forwarded. Every row prints the bytes on the
+//! wire per delivery and, in the idle row, per snapshot (`LOAD_SNAPSHOT_TABLES` tables, 10 by
+//! default), headers included, beside the bytes of their text: run a row with and without
+//! `LOAD_DEFLATE=1` for the uncompressed figures beside the compressed ones.
+//!
 //! `cargo bench --bench fanout_load` (needs tansu; `scripts/ensure-tansu.sh`).
 
 use std::collections::{BTreeMap, HashMap};
@@ -1149,7 +1156,7 @@ const GATEWAY_SETTINGS: [(&str, &str); 5] = [
 ];
 
 /// Gateway variables the harness forwards when they are set in its own environment.
-const FORWARDED: [&str; 15] = [
+const FORWARDED: [&str; 17] = [
     "SHARDS",
     "RESUME_SECRET",
     "RESUME_WINDOW",
@@ -1164,6 +1171,8 @@ const FORWARDED: [&str; 15] = [
     "HTTP_MAX_PENDING_PER_IP",
     "WS_PING_INTERVAL",
     "WS_WRITE_TIMEOUT",
+    "WS_COMPRESSION",
+    "WS_COMPRESSION_MIN_BYTES",
     "LOG_LEVEL",
 ];
 
@@ -1345,7 +1354,60 @@ struct Shared {
     /// Frames with a sequence number and their payload bytes, received by staff clients
     /// (`[0]`) and by public ones (`[1]`): the public frames of reservations are cut.
     by_audience: [(AtomicU64, AtomicU64); 2],
+    /// The clients offer permessage-deflate (`LOAD_DEFLATE=1`).
+    deflate: bool,
+    /// Frames with a sequence number: bytes on the wire (headers included), and of their text.
+    wire: Bytes2,
+    /// Snapshot frames: how many, bytes on the wire (headers included), and of their text.
+    snapshots: AtomicU64,
+    snapshot_bytes: Bytes2,
     latency: Latencies,
+}
+
+/// Bytes on the wire, and of the text they carry.
+#[derive(Default)]
+struct Bytes2 {
+    wire: AtomicU64,
+    text: AtomicU64,
+}
+
+impl Bytes2 {
+    fn add(&self, wire: u64, text: u64) {
+        self.wire.fetch_add(wire, Relaxed);
+        self.text.fetch_add(text, Relaxed);
+    }
+
+    /// `B on the wire each (B of text: ratio)` over `count` frames.
+    fn per(&self, count: u64) -> String {
+        let (wire, text) = (self.wire.load(Relaxed) as f64, self.text.load(Relaxed) as f64);
+        let n = count.max(1) as f64;
+        format!("{:.0} B on the wire each ({:.0} B of text: {:.2}x)", wire / n, text / n, wire / text.max(1.0))
+    }
+}
+
+/// The text of a compressed message (RFC 7692 §7.2.2), with this thread's inflater: one per
+/// worker thread, not one per client, so that an idle fleet holds none.
+fn inflate(payload: &[u8]) -> Vec<u8> {
+    thread_local! {
+        static INFLATER: std::cell::RefCell<flate2::Decompress> = std::cell::RefCell::new(flate2::Decompress::new(false));
+    }
+    INFLATER.with_borrow_mut(|inflater| {
+        inflater.reset(false);
+        let message = [payload, &[0x00, 0x00, 0xff, 0xff]].concat();
+        let mut text = Vec::with_capacity(8 * payload.len() + 256);
+        loop {
+            let read = inflater.total_in() as usize;
+            let status = inflater
+                .decompress_vec(&message[read..], &mut text, flate2::FlushDecompress::Sync)
+                .expect("a compressed frame the gateway sent inflates");
+            if inflater.total_in() as usize == message.len() && text.len() < text.capacity()
+                || status == flate2::Status::StreamEnd
+            {
+                return text;
+            }
+            text.reserve(text.capacity());
+        }
+    })
 }
 
 impl Shared {
@@ -1425,12 +1487,16 @@ async fn connect(port: u16) -> Result<TcpStream, String> {
     Err(format!("no free local port ({last})"))
 }
 
-async fn open(port: u16, path: &str, buf_cap: usize) -> Result<(TcpStream, BytesMut), String> {
+/// What a browser offers (`LOAD_DEFLATE=1`).
+const DEFLATE_OFFER: &str = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
+
+async fn open(port: u16, path: &str, buf_cap: usize, deflate: bool) -> Result<(TcpStream, BytesMut), String> {
     let mut stream = connect(port).await?;
     let _ = stream.set_nodelay(true);
+    let offer = if deflate { DEFLATE_OFFER } else { "" };
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
     );
     stream.write_all(request.as_bytes()).await.map_err(|e| format!("send request: {:?}", e.kind()))?;
     let mut buf = BytesMut::with_capacity(buf_cap.max(4096));
@@ -1490,7 +1556,7 @@ async fn client(
     permits: Arc<Semaphore>,
 ) {
     let mut permit = Some(permits.acquire_owned().await.expect("semaphore"));
-    let opened = tokio::time::timeout(Duration::from_secs(30), open(port, &path, buf_cap)).await;
+    let opened = tokio::time::timeout(Duration::from_secs(30), open(port, &path, buf_cap, shared.deflate)).await;
     let (mut stream, mut buf) = match opened {
         Ok(Ok(opened)) => opened,
         Ok(Err(why)) => {
@@ -1518,15 +1584,20 @@ async fn client(
     let mut next = 0u64;
     let mut reply = Vec::new();
     let end = loop {
-        let (mut frames, mut bytes, mut others) = (0u64, 0u64, 0u64);
+        let (mut frames, mut bytes, mut wire) = (0u64, 0u64, 0u64);
+        let mut others = 0u64;
         let mut closed = None;
         while let Some((opcode, header, len)) = frame_at(&buf) {
-            let payload = &buf[header..header + len];
+            // RSV1: a compressed message (permessage-deflate).
+            let inflated = (buf[0] & 0x40 != 0).then(|| inflate(&buf[header..header + len]));
+            let payload = inflated.as_deref().unwrap_or(&buf[header..header + len]);
             match opcode {
                 1 if !live => {
                     if find(&payload[..payload.len().min(64)], b"section.snapshot").is_some() {
                         live = true;
                         go_live(&mut permit);
+                        shared.snapshots.fetch_add(1, Relaxed);
+                        shared.snapshot_bytes.add((header + len) as u64, payload.len() as u64);
                     } else {
                         others += 1;
                     }
@@ -1534,7 +1605,8 @@ async fn client(
                 1 => match number_after(payload, b"\"loadSeq\":") {
                     Some((seq, at)) => {
                         frames += 1;
-                        bytes += len as u64;
+                        bytes += payload.len() as u64;
+                        wire += (header + len) as u64;
                         if seq == next {
                             next += 1;
                         } else if seq < next {
@@ -1573,6 +1645,7 @@ async fn client(
             let (audience_frames, audience_bytes) = &shared.by_audience[usize::from(!shared.staff[id])];
             audience_frames.fetch_add(frames, Relaxed);
             audience_bytes.fetch_add(bytes, Relaxed);
+            shared.wire.add(wire, bytes);
             shared.progress[id].store(next, Relaxed);
         }
         if others > 0 {
@@ -1611,10 +1684,11 @@ impl Fleet {
         port: u16,
         clients: Clients,
         expect_snapshot: bool,
-        concurrency: usize,
+        settings: &Settings,
         buf_cap: usize,
         epoch: Instant,
     ) -> Fleet {
+        let concurrency = settings.connect_concurrency;
         let Clients { paths, section_of, staff } = clients;
         let n = paths.len();
         let shared = Arc::new(Shared {
@@ -1633,6 +1707,10 @@ impl Fleet {
             alive: (0..n).map(|_| AtomicBool::new(false)).collect(),
             staff,
             by_audience: Default::default(),
+            deflate: settings.deflate,
+            wire: Bytes2::default(),
+            snapshots: AtomicU64::new(0),
+            snapshot_bytes: Bytes2::default(),
             latency: Latencies::new(),
         });
         let (stop, stopped) = watch::channel(false);
@@ -1864,6 +1942,8 @@ struct Settings {
     server_nice: Option<i32>,
     /// `LOAD_EVENT`.
     event: EventKind,
+    /// `LOAD_DEFLATE=1`: the clients offer permessage-deflate, as browsers do.
+    deflate: bool,
     tokens: Tokens,
 }
 
@@ -1871,11 +1951,12 @@ impl Settings {
     /// What the stream rows publish, and to whom, for the rows' labels: empty for the default
     /// (`table.updated`, every client public), so the labels stay those of earlier runs.
     fn audience_label(&self) -> String {
+        let compression = if self.deflate { ", clients offering permessage-deflate" } else { "" };
         if self.event == EventKind::Table && self.tokens.staff_share == 0 {
-            return String::new();
+            return compression.into();
         }
         format!(
-            ", {} to {} % staff and {} % public clients",
+            ", {} to {} % staff and {} % public clients{compression}",
             self.event.event(),
             self.tokens.staff_share,
             100 - self.tokens.staff_share
@@ -1931,6 +2012,8 @@ fn clients(sections: &[String], n: usize, tokens: &Tokens) -> Clients {
 
 struct IdleResult {
     live: usize,
+    /// Snapshot frames: bytes on the wire and of text, per snapshot.
+    snapshot_bytes: String,
     rss_per_conn_kib: f64,
     connects_per_s: f64,
     /// The server's CPU time per connect, in µs: in user space, and in the kernel.
@@ -1960,8 +2043,7 @@ async fn idle_connect(settings: &Settings, kind: Kind) -> IdleResult {
     let clients = clients(&sections, n, &settings.tokens);
     let overflows = listen_overflows();
     let cpu_before = (cpu_split(&pid.to_string()), cpu_seconds("self"), machine_busy_seconds());
-    let fleet =
-        Fleet::start(server.port(), clients, kind.sends_snapshot(), settings.connect_concurrency, 4096, Instant::now());
+    let fleet = Fleet::start(server.port(), clients, kind.sends_snapshot(), settings, 4096, Instant::now());
     let elapsed = fleet.wait_live(Duration::from_secs(300)).await;
     let live = fleet.live();
     let connects_per_s = live as f64 / elapsed.max(1e-9);
@@ -2008,10 +2090,13 @@ async fn idle_connect(settings: &Settings, kind: Kind) -> IdleResult {
             println!("    {line}");
         }
     }
+    let snapshot_bytes = fleet.shared.snapshot_bytes.per(fleet.shared.snapshots.load(Relaxed));
+    println!("  {}: snapshots: {snapshot_bytes}", kind.name());
     fleet.finish().await;
     drop(server);
     IdleResult {
         live,
+        snapshot_bytes,
         rss_per_conn_kib,
         connects_per_s,
         server_cpu_per_connect_us: (
@@ -2037,6 +2122,8 @@ struct StreamResult {
     wall: f64,
     offered: Option<f64>,
     client_frames: u64,
+    /// Frames with a sequence number: bytes on the wire and of text, per frame, whole run.
+    wire_bytes: String,
     exact: Exactness,
     own_latency: Option<OwnLatency>,
     e2e: (Option<f64>, Option<f64>),
@@ -2094,8 +2181,7 @@ async fn stream_row(settings: &Settings, kind: Kind, conns: usize, sections: usi
     let mut server = Server::start(kind, &section_ids, settings).await;
     let clients = clients(&section_ids, conns, &settings.tokens);
     let overflows = listen_overflows();
-    let fleet =
-        Fleet::start(server.port(), clients, kind.sends_snapshot(), settings.connect_concurrency, 32 << 10, epoch);
+    let fleet = Fleet::start(server.port(), clients, kind.sends_snapshot(), settings, 32 << 10, epoch);
     let elapsed = fleet.wait_live(Duration::from_secs(120)).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while server.connections().await < fleet.live() as u64 && Instant::now() < deadline {
@@ -2189,6 +2275,7 @@ async fn stream_row(settings: &Settings, kind: Kind, conns: usize, sections: usi
         machine_cpu: end.cpu[2] - start.cpu[2],
         wall,
         client_frames: end.frames_received - start.frames_received,
+        wire_bytes: fleet.shared.wire.per(fleet.shared.frames.load(Relaxed)),
         exact,
         own_latency,
         e2e: (fleet.shared.latency.quantile_ms(0.5), fleet.shared.latency.quantile_ms(0.99)),
@@ -2239,6 +2326,7 @@ async fn stream_row(settings: &Settings, kind: Kind, conns: usize, sections: usi
         result.e2e.1.map_or("?".into(), |v| format!("{v:.2} ms"))
     );
     println!("  {}: {}; connection ends: {}", kind.name(), result.exact, fleet.outcomes());
+    println!("  {}: deliveries: {}", kind.name(), result.wire_bytes);
     if let Some(audiences) = fleet.audiences() {
         println!("  {}: {audiences}", kind.name());
     }
@@ -2313,6 +2401,7 @@ fn main() {
             nice.trim().parse().unwrap_or_else(|_| panic!("LOAD_SERVER_NICE={nice}: not a whole number (-20 to 19)"))
         }),
         event,
+        deflate: setting("LOAD_DEFLATE", 0) == 1,
         tokens: Tokens::new(staff_share),
     };
     if event == EventKind::Reservation && settings.kinds.contains(&Kind::Raw) {
@@ -2372,9 +2461,14 @@ fn main() {
             };
             if has("idle") {
                 table.push((
-                    format!("RSS per idle connection at {} connections", settings.idle_conns),
+                    format!("RSS per idle connection at {} connections{}", settings.idle_conns, settings.audience_label()),
                     cell(Kind::Gateway, &|r| format!("{:.2} KiB ({} live)", r.rss_per_conn_kib, r.live)),
                     cell(Kind::Raw, &|r| format!("{:.2} KiB ({} live)", r.rss_per_conn_kib, r.live)),
+                ));
+                table.push((
+                    format!("  snapshot of {} tables", settings.snapshot_tables),
+                    cell(Kind::Gateway, &|r| r.snapshot_bytes.clone()),
+                    "—".into(),
                 ));
             }
             if has("connect") {
@@ -2453,6 +2547,11 @@ fn main() {
                 ),
                 cell(Kind::Gateway),
                 cell(Kind::Raw),
+            ));
+            table.push((
+                format!("  per delivery (cpu row, ~{full_bytes} B frames)"),
+                results.get(Kind::Gateway.name()).map_or("—".into(), |r| r.wire_bytes.clone()),
+                results.get(Kind::Raw.name()).map_or("—".into(), |r| r.wire_bytes.clone()),
             ));
             table.push((
                 "  exactly once (cpu row)".into(),

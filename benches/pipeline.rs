@@ -123,7 +123,7 @@ fn deliver_and_write(c: &mut Criterion) {
                 client.set_nonblocking(true).unwrap();
                 let (server, _) = listener.accept().unwrap();
                 server.set_nonblocking(true).unwrap();
-                let writer = Rc::new(WireWriter::new(Rc::new(tokio::net::TcpStream::from_std(server).unwrap())));
+                let writer = Rc::new(WireWriter::new(Rc::new(tokio::net::TcpStream::from_std(server).unwrap()), false));
                 let outbox = live_outbox();
                 outbox.attach(Rc::clone(&writer) as Rc<dyn DirectWriter>);
                 hub.subscribe(section, Rc::clone(&outbox));

@@ -58,7 +58,7 @@ fn main() {
     let mut ingest = Ingest::new(
         Nowhere,
         1 << 20,
-        EventRouter::new(floor.clone(), SharedRestaurants::default(), Disclosure::default()),
+        EventRouter::new(floor.clone(), SharedRestaurants::default(), Disclosure::default(), None),
     );
     let before = resident_bytes();
     // Only the replay is timed, not making the records up.

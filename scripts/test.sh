@@ -26,6 +26,21 @@ echo "running the alert rules' unit tests..." >&2
 promtool check rules deploy/prometheus/alerts.yml >&2
 promtool test rules deploy/prometheus/alerts.test.yml
 
+# tests/compression.rs runs Python's `websockets` (pinned in a venv of its own) and Node's `ws`
+# (clients/js's) against the gateway.
+INTEROP_VENV="${INTEROP_VENV:-target/interop-venv}"
+if [[ ! -x "$INTEROP_VENV/bin/python" ]]; then
+  echo "making a Python venv for the interoperability tests..." >&2
+  if ! python3 -m venv "$INTEROP_VENV" >&2; then
+    apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv >&2
+    python3 -m venv "$INTEROP_VENV" >&2
+  fi
+fi
+"$INTEROP_VENV/bin/pip" install --quiet -r tests/interop/requirements.txt >&2
+INTEROP_PYTHON="$(cd "$INTEROP_VENV" && pwd)/bin/python"
+export INTEROP_PYTHON
+(cd clients/js && npm ci --no-audit --no-fund >&2)
+
 cargo test --workspace --locked "$@"
 
 # The binaries the client library's end-to-end tests run (mesaya-dev --driven starts the rest).
@@ -35,4 +50,4 @@ export MESAYA_GATEWAY_BIN="$target_dir/debug/mesaya-realtime" MESAYA_DEV_BIN="$t
 
 # The client library (clients/js): its own tests, with Node's test runner.
 echo "running the client library's tests..." >&2
-(cd clients/js && npm ci --no-audit --no-fund >&2 && npm test && npm run test:e2e)
+(cd clients/js && npm test && npm run test:e2e)

@@ -83,6 +83,15 @@ pub struct SessionSettings {
     pub write_timeout: Duration,
     /// How long before a token's expiry `auth.expiring` is sent.
     pub refresh_notice: Duration,
+    /// permessage-deflate (SPEC §2.9): `None` when `WS_COMPRESSION=off`.
+    pub compression: Option<CompressionSettings>,
+}
+
+/// permessage-deflate when a client offers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompressionSettings {
+    /// Frames shorter than this go uncompressed.
+    pub min_bytes: usize,
 }
 
 /// Who may connect, and how many at once, decided before the upgrade.
@@ -287,6 +296,17 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             .map(str::to_string)
             .collect()
     }
+}
+
+/// `WS_COMPRESSION` (`on`/`off`) and, when on, `WS_COMPRESSION_MIN_BYTES`.
+fn compression<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Option<CompressionSettings>, ConfigError> {
+    let on = match env.string("WS_COMPRESSION", "on").to_ascii_lowercase().as_str() {
+        "on" => true,
+        "off" => false,
+        other => return Err(ConfigError::new("WS_COMPRESSION", format!("expected on or off, got {other:?}"))),
+    };
+    let min_bytes = env.count("WS_COMPRESSION_MIN_BYTES", 256)?;
+    Ok(on.then_some(CompressionSettings { min_bytes }))
 }
 
 fn client_rate<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<u32, ConfigError> {
@@ -543,6 +563,7 @@ impl Config {
                 token_leeway,
                 write_timeout: env.duration("WS_WRITE_TIMEOUT", Duration::from_secs(10))?,
                 refresh_notice: env.duration("WS_REFRESH_NOTICE", Duration::from_secs(60))?,
+                compression: compression(&env)?,
             },
             drain_timeout: env.duration("DRAIN_TIMEOUT", Duration::from_secs(10))?,
             log_level,
@@ -588,6 +609,19 @@ mod tests {
         assert_eq!(config.admin, None, "the operations endpoints stay on the public port");
         assert_eq!(config.session.write_timeout, Duration::from_secs(10));
         assert!(config.resume.is_none(), "resume is off without a secret");
+        assert_eq!(config.session.compression, Some(CompressionSettings { min_bytes: 256 }), "compression on");
+    }
+
+    #[test]
+    fn compression_is_turned_off_by_name() {
+        let compression =
+            |vars: &[(&str, &str)]| config(&[&[("JWT_SECRET", "k")], vars].concat()).unwrap().session.compression;
+        assert_eq!(compression(&[("WS_COMPRESSION", "off")]), None);
+        assert_eq!(compression(&[("WS_COMPRESSION", "OFF")]), None);
+        assert_eq!(
+            compression(&[("WS_COMPRESSION", "on"), ("WS_COMPRESSION_MIN_BYTES", "0")]),
+            Some(CompressionSettings { min_bytes: 0 })
+        );
     }
 
     #[test]
@@ -712,6 +746,9 @@ mod tests {
             (&[key, ("TRUSTED_PROXIES", "10.0.0.0/33")], "TRUSTED_PROXIES"),
             (&[key, ("WS_WRITE_TIMEOUT", "never")], "WS_WRITE_TIMEOUT"),
             (&[key, ("WS_REFRESH_NOTICE", "soonish")], "WS_REFRESH_NOTICE"),
+            (&[key, ("WS_COMPRESSION", "yes")], "WS_COMPRESSION"),
+            (&[key, ("WS_COMPRESSION_MIN_BYTES", "small")], "WS_COMPRESSION_MIN_BYTES"),
+            (&[key, ("WS_COMPRESSION", "off"), ("WS_COMPRESSION_MIN_BYTES", "-1")], "WS_COMPRESSION_MIN_BYTES"),
             (&[key, ("RESUME_WINDOW", "25h")], "RESUME_WINDOW"),
             (&[key, ("RESUME_BUFFER", "lots")], "RESUME_BUFFER"),
             (&[key, ("RESUME_BUFFER_BYTES", "64 parsecs")], "RESUME_BUFFER_BYTES"),

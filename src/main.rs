@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use mesaya_realtime::application::admission::Admission;
 use mesaya_realtime::application::authorize::Authorizer;
+use mesaya_realtime::application::compression::Deflater;
 use mesaya_realtime::application::floor::SharedFloor;
 use mesaya_realtime::application::ingest::Ingest;
 use mesaya_realtime::application::pending::PendingConnections;
@@ -213,7 +214,8 @@ fn run(
     }
 
     let disclosure = Disclosure { reservation: config.public_reservation_fields.clone(), ..Disclosure::default() };
-    let router = EventRouter::new(floor, restaurants, disclosure);
+    let deflater = config.session.compression.map(|compression| Deflater::new(compression.min_bytes));
+    let router = EventRouter::new(floor, restaurants, disclosure, deflater);
     let ingest = KafkaIngest::new(
         config.kafka.clone(),
         Ingest::new(ShardDispatch::new(shards), config.kafka.max_record_bytes, router),

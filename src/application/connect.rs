@@ -10,8 +10,10 @@
 //!    (reservations and restaurant events for them become routable), then
 //!    ends the holding phase: the snapshot frame goes first, followed by the
 //!    held events it does not already cover, all as the client's audience
-//!    sees them (staff if it owns the snapshot's restaurant, SPEC §2.7). A
-//!    failed call asks for the close code that tells the client why.
+//!    sees them (staff if it owns the snapshot's restaurant, SPEC §2.7). For
+//!    a client that negotiated compression the snapshot frame is compressed
+//!    first, once per body on its shard ([`SnapshotDeflater`]). A failed
+//!    call asks for the close code that tells the client why.
 //!
 //! The writer (transport) then sends whatever the outbox holds.
 
@@ -26,6 +28,7 @@ use crate::domain::ids::SectionId;
 use crate::domain::protocol::CloseCode;
 use crate::telemetry::events::SnapshotFetched;
 
+use super::compression::SnapshotDeflater;
 use super::hub::SectionHub;
 use super::outbox::{Outbox, QueueLimits};
 use super::ports::{
@@ -97,6 +100,8 @@ pub struct SnapshotPorts<'a, S, R, F, O> {
     pub reports: &'a R,
     pub floor: &'a F,
     pub owners: &'a O,
+    /// The shard's snapshot compression, for a client that negotiated it.
+    pub deflater: Option<&'a RefCell<SnapshotDeflater>>,
 }
 
 /// Runs the snapshot call for a registered client and leaves its outbox
@@ -108,7 +113,7 @@ pub async fn fetch_snapshot<S: SnapshotSource, R: SectionReporter, F: FloorPlan,
     viewer: &Viewer,
     interrupted: impl Future<Output = Interruption>,
 ) -> Connected {
-    let SnapshotPorts { snapshots, reports, floor, owners } = ports;
+    let SnapshotPorts { snapshots, reports, floor, owners, deflater } = ports;
     let started = Instant::now();
     let fetched = tokio::select! {
         fetched = snapshots.fetch(request) => Ok(fetched),
@@ -118,6 +123,9 @@ pub async fn fetch_snapshot<S: SnapshotSource, R: SectionReporter, F: FloorPlan,
         Ok(Ok(mut snapshot)) => {
             if snapshot.lacks_objects() {
                 snapshot.add_objects(floor.section_objects(request.section));
+            }
+            if let Some(deflater) = deflater {
+                snapshot.frame = deflater.borrow_mut().compress(request.section, snapshot.frame);
             }
             // Before the snapshot frame can reach the client: a reservation
             // for one of these tables, consumed after the client saw the
@@ -298,7 +306,8 @@ mod tests {
             interruption
         };
         let outbox = registration.outbox();
-        let ports = SnapshotPorts { snapshots: api, reports: tables, floor: &OneLink, owners: &Owner(owner) };
+        let ports =
+            SnapshotPorts { snapshots: api, reports: tables, floor: &OneLink, owners: &Owner(owner), deflater: None };
         let connected = fetch_snapshot(ports, outbox, request(), &viewer, interrupted).await;
         (Rc::clone(outbox), connected)
     }

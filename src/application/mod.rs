@@ -4,6 +4,7 @@
 
 pub mod admission;
 pub mod authorize;
+pub mod compression;
 pub mod connect;
 pub mod delivery;
 pub mod floor;

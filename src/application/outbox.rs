@@ -65,7 +65,10 @@ pub struct CloseRequest {
 
 enum Item {
     Event(Arc<Delivery>),
-    Control(Frame),
+    /// Boxed: a frame is two byte buffers (its text, its compressed form),
+    /// and every slot of a queue is as large as its largest item; an idle
+    /// connection's queue keeps the slots its snapshot needed.
+    Control(Box<Frame>),
 }
 
 impl Item {
@@ -230,7 +233,7 @@ impl Outbox {
     /// toward the limits an event push checks). The client's own rate limit
     /// bounds its pongs; positions come at most once a second.
     pub fn push_control(&self, frame: Frame) -> PushOutcome {
-        let outcome = self.push(Item::Control(frame));
+        let outcome = self.push(Item::Control(Box::new(frame)));
         self.wake.notify_one();
         outcome
     }
@@ -313,7 +316,7 @@ impl Outbox {
         let dropped = before - state.queue.len();
         state.audience = audience;
         state.recount_bytes();
-        state.enqueue(Item::Control(snapshot.frame.clone()), true);
+        state.enqueue(Item::Control(Box::new(snapshot.frame.clone())), true);
         state.live = true;
         drop(state);
         self.wake.notify_one();
@@ -344,11 +347,11 @@ impl Outbox {
         let mut state = self.state.borrow_mut();
         state.queue.clear();
         state.bytes = 0;
-        state.enqueue(Item::Control(Frame::resumed(missed.len())), false);
+        state.enqueue(Item::Control(Box::new(Frame::resumed(missed.len()))), false);
         for delivery in missed {
             // Replayed, not routed now: control items, so they are neither
             // conflated nor timed as deliveries.
-            state.enqueue(Item::Control(delivery.frame_for(&audience).clone()), false);
+            state.enqueue(Item::Control(Box::new(delivery.frame_for(&audience).clone())), false);
         }
         state.audience = audience;
         state.already_sent = Some(Box::new(already_sent));

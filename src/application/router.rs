@@ -17,6 +17,8 @@
 //!
 //! Frames are built once per audience that sees them differently
 //! ([`Disclosure`]): reservations and restaurants have a public variant.
+//! With compression on, each variant is compressed as it is built, once for
+//! every subscriber ([`Deflater`]).
 //!
 //! Every map has a reverse index, so forgetting a section never scans one.
 
@@ -30,6 +32,7 @@ use crate::domain::envelope::EntityEvent;
 use crate::domain::ids::{EntityId, SectionId};
 use crate::telemetry::METRICS;
 
+use super::compression::Deflater;
 use super::delivery::{Delivery, Stamp};
 use super::floor::{Floor, SharedFloor, remove_from};
 use super::ports::LearnedSection;
@@ -61,6 +64,8 @@ pub struct EventRouter {
     /// (restaurants with sections, with owners), kept like `floor_counts`.
     restaurant_counts: (usize, usize),
     disclosure: Disclosure,
+    /// `None`: compression is off (`WS_COMPRESSION=off`).
+    deflater: Option<Deflater>,
     held: HeldReservations,
 }
 
@@ -78,8 +83,13 @@ struct Targets {
 
 impl EventRouter {
     /// `floor` and `restaurants` are written here and read by the shards.
-    pub fn new(floor: SharedFloor, restaurants: SharedRestaurants, disclosure: Disclosure) -> Self {
-        Self { floor, restaurants, disclosure, ..Self::default() }
+    pub fn new(
+        floor: SharedFloor,
+        restaurants: SharedRestaurants,
+        disclosure: Disclosure,
+        deflater: Option<Deflater>,
+    ) -> Self {
+        Self { floor, restaurants, disclosure, deflater, ..Self::default() }
     }
 
     /// Routes one event: `deliver` is called once per target section, and
@@ -166,14 +176,17 @@ impl EventRouter {
     }
 
     /// The frames of `event` as `action` with `payload`, one per audience
-    /// that sees it differently.
-    fn frames(&self, event: &EntityEvent, action: Action, payload: &str) -> Variants {
+    /// that sees it differently, each compressed once.
+    fn frames(&mut self, event: &EntityEvent, action: Action, payload: &str) -> Variants {
         let kind = event.key.kind;
         let frames = self.disclosure.frames(kind, action, payload, event.diner.as_ref());
         if frames.is_cut() {
             METRICS.frames_cut.with_label_values(&[kind.event_prefix()]).inc();
         }
-        frames
+        match &mut self.deflater {
+            Some(deflater) => deflater.compress_variants(frames),
+            None => frames,
+        }
     }
 
     /// Updates the maps for one event and says where it goes.

@@ -246,9 +246,15 @@ impl Variants {
         self.public.is_some()
     }
 
+    /// The same variants, each frame passed through `each` (to add its
+    /// compressed form).
+    pub fn map_frames(self, mut each: impl FnMut(Frame) -> Frame) -> Self {
+        Self { full: each(self.full), public: self.public.map(each), diner: self.diner }
+    }
+
     /// Bytes of every variant: what keeping this event costs.
     pub fn bytes(&self) -> usize {
-        self.full.len() + self.public.as_ref().map_or(0, Frame::len)
+        self.full.held_bytes() + self.public.as_ref().map_or(0, Frame::held_bytes)
     }
 }
 

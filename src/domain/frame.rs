@@ -1,5 +1,7 @@
 //! Outgoing text frames. A frame is built once (per event, or per snapshot)
-//! and the same bytes are written to every subscriber that gets it.
+//! and the same bytes are written to every subscriber that gets it: its text,
+//! or, to a connection that negotiated permessage-deflate, its compressed
+//! form when it has one (SPEC §2.9).
 
 use bytes::Bytes;
 
@@ -8,7 +10,12 @@ use super::entity::{Action, EntityKind};
 /// The bytes of one JSON text frame. Invariant: valid UTF-8, because every
 /// constructor takes `&str`; transport relies on it to skip re-validation.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Frame(Bytes);
+pub struct Frame {
+    text: Bytes,
+    /// The text as one permessage-deflate message (RFC 7692 §7.2.1: a raw
+    /// deflate stream, its `00 00 ff ff` tail removed), when that is shorter.
+    deflated: Option<Bytes>,
+}
 
 impl Frame {
     /// `{"event":"<entity>.<action>","payload":<payload>}`.
@@ -23,7 +30,7 @@ impl Frame {
         text.push_str(r#"","payload":"#);
         text.push_str(payload_json);
         text.push('}');
-        Self(Bytes::from(text))
+        Self::text(Bytes::from(text))
     }
 
     /// `{"event":"section.snapshot","payload":<payload>}`.
@@ -32,51 +39,71 @@ impl Frame {
         text.push_str(r#"{"event":"section.snapshot","payload":"#);
         text.push_str(payload_json);
         text.push('}');
-        Self(Bytes::from(text))
+        Self::text(Bytes::from(text))
     }
 
     /// `{"event":"section.position","payload":{"token":"<token>"}}`. The
     /// token is base64url, so it needs no escaping.
     pub fn position(token: &str) -> Self {
-        Self(Bytes::from(format!(r#"{{"event":"section.position","payload":{{"token":"{token}"}}}}"#)))
+        Self::text(Bytes::from(format!(r#"{{"event":"section.position","payload":{{"token":"{token}"}}}}"#)))
     }
 
     /// `{"event":"section.resumed","payload":{"replayed":<replayed>}}`.
     pub fn resumed(replayed: usize) -> Self {
-        Self(Bytes::from(format!(r#"{{"event":"section.resumed","payload":{{"replayed":{replayed}}}}}"#)))
+        Self::text(Bytes::from(format!(r#"{{"event":"section.resumed","payload":{{"replayed":{replayed}}}}}"#)))
     }
 
     /// `{"event":"auth.expiring","payload":{"exp":<exp>}}` (SPEC §2.8).
     pub fn auth_expiring(exp: u64) -> Self {
-        Self(Bytes::from(format!(r#"{{"event":"auth.expiring","payload":{{"exp":{exp}}}}}"#)))
+        Self::text(Bytes::from(format!(r#"{{"event":"auth.expiring","payload":{{"exp":{exp}}}}}"#)))
     }
 
     /// `{"event":"auth.refreshed","payload":{"exp":<exp>}}`.
     pub fn auth_refreshed(exp: u64) -> Self {
-        Self(Bytes::from(format!(r#"{{"event":"auth.refreshed","payload":{{"exp":{exp}}}}}"#)))
+        Self::text(Bytes::from(format!(r#"{{"event":"auth.refreshed","payload":{{"exp":{exp}}}}}"#)))
     }
 
     /// `{"event":"auth.refresh_failed","payload":{"reason":"<reason>"}}`;
     /// `reason` is one of the fixed labels, so it needs no escaping.
     pub fn auth_refresh_failed(reason: &str) -> Self {
-        Self(Bytes::from(format!(r#"{{"event":"auth.refresh_failed","payload":{{"reason":"{reason}"}}}}"#)))
+        Self::text(Bytes::from(format!(r#"{{"event":"auth.refresh_failed","payload":{{"reason":"{reason}"}}}}"#)))
     }
 
     pub const fn from_static(text: &'static str) -> Self {
-        Self(Bytes::from_static(text.as_bytes()))
+        Self { text: Bytes::from_static(text.as_bytes()), deflated: None }
     }
 
+    const fn text(text: Bytes) -> Self {
+        Self { text, deflated: None }
+    }
+
+    /// The same frame, with its compressed form.
+    pub fn with_deflated(self, deflated: Bytes) -> Self {
+        Self { deflated: Some(deflated), ..self }
+    }
+
+    /// The length of its text (what a queue counts, whichever form is sent).
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.text.len()
+    }
+
+    /// What keeping it costs: its text and its compressed form.
+    pub fn held_bytes(&self) -> usize {
+        self.text.len() + self.deflated.as_ref().map_or(0, Bytes::len)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.text.is_empty()
     }
 
     /// The frame's bytes, guaranteed UTF-8 (see the type's invariant).
     pub fn utf8_bytes(&self) -> &Bytes {
-        &self.0
+        &self.text
+    }
+
+    /// Its compressed form, if it has one.
+    pub fn deflated(&self) -> Option<&Bytes> {
+        self.deflated.as_ref()
     }
 }
 

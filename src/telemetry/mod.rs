@@ -28,6 +28,9 @@ pub struct Metrics {
     pub events_routed: IntCounter,
     pub events_dropped: IntCounterVec,
     pub frames_sent: IntCounter,
+    pub deflate_bytes_before: IntCounter,
+    pub deflate_bytes_after: IntCounter,
+    pub frames_deflated: IntCounter,
     pub frames_conflated: IntCounter,
     pub slow_consumer_closes: IntCounter,
     pub snapshot_seconds: HistogramVec,
@@ -161,6 +164,21 @@ impl Metrics {
             events_routed: counter(&r, "mesaya_events_routed_total", "(event, section) deliveries sent to shards"),
             events_dropped: counter_vec(&r, "mesaya_events_dropped_total", "Kafka records skipped", &["reason"]),
             frames_sent: counter(&r, "mesaya_frames_sent_total", "Text frames written to clients"),
+            deflate_bytes_before: counter(
+                &r,
+                "mesaya_compression_bytes_before_total",
+                "Text frame payload bytes written to connections that negotiated permessage-deflate, as if uncompressed",
+            ),
+            deflate_bytes_after: counter(
+                &r,
+                "mesaya_compression_bytes_after_total",
+                "Text frame payload bytes written to those connections as sent (compressed, or plain when small)",
+            ),
+            frames_deflated: counter(
+                &r,
+                "mesaya_frames_compressed_total",
+                "Frames compressed (permessage-deflate): once per event variant and per snapshot body, not per client",
+            ),
             frames_conflated: counter(
                 &r,
                 "mesaya_frames_conflated_total",

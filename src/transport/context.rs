@@ -10,6 +10,7 @@ use ipnet::IpNet;
 
 use crate::application::admission::Admission;
 use crate::application::authorize::Authorizer;
+use crate::application::compression::SnapshotDeflater;
 use crate::application::floor::SharedFloor;
 use crate::application::hub::SectionHub;
 use crate::application::readiness::Readiness;
@@ -71,5 +72,7 @@ pub struct ShardState<S> {
     pub section_reports: ShardSectionReports,
     /// The shard's replay buffer, and how far the ingest has come.
     pub replay: RefCell<Replay>,
+    /// Snapshot frames compressed once per body; `None` with compression off.
+    pub snapshot_deflater: Option<RefCell<SnapshotDeflater>>,
     pub ctx: Arc<ServerContext>,
 }

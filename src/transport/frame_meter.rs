@@ -150,6 +150,12 @@ impl FrameMeter {
         self.violation
     }
 
+    /// A rule checked elsewhere (a compressed message's) was broken: the
+    /// stream ends as for the meter's own.
+    pub fn refuse(&mut self, code: CloseCode) {
+        self.violation.get_or_insert(code);
+    }
+
     /// The deadline passed with the message still unfinished.
     pub fn timed_out(&mut self) {
         self.violation = Some(CloseCode::UNFINISHED_MESSAGE);

@@ -7,7 +7,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{CONNECTION, RETRY_AFTER, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_PROTOCOL, UPGRADE};
+use http::header::{
+    CONNECTION, RETRY_AFTER, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_PROTOCOL, UPGRADE,
+};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -24,6 +26,7 @@ use crate::domain::protocol::CloseCode;
 use crate::telemetry::events::{PendingClosed, UpgradeRefused};
 
 use super::context::ServerContext;
+use super::deflate_offer;
 use super::front::{self, Body, CloseSignal, PendingPlace, plain};
 use super::mailbox::{ClientInfo, HandedOff, ShardGone};
 use super::upgrade::{self, TokenSource};
@@ -152,6 +155,7 @@ fn upgrade(
     };
     let token_source = target.token.as_ref().map(|(_, source)| *source);
     let offers_bearer = target.offers_bearer;
+    let deflate = ctx.session.compression.and_then(|_| deflate_offer::negotiate(request.headers()));
     let resume = target.resume;
     let token = target.token.map(|(token, _)| token);
     let claims = match ctx.authorizer.authorize(token.as_deref()) {
@@ -195,7 +199,9 @@ fn upgrade(
             Ok(stream) => stream,
             Err(error) => return tracing::warn!(%error, "could not detach the upgraded socket"),
         };
-        let handed_off = HandedOff { stream, read_buf: parts.read_buf, section, token, claims, client, permit, resume };
+        let read_buf = parts.read_buf;
+        let deflate = deflate.is_some();
+        let handed_off = HandedOff { stream, read_buf, section, token, claims, client, permit, resume, deflate };
         if let Err(ShardGone(handed_off)) = ctx.shards.owner(section).adopt(Box::new(handed_off)) {
             tracing::error!(%section, "the shard that owns this section has stopped");
             session::close_unadopted(handed_off.stream, CloseCode::INTERNAL_ERROR).await;
@@ -210,6 +216,9 @@ fn upgrade(
     headers.insert(SEC_WEBSOCKET_ACCEPT, accept_key.parse().expect("base64 is a valid header value"));
     if offers_bearer {
         headers.insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("bearer"));
+    }
+    if let Some(accepted) = deflate {
+        headers.insert(SEC_WEBSOCKET_EXTENSIONS, HeaderValue::from_static(accepted));
     }
     response
 }

@@ -46,6 +46,8 @@ pub struct HandedOff {
     /// `?resume=`, with the token the client brought (empty at its first
     /// connect).
     pub resume: Option<String>,
+    /// permessage-deflate was negotiated (SPEC §2.9).
+    pub deflate: bool,
 }
 
 /// Who is on the other end, as far as the gateway tells the API.

@@ -13,9 +13,11 @@
 
 pub mod admin;
 pub mod context;
+pub mod deflate_offer;
 pub mod frame_meter;
 pub mod front;
 pub mod http;
+pub mod inflate;
 pub mod mailbox;
 pub mod ops;
 pub mod rate;

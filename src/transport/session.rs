@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
@@ -34,6 +35,7 @@ use crate::telemetry::{Counted, METRICS};
 
 use super::context::{ServerContext, ShardState};
 use super::frame_meter::{FrameMeter, Metered};
+use super::inflate::Inflating;
 use super::mailbox::HandedOff;
 use super::wire::{ReadOnly, WireWriter};
 
@@ -68,7 +70,7 @@ pub struct Admitted {
 /// connection costs little memory and a connect moves few bytes.
 pub fn start<S: SnapshotSource + 'static>(state: Rc<ShardState<S>>, admitted: Admitted) -> impl Future<Output = ()> {
     let Admitted { handed_off, viewer, registration, resumed_chain } = admitted;
-    let HandedOff { stream, read_buf, section, token, claims, client, permit, resume } = handed_off;
+    let HandedOff { stream, read_buf, section, token, claims, client, permit, resume, deflate } = handed_off;
     // Only what the session needs from here on is kept: the rest (roles,
     // permissions, a resume token) is freed now.
     let Claims { expires_at, .. } = claims;
@@ -100,9 +102,10 @@ pub fn start<S: SnapshotSource + 'static>(state: Rc<ShardState<S>>, admitted: Ad
         let meter = FrameMeter::new(settings.client_messages_per_second, settings.pong_timeout);
         let refresher = Rc::new(Refresher { ctx: Arc::clone(&state.ctx), section, holder: viewer.subject.clone() });
         let peer = Peer { outbox: Rc::clone(&outbox), heard: Rc::clone(&heard), refresher: Rc::clone(&refresher) };
-        let reader = tokio::task::spawn_local(read_client(incoming, peer, meter));
-        let writer = Rc::new(WireWriter::new(socket));
-        Client { reader, heard, writer, outbox, refresher, token, viewer, expires_at, resumed_chain, opted_in }
+        let inflate_up_to = deflate.then_some(settings.max_frame_bytes);
+        let reader = spawn_reader(incoming, peer, meter, inflate_up_to);
+        let writer = Rc::new(WireWriter::new(socket, deflate));
+        Client { reader, heard, writer, outbox, refresher, token, viewer, expires_at, resumed_chain, opted_in, deflate }
     });
     // Held to the end: the registration leaves the hub, and the permit frees
     // the session's place (a draining shard waits for every place to be
@@ -162,11 +165,24 @@ struct Client {
     resumed_chain: Option<u64>,
     /// Asked for `section.position` frames (`?resume=`).
     opted_in: bool,
+    /// Negotiated permessage-deflate: its snapshot is sent compressed.
+    deflate: bool,
 }
 
 async fn serve<S: SnapshotSource>(state: &ShardState<S>, client: Client, log: &SessionLog) {
-    let Client { mut reader, heard, writer, outbox, refresher, token, viewer, expires_at, resumed_chain, opted_in } =
-        client;
+    let Client {
+        mut reader,
+        heard,
+        writer,
+        outbox,
+        refresher,
+        token,
+        viewer,
+        expires_at,
+        resumed_chain,
+        opted_in,
+        deflate,
+    } = client;
     // Dropping a JoinHandle detaches the task: a reader still waiting on a
     // peer that went silent would keep the socket open, and the outbox
     // alive, until that peer sent something: for a dead peer, never. The
@@ -178,6 +194,7 @@ async fn serve<S: SnapshotSource>(state: &ShardState<S>, client: Client, log: &S
         reports: &state.section_reports,
         floor: &state.ctx.floor,
         owners: &state.ctx.restaurants,
+        deflater: state.snapshot_deflater.as_ref().filter(|_| deflate),
     };
     let request =
         SnapshotRequest { section: log.section, token: &token, client_addr: log.client, request_id: &log.request_id };
@@ -548,7 +565,7 @@ fn notice_instant(expires_at: Option<u64>, notice: Duration) -> Option<Instant> 
 /// Closes a socket that no shard will serve, on the thread that holds it.
 pub async fn close_unadopted(stream: std::net::TcpStream, code: CloseCode) {
     let Ok(stream) = TcpStream::from_std(stream) else { return };
-    let _ = tokio::time::timeout(CLOSE_GRACE, WireWriter::new(Rc::new(stream)).close(code)).await;
+    let _ = tokio::time::timeout(CLOSE_GRACE, WireWriter::new(Rc::new(stream), false).close(code)).await;
 }
 
 /// The client's side of the socket, before the WebSocket stream is made.
@@ -559,19 +576,44 @@ struct Incoming {
     config: WebSocketConfig,
 }
 
-/// Reads client frames until the peer closes or misbehaves. Every frame as
-/// it comes off the wire, control and continuation frames included, counts
-/// against the client's rate ([`FrameMeter`]): a flood of pings or of empty
-/// fragments would otherwise burn the shard thread every section on it
-/// shares.
-async fn read_client(incoming: Incoming, peer: Peer, meter: FrameMeter) -> ReaderEnd {
+/// Starts the client's reader: through [`Inflating`] for a connection that
+/// negotiated compression (its frames inflated up to `inflate_up_to`
+/// bytes), straight from the meter for the others, so that they carry no
+/// inflating state at all.
+fn spawn_reader(
+    incoming: Incoming,
+    peer: Peer,
+    meter: FrameMeter,
+    inflate_up_to: Option<usize>,
+) -> JoinHandle<ReaderEnd> {
     let Incoming { reading, pipelined, config } = incoming;
-    let Peer { outbox, heard, refresher } = peer;
     let meter = Rc::new(RefCell::new(meter));
     if let Err(code) = meter.borrow_mut().observe(&pipelined) {
-        return refused(&outbox, code);
+        return tokio::task::spawn_local(async move { refused(&peer.outbox, code) });
     }
-    let reading = Metered::new(reading, Rc::clone(&meter));
+    let metered = Metered::new(reading, Rc::clone(&meter));
+    match inflate_up_to {
+        Some(max_bytes) => {
+            let inflating = Inflating::new(metered, Rc::clone(&meter), max_bytes, &pipelined);
+            tokio::task::spawn_local(read_client(inflating, Vec::new(), config, peer, meter))
+        }
+        None => tokio::task::spawn_local(read_client(metered, pipelined, config, peer, meter)),
+    }
+}
+
+/// Reads client frames until the peer closes or misbehaves. Every frame as
+/// it comes off the wire, control and continuation frames included, counts
+/// against the client's rate ([`FrameMeter`], under `reading`): a flood of
+/// pings or of empty fragments would otherwise burn the shard thread every
+/// section on it shares.
+async fn read_client<R: AsyncRead + AsyncWrite + Unpin>(
+    reading: R,
+    pipelined: Vec<u8>,
+    config: WebSocketConfig,
+    peer: Peer,
+    meter: Rc<RefCell<FrameMeter>>,
+) -> ReaderEnd {
+    let Peer { outbox, heard, refresher } = peer;
     // Boxed: making the stream is a large future that ends at once, and this
     // task's future lives as long as the connection.
     let mut stream =
@@ -581,7 +623,11 @@ async fn read_client(incoming: Incoming, peer: Peer, meter: FrameMeter) -> Reade
         let message = stream.next().await;
         // The meter ends the stream at a frame that broke its rules.
         if let Some(code) = meter.borrow().violation() {
-            count(if code == CloseCode::POLICY_VIOLATION { "rate_limited" } else { "malformed" });
+            count(match code {
+                CloseCode::POLICY_VIOLATION => "rate_limited",
+                CloseCode::TOO_LARGE => "too_large",
+                _ => "malformed",
+            });
             return refused(&outbox, code);
         }
         let Some(message) = message else { break };

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
+use crate::application::compression::SnapshotDeflater;
 use crate::application::connect;
 use crate::application::ports::LearnedSection;
 use crate::application::ports::{RestaurantOwners, SnapshotSource};
@@ -69,6 +70,10 @@ where
                 snapshots: make_snapshot_source(),
                 section_reports: ShardSectionReports::new(section_reports),
                 replay: RefCell::new(Replay::new(replay_limits)),
+                snapshot_deflater: ctx
+                    .session
+                    .compression
+                    .map(|compression| RefCell::new(SnapshotDeflater::new(compression.min_bytes))),
                 ctx,
             });
             run(state, inbox, listener).await

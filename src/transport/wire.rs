@@ -5,8 +5,10 @@
 //! one gathered write with the frames queued behind them, and the connection keeps
 //! no write buffer of its own between writes. The shard's loop and the
 //! client's writer task write through the same [`WireWriter`] (README, "Who
-//! writes"). Reading (masking, fragments, limits, UTF-8) stays with
-//! tungstenite.
+//! writes"). To a connection that negotiated permessage-deflate, a frame
+//! that has a compressed form is written as that, with RSV1 set (RFC 7692
+//! §6): the compressed bytes are shared like the text. Reading (masking,
+//! fragments, limits, UTF-8) stays with tungstenite.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -29,6 +31,8 @@ use crate::domain::protocol::CloseCode;
 use crate::telemetry::METRICS;
 
 const TEXT: u8 = 0x1;
+/// RSV1 in a message's first frame: "this message is compressed".
+const COMPRESSED: u8 = 0x40;
 const CLOSE: u8 = 0x8;
 const PING: u8 = 0x9;
 const PONG: u8 = 0xA;
@@ -37,7 +41,8 @@ const BATCH_FRAMES: usize = 64;
 /// Slices in one write: the batch, and room for control frames before it.
 const MAX_SLICES: usize = 2 * BATCH_FRAMES + 8;
 
-/// A frame header: FIN set, no mask, the shortest length encoding.
+/// A frame header: FIN set, no mask, the shortest length encoding; `opcode`
+/// may carry RSV1.
 #[derive(Clone, Copy)]
 struct Header {
     bytes: [u8; 10],
@@ -115,6 +120,8 @@ pub struct Written {
 /// an await, so the two can take turns on one thread.
 pub struct WireWriter {
     socket: Rc<TcpStream>,
+    /// permessage-deflate was negotiated: compressed forms are written.
+    deflate: bool,
     state: RefCell<WriterState>,
 }
 
@@ -129,9 +136,9 @@ struct WriterState {
 }
 
 impl WireWriter {
-    pub fn new(socket: Rc<TcpStream>) -> Self {
+    pub fn new(socket: Rc<TcpStream>, deflate: bool) -> Self {
         let state = WriterState { started: VecDeque::new(), progressed_at: Instant::now(), closing: false };
-        Self { socket, state: RefCell::new(state) }
+        Self { socket, deflate, state: RefCell::new(state) }
     }
 
     pub fn queue_ping(&self) {
@@ -175,11 +182,19 @@ impl WireWriter {
         let mut state = self.state.borrow_mut();
         let state = &mut *state;
         let mut written = Written::default();
+        let mut compression = Compression::default();
         let result = loop {
             if state.started.is_empty() {
                 outbox.fill_batch(BATCH_FRAMES, |next| {
-                    let payload = next.frame.utf8_bytes().clone();
-                    state.started.push_back(Outgoing::new(TEXT, payload, Some(next.seq)));
+                    let outgoing = match next.frame.deflated().filter(|_| self.deflate) {
+                        Some(deflated) => Outgoing::new(TEXT | COMPRESSED, deflated.clone(), Some(next.seq)),
+                        None => Outgoing::new(TEXT, next.frame.utf8_bytes().clone(), Some(next.seq)),
+                    };
+                    if self.deflate {
+                        compression.before += next.frame.len();
+                        compression.after += outgoing.payload.len();
+                    }
+                    state.started.push_back(outgoing);
                 });
                 if state.started.is_empty() {
                     break Ok(());
@@ -208,6 +223,7 @@ impl WireWriter {
             state.progressed_at = Instant::now();
             METRICS.frames_sent.inc_by(written.frames as u64);
         }
+        compression.count();
         result.map(|()| written)
     }
 
@@ -254,6 +270,23 @@ impl DirectWriter for WireWriter {
         // An error is the writer task's to meet again, and end the session on.
         let failed = self.write_ready(outbox).is_err();
         failed || self.has_started() || outbox.has_writable()
+    }
+}
+
+/// Payload bytes of the frames taken for writing to a connection that
+/// negotiated compression: their text, and what is sent instead.
+#[derive(Default)]
+struct Compression {
+    before: usize,
+    after: usize,
+}
+
+impl Compression {
+    fn count(&self) {
+        if self.before > 0 {
+            METRICS.deflate_bytes_before.inc_by(self.before as u64);
+            METRICS.deflate_bytes_after.inc_by(self.after as u64);
+        }
     }
 }
 
@@ -381,7 +414,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_socket_is_finished_by_the_writer_task_in_order_and_the_close_ends_the_stream() {
         let (socket, mut client) = connected();
-        let writer = WireWriter::new(socket);
+        let writer = WireWriter::new(socket, false);
         let outbox = Outbox::new(QueueLimits { max_frames: 1 << 20, max_bytes: 1 << 30 }, UserId::new("u1"));
         outbox.go_live(&Snapshot::parse(br#"{"id":"s"}"#).unwrap(), Audience::Staff);
         let padding = "x".repeat(16 << 10);
@@ -419,6 +452,49 @@ mod tests {
         let expected: Vec<Vec<u8>> = (0..pushed + 10).map(|n| frame(n).utf8_bytes().to_vec()).collect();
         assert!(events == expected, "{} frames arrived, {} expected, in order", events.len(), expected.len());
         assert_eq!(frames.last().unwrap().0, CLOSE, "the stream ends with the close frame");
+    }
+
+    /// A frame with a compressed form goes out as that, RSV1 set, to a
+    /// connection that negotiated compression only; the rest as text.
+    #[tokio::test]
+    async fn compressed_forms_go_only_to_connections_that_negotiated_them() {
+        let text = Frame::event(EntityKind::Table, Action::Updated, r#"{"id":"t1"}"#);
+        let compressed = text.clone().with_deflated(Bytes::from_static(b"squeezed"));
+        for deflate in [true, false] {
+            let (socket, mut client) = connected();
+            let writer = WireWriter::new(socket, deflate);
+            let outbox = Outbox::new(QueueLimits { max_frames: 16, max_bytes: 1 << 20 }, UserId::new("u1"));
+            outbox.go_live(&Snapshot::parse(br#"{"id":"s"}"#).unwrap(), Audience::Staff);
+            outbox.push_control(compressed.clone());
+            outbox.push_control(text.clone());
+            while writer.has_started() || outbox.has_writable() {
+                writer.writable().await.unwrap();
+                writer.write_ready(&outbox).unwrap();
+            }
+            writer.close(CloseCode::NORMAL).await.unwrap();
+            let mut bytes = Vec::new();
+            client.read_to_end(&mut bytes).unwrap();
+            let first_bytes: Vec<u8> = {
+                let mut firsts = Vec::new();
+                let mut rest = &bytes[..];
+                while !rest.is_empty() {
+                    firsts.push(rest[0]);
+                    let len = usize::from(rest[1]);
+                    rest = &rest[2 + len..];
+                }
+                firsts
+            };
+            let payloads: Vec<Vec<u8>> = frames(&bytes).into_iter().map(|(_, payload)| payload).collect();
+            if deflate {
+                assert_eq!(first_bytes[1], 0x80 | COMPRESSED | TEXT, "RSV1 on the compressed frame");
+                assert_eq!(payloads[1], b"squeezed");
+            } else {
+                assert_eq!(first_bytes[1], 0x80 | TEXT);
+                assert_eq!(payloads[1], text.utf8_bytes().to_vec());
+            }
+            assert_eq!(first_bytes[2], 0x80 | TEXT, "a frame without a compressed form: text");
+            assert_eq!(payloads[2], text.utf8_bytes().to_vec());
+        }
     }
 
     #[test]

@@ -169,3 +169,38 @@ test("the floor-plan page draws the section live, through a restart and a refres
   assert.deepEqual(terrazaNumbers, ["7", "8", "10"]);
   assert.deepEqual(errors, [], "no script errors on the page");
 });
+
+test("Chromium negotiates permessage-deflate and reads what the gateway compresses", { timeout: 60_000 }, async () => {
+  const page = await browser.newPage();
+  await page.goto(stack.hello.page);
+  const token = await stack.token(["ADMIN"], 600);
+  const url = `${stack.hello.gateway}/ws/restaurant/${TERRAZA}`;
+  await page.evaluate(
+    ([url, token]) => {
+      const w = window as unknown as { got: unknown[]; ws: WebSocket };
+      w.got = [];
+      w.ws = new WebSocket(url!, ["bearer", token!]);
+      w.ws.onmessage = (message) => w.got.push(JSON.parse(message.data as string));
+    },
+    [url, token],
+  );
+  const got = (n: number) =>
+    page.evaluate((n) => {
+      const w = window as unknown as { got: { event: string }[]; ws: WebSocket };
+      return w.got.length > n ? { extensions: w.ws.extensions, frame: w.got[n]! } : null;
+    }, n);
+  const hello = await waitUntil(page, "the snapshot", () => got(0));
+  assert.equal(hello.extensions, "permessage-deflate; server_no_context_takeover; client_no_context_takeover");
+  assert.equal(hello.frame.event, "section.snapshot");
+  const terraza = (await stack.command("watched", { section: TERRAZA })) as { tables: Entity[] };
+  await stack.command("table_status", { table: terraza.tables[0]!.id, status: "BLOCKED" });
+  assert.equal((await waitUntil(page, "the event", () => got(1))).frame.event, "table.updated");
+  // Over WS_COMPRESSION_MIN_BYTES: Chromium sends it compressed, and the gateway inflates it.
+  await page.evaluate(() => (window as unknown as { ws: WebSocket }).ws.send(JSON.stringify({ event: "ping", padding: "p".repeat(2000) })));
+  assert.deepEqual((await waitUntil(page, "the pong", () => got(2))).frame, { event: "pong" });
+  const metrics = await (await fetch(`${stack.hello.admin}/metrics`)).text();
+  const value = (name: string) => Number(metrics.split("\n").find((line) => line.startsWith(`${name} `))?.split(" ")[1]);
+  const [before, after] = [value("mesaya_compression_bytes_before_total"), value("mesaya_compression_bytes_after_total")];
+  assert.ok(after > 0 && after < before, `compressed bytes went out: ${before} before, ${after} after`);
+  await page.close();
+});
