@@ -198,9 +198,8 @@ test("Chromium negotiates permessage-deflate and reads what the gateway compress
   // Over WS_COMPRESSION_MIN_BYTES: Chromium sends it compressed, and the gateway inflates it.
   await page.evaluate(() => (window as unknown as { ws: WebSocket }).ws.send(JSON.stringify({ event: "ping", padding: "p".repeat(2000) })));
   assert.deepEqual((await waitUntil(page, "the pong", () => got(2))).frame, { event: "pong" });
-  const metrics = await (await fetch(`${stack.hello.admin}/metrics`)).text();
-  const value = (name: string) => Number(metrics.split("\n").find((line) => line.startsWith(`${name} `))?.split(" ")[1]);
-  const [before, after] = [value("mesaya_compression_bytes_before_total"), value("mesaya_compression_bytes_after_total")];
+  const before = await stack.metric("mesaya_compression_bytes_before_total");
+  const after = await stack.metric("mesaya_compression_bytes_after_total");
   assert.ok(after > 0 && after < before, `compressed bytes went out: ${before} before, ${after} after`);
   await page.close();
 });

@@ -48,12 +48,6 @@ function shuffled<T>(items: readonly T[]): T[] {
   return copy;
 }
 
-async function metric(stack: Stack, name: string): Promise<number> {
-  const text = await (await fetch(`${stack.hello.admin}/metrics`)).text();
-  const line = text.split("\n").find((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`));
-  return line ? Number(line.split(" ").at(-1)) : 0;
-}
-
 /**
  * Where the floor differs from the truth, in words; empty when they agree. `excused` collects the
  * held reservations that are stale only because a change to them fell in a gap that ended with a
@@ -72,7 +66,7 @@ function differences(
     try {
       assert.deepStrictEqual(a, b);
     } catch {
-      found.push(process.env.E2E_DEBUG ? `${what}: ${JSON.stringify(a)} vs ${JSON.stringify(b)}` : what);
+      found.push(`${what}: ${JSON.stringify(a)} held, ${JSON.stringify(b)} true`);
     }
   };
   same("the section", floor.section, truth.section);
@@ -152,10 +146,10 @@ test("the floor converges to the truth through drops, a slow reader, restarts an
           socket!.terminate();
           break;
         case "slow": {
-          const slowCloses = await metric(stack, SLOW_CLOSES);
+          const slowCloses = await stack.metric(SLOW_CLOSES);
           socket!.pause();
           let steps = 0;
-          while ((await metric(stack, SLOW_CLOSES)) === slowCloses) {
+          while ((await stack.metric(SLOW_CLOSES)) === slowCloses) {
             assert.ok(steps++ < MAX_BULK_STEPS, `no slow-consumer close after ${steps * BULK} imported tables`);
             await stack.command("tables_created", { section: SALON, count: BULK, notes: NOTES });
             emitted += BULK;
@@ -191,8 +185,8 @@ test("the floor converges to the truth through drops, a slow reader, restarts an
     const excused = new Set<string>();
     differ(excused);
     const calls = (await stack.command("api_calls", { section: SALON })).calls as number;
-    const metrics = await (await fetch(`${stack.hello.admin}/metrics`)).text();
-    t.diagnostic(`the last gateway process: ${metrics.split("\n").filter((l) => l.startsWith("mesaya_resumes_total")).join("; ")}`);
+    const resumes = (await stack.metricLines()).filter((l) => l.startsWith("mesaya_resumes_total"));
+    t.diagnostic(`the last gateway process: ${resumes.join("; ")}`);
     t.diagnostic(
       `${emitted} events; ${changes.snapshot} snapshots (${calls} API calls), ${changes.resumed} resumes, ` +
         `${changes.applied} events applied, ${changes.ignored} ignored; ${excused.size} of ` +

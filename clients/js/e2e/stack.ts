@@ -90,6 +90,17 @@ export class Stack {
     return (await this.command("token", { roles, expiresIn })).token as string;
   }
 
+  /** The gateway's /metrics lines, from its admin listener. */
+  async metricLines(): Promise<string[]> {
+    return (await (await fetch(`${this.hello.admin}/metrics`)).text()).split("\n");
+  }
+
+  /** An unlabelled metric's value (or the first series of a labelled one); 0 when absent. */
+  async metric(name: string): Promise<number> {
+    const line = (await this.metricLines()).find((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`));
+    return line ? Number(line.split(" ").at(-1)) : 0;
+  }
+
   /** Closes stdin (the stack stops the gateway) and waits for the process. */
   async stop(): Promise<void> {
     if (this.#exited !== undefined) return;
