@@ -214,7 +214,7 @@ async fn every_dashboard_and_alert_expression_evaluates_on_metrics_the_gateway_e
     }
     assert!(
         problems.is_empty(),
-        "{} of {} expressions fail:\n{}",
+        "{} problems in {} expressions:\n{}",
         problems.len(),
         expressions.len(),
         problems.join("\n")
