@@ -366,21 +366,23 @@ fn trusted_proxies<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Vec<Ip
 
 /// `WS_MAX_CONNECTIONS`: by default what the open-file limit leaves once the
 /// connections not upgraded yet, the API connections (at most
-/// `SNAPSHOT_CONCURRENCY`) and [`OTHER_FILES`] have theirs; when set, it
-/// must fit beside them.
+/// `SNAPSHOT_CONCURRENCY` in use and as many kept idle, the snapshot
+/// source's `ApiBudget`) and [`OTHER_FILES`] have theirs; when set, it must
+/// fit beside them.
 fn max_connections<F: Fn(&str) -> Option<String>>(
     env: &Env<F>,
     open_files: usize,
     pending: usize,
     snapshot_concurrency: usize,
 ) -> Result<usize, ConfigError> {
-    let room = open_files.saturating_sub(pending).saturating_sub(snapshot_concurrency).saturating_sub(OTHER_FILES);
+    let api_connections = 2 * snapshot_concurrency;
+    let room = open_files.saturating_sub(pending).saturating_sub(api_connections).saturating_sub(OTHER_FILES);
     let no_room = |what: String| {
         ConfigError::new(
             "WS_MAX_CONNECTIONS",
             format!(
-                "{what} beside HTTP_MAX_PENDING ({pending}), SNAPSHOT_CONCURRENCY ({snapshot_concurrency}) API \
-                 connections and {OTHER_FILES} descriptors for Kafka, the listeners and logs; raise the limit \
+                "{what} beside HTTP_MAX_PENDING ({pending}), twice SNAPSHOT_CONCURRENCY ({snapshot_concurrency}) \
+                 API connections and {OTHER_FILES} descriptors for Kafka, the listeners and logs; raise the limit \
                  (ulimit -n) or lower one of them"
             ),
         )
@@ -563,7 +565,7 @@ impl Config {
                 token_leeway,
                 write_timeout: env.duration("WS_WRITE_TIMEOUT", Duration::from_secs(10))?,
                 refresh_notice: env.duration("WS_REFRESH_NOTICE", Duration::from_secs(60))?,
-                compression: compression(&env)?,
+                compression: compression(env)?,
             },
             drain_timeout: env.duration("DRAIN_TIMEOUT", Duration::from_secs(10))?,
             log_level,
@@ -601,8 +603,8 @@ mod tests {
         assert!(config.shards >= 1);
         assert_eq!(
             config.admission.max_connections,
-            20_000 - 1024 - 256 - 256,
-            "the open-file limit minus the pending connections, the API's and 256 more"
+            20_000 - 1024 - 2 * 256 - 256,
+            "the open-file limit minus the pending connections, the API's (in use and idle) and 256 more"
         );
         assert_eq!(config.admission.max_connections_per_user, 64);
         assert_eq!(config.admission.pending, PendingLimits { max_pending: 1024, max_per_client: 32 });
@@ -660,14 +662,14 @@ mod tests {
             config_with_files(&[&[key][..], vars].concat(), open_files).map(|c| c.admission.max_connections)
         };
         let small = [("HTTP_MAX_PENDING", "100"), ("SNAPSHOT_CONCURRENCY", "44")];
-        assert_eq!(sessions(&small, 10_000), Ok(10_000 - 100 - 44 - 256));
-        assert_eq!(sessions(&[small[0], small[1], ("WS_MAX_CONNECTIONS", "9600")], 10_000), Ok(9_600), "it fits");
-        assert_eq!(sessions(&[("WS_MAX_CONNECTIONS", "5")], 1_541), Ok(5), "1024 + 256 + 256 + 5");
+        assert_eq!(sessions(&small, 10_000), Ok(10_000 - 100 - 2 * 44 - 256));
+        assert_eq!(sessions(&[small[0], small[1], ("WS_MAX_CONNECTIONS", "9556")], 10_000), Ok(9_556), "it fits");
+        assert_eq!(sessions(&[("WS_MAX_CONNECTIONS", "5")], 1_797), Ok(5), "1024 + 2 × 256 + 256 + 5");
 
-        let too_many = sessions(&[small[0], small[1], ("WS_MAX_CONNECTIONS", "9601")], 10_000).unwrap_err();
+        let too_many = sessions(&[small[0], small[1], ("WS_MAX_CONNECTIONS", "9557")], 10_000).unwrap_err();
         assert_eq!(too_many.variable, "WS_MAX_CONNECTIONS");
-        assert!(too_many.problem.contains("9601 sessions do not fit") && too_many.problem.contains("room for 9600"));
-        let no_room = sessions(&[], 1_536).unwrap_err();
+        assert!(too_many.problem.contains("9557 sessions do not fit") && too_many.problem.contains("room for 9556"));
+        let no_room = sessions(&[], 1_792).unwrap_err();
         assert_eq!(no_room.variable, "WS_MAX_CONNECTIONS", "the default has no room: {no_room}");
         assert!(no_room.problem.contains("HTTP_MAX_PENDING (1024)"), "{no_room}");
     }
@@ -697,7 +699,10 @@ mod tests {
         assert_eq!(line("DRAIN_TIMEOUT"), "DRAIN_TIMEOUT=10s (default)");
         assert_eq!(line("KAFKA_BROKERS"), "KAFKA_BROKERS=localhost:9092 (default)");
         assert_eq!(line("RESUME_BUFFER_BYTES"), "RESUME_BUFFER_BYTES=67108864 (default)");
-        assert_eq!(line("WS_MAX_CONNECTIONS"), format!("WS_MAX_CONNECTIONS={} (default)", 20_000 - 1024 - 256 - 256));
+        assert_eq!(
+            line("WS_MAX_CONNECTIONS"),
+            format!("WS_MAX_CONNECTIONS={} (default)", 20_000 - 1024 - 2 * 256 - 256)
+        );
         assert_eq!(line("JWT_ISSUER"), "JWT_ISSUER unset (default)");
         let mut names: Vec<_> = settings.iter().map(|s| s.variable).collect();
         names.dedup();

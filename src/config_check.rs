@@ -4,17 +4,14 @@
 //! are one line each, as at start.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
 use std::time::Duration;
-
-use tokio::sync::Semaphore;
 
 use crate::application::ports::{SnapshotError, SnapshotRequest, SnapshotSource};
 use crate::config::{Config, ConfigError};
 use crate::domain::ids::SectionId;
 use crate::infrastructure::jwt::JwtVerifier;
 use crate::infrastructure::kafka;
-use crate::infrastructure::snapshot_http::HttpSnapshotSource;
+use crate::infrastructure::snapshot_http::{ApiBudget, HttpSnapshotSource};
 
 /// How long the brokers and the API each get to answer.
 pub const TIMEOUT: Duration = Duration::from_secs(3);
@@ -62,7 +59,7 @@ fn api_problem(config: &Config) -> Option<ConfigError> {
         &config.rest_base_url,
         &config.snapshot_path,
         TIMEOUT.min(config.rest_timeout),
-        Arc::new(Semaphore::new(1)),
+        ApiBudget::new(1),
     );
     let call = SnapshotRequest {
         section: SectionId::from_bytes([0; 16]),

@@ -23,7 +23,7 @@ use mesaya_realtime::domain::audience::{Disclosure, StaffRoles};
 use mesaya_realtime::infrastructure::jwt::JwtVerifier;
 use mesaya_realtime::infrastructure::kafka::KafkaIngest;
 use mesaya_realtime::infrastructure::resume_token::HmacResumeTokens;
-use mesaya_realtime::infrastructure::snapshot_http::HttpSnapshotSource;
+use mesaya_realtime::infrastructure::snapshot_http::{ApiBudget, HttpSnapshotSource};
 use mesaya_realtime::shutdown::{Shutdown, Threads};
 use mesaya_realtime::telemetry::logs::{self, OneLine};
 use mesaya_realtime::transport::admin;
@@ -31,7 +31,6 @@ use mesaya_realtime::transport::context::ServerContext;
 use mesaya_realtime::transport::mailbox::{self, ShardDispatch, Shards};
 use mesaya_realtime::transport::section_reports;
 use mesaya_realtime::transport::shard::{self, ShardParts};
-use tokio::sync::Semaphore;
 use tracing_appender::non_blocking::WorkerGuard;
 
 #[global_allocator]
@@ -192,18 +191,18 @@ fn run(
         bytes: resume.buffer_bytes / config.shards,
     });
 
-    let snapshot_calls = Arc::new(Semaphore::new(config.snapshot_concurrency));
+    let api_budget = ApiBudget::new(config.snapshot_concurrency);
     for (index, inbox) in inboxes.into_iter().enumerate() {
         let (base_url, path, timeout) =
             (config.rest_base_url.clone(), config.snapshot_path.clone(), config.rest_timeout);
-        let snapshot_calls = Arc::clone(&snapshot_calls);
+        let api_budget = Arc::clone(&api_budget);
         shard::spawn(ShardParts {
             index,
             replay_limits,
             inbox,
             listener: listener.try_clone()?,
             ctx: Arc::clone(&ctx),
-            make_snapshot_source: move || HttpSnapshotSource::new(&base_url, &path, timeout, snapshot_calls),
+            make_snapshot_source: move || HttpSnapshotSource::new(&base_url, &path, timeout, api_budget),
             section_reports: reports.clone(),
             running: threads.register(format!("shard-{index}")),
         })?;

@@ -262,7 +262,7 @@ async fn with_compression_off_an_offer_is_declined_and_frames_are_text() {
     assert!(!snapshot.compressed());
     assert_eq!(snapshot.json()["payload"]["tables"].as_array().unwrap().len(), 50);
     // One at a time (started in the loop): each reads the first event after its snapshot.
-    let clients: [(&str, fn(&Stack, &str, &str) -> Interop); 2] = [("python", python), ("node", node)];
+    let clients: [(&str, StartInterop); 2] = [("python", python), ("node", node)];
     for (who, start) in clients {
         let mut interop = start(&stack, &section, "offer");
         let hello = interop.line().await;
@@ -279,7 +279,7 @@ async fn python_websockets_and_node_ws_read_compressed_frames_and_send_compresse
     let stack = Stack::start().await;
     let section = new_id();
     serve_fifty_tables(&stack, &section);
-    let clients: [(&str, &str, fn(&Stack, &str, &str) -> Interop); 4] = [
+    let clients: [(&str, &str, StartInterop); 4] = [
         ("python", "offer", python),
         ("node", "offer", node),
         ("python", "no-offer", python),
@@ -303,6 +303,9 @@ async fn python_websockets_and_node_ws_read_compressed_frames_and_send_compresse
     );
     assert!(after > 0.0 && after < before / 2.0, "compressed bytes went out: {before} before, {after} after");
 }
+
+/// Starts an interop client (Python or Node) on a section, with an offer mode.
+type StartInterop = fn(&Stack, &str, &str) -> Interop;
 
 /// A Python or Node client script running against the stack; its stdout
 /// lines are read on a thread of their own.

@@ -167,7 +167,8 @@ async fn a_refresh_during_the_snapshot_is_answered_once_live_and_refreshes_count
     let sub = new_id();
 
     let held = stack.api.hold(&section);
-    let mut client = WsClient::connect(&stack.ws_url(&section, &token_for(&sub, &["USER"], 600))).await.expect("upgrade");
+    let mut client =
+        WsClient::connect(&stack.ws_url(&section, &token_for(&sub, &["USER"], 600))).await.expect("upgrade");
     mesaya_testkit::wait::until(WAIT, "the snapshot call", || stack.api.call_count(&section) == 1).await;
     let second_exp = now() + 900;
     client.send_json(&refresh(&token_for(&sub, &["USER"], 900))).await;

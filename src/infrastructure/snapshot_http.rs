@@ -1,10 +1,11 @@
 //! The snapshot call: `GET {REST_BASE_URL}{SECTION_SNAPSHOT_PATH}` with the
 //! client's own token, on keep-alive HTTP/1.1 connections to the API. One
 //! instance per shard, so its connections stay on the shard's thread; all of
-//! them share one limit on calls in flight.
+//! them share one budget of API connections ([`ApiBudget`]).
 
 use std::cell::RefCell;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -38,6 +39,36 @@ const MAX_BODY_BYTES: usize = 16 << 20;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 type Sender = SendRequest<Empty<Bytes>>;
+
+/// What every shard's snapshot source shares, so that the API connections
+/// of the whole instance stay within the descriptors the configuration
+/// keeps for them: at most `SNAPSHOT_CONCURRENCY` calls in flight, and as
+/// many connections kept idle between calls (one shard's idle connections
+/// cannot serve another's calls, so without the second cap each shard could
+/// keep that many).
+pub struct ApiBudget {
+    calls: Semaphore,
+    idle: AtomicUsize,
+    max_idle: usize,
+}
+
+impl ApiBudget {
+    pub fn new(concurrency: usize) -> Arc<Self> {
+        Arc::new(Self { calls: Semaphore::new(concurrency), idle: AtomicUsize::new(0), max_idle: concurrency })
+    }
+
+    /// Whether one more connection may be kept idle; it counts from now on.
+    fn keep_idle(&self) -> bool {
+        self.idle
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |idle| (idle < self.max_idle).then_some(idle + 1))
+            .is_ok()
+    }
+
+    /// An idle connection was taken out (used, or dropped).
+    fn idle_taken(&self) {
+        self.idle.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// The API's address, read once from `REST_BASE_URL`.
 struct Api {
@@ -77,8 +108,8 @@ pub struct HttpSnapshotSource {
     api: Api,
     path_template: String,
     timeout: Duration,
-    /// Calls in flight on the whole instance: shared by every shard's source.
-    in_flight: Arc<Semaphore>,
+    /// Shared by every shard's source.
+    budget: Arc<ApiBudget>,
     in_flight_gauge: IntGauge,
     /// This shard's connections to the API that no call is using, and since
     /// when.
@@ -88,14 +119,13 @@ pub struct HttpSnapshotSource {
 }
 
 impl HttpSnapshotSource {
-    /// `in_flight` holds one permit per call allowed at once, instance-wide.
     /// `base_url` is `REST_BASE_URL` as the configuration checked it.
-    pub fn new(base_url: &str, path_template: &str, timeout: Duration, in_flight: Arc<Semaphore>) -> Self {
+    pub fn new(base_url: &str, path_template: &str, timeout: Duration, budget: Arc<ApiBudget>) -> Self {
         Self {
             api: Api::parse(base_url).expect("REST_BASE_URL is checked at start-up"),
             path_template: path_template.to_string(),
             timeout,
-            in_flight,
+            budget,
             in_flight_gauge: METRICS.snapshot_calls_in_flight.clone(),
             idle: RefCell::default(),
             recent: RefCell::default(),
@@ -104,7 +134,7 @@ impl HttpSnapshotSource {
 
     /// Waits for a place among the calls in flight, then makes the call.
     async fn request_in_turn(&self, call: SnapshotRequest<'_>) -> Result<Snapshot, SnapshotError> {
-        let _place = self.in_flight.acquire().await.map_err(|_| unreachable("shutting down"))?;
+        let _place = self.budget.calls.acquire().await.map_err(|_| unreachable("shutting down"))?;
         let _counted = Counted::new(&self.in_flight_gauge);
         self.request(call).await
     }
@@ -127,7 +157,7 @@ impl HttpSnapshotSource {
         // A connection whose answer was not read to its end (too big, cut
         // off, or the call was cancelled) is dropped, which closes it.
         let body = Limited::new(response.into_body(), MAX_BODY_BYTES).collect().await;
-        if body.is_ok() {
+        if body.is_ok() && self.budget.keep_idle() {
             self.idle.borrow_mut().push((connection, Instant::now()));
         }
         match status {
@@ -183,6 +213,7 @@ impl HttpSnapshotSource {
         let mut idle = self.idle.borrow_mut();
         let fresh_since = Instant::now().checked_sub(IDLE_TIMEOUT);
         std::iter::from_fn(|| idle.pop())
+            .inspect(|_| self.budget.idle_taken())
             .find(|(connection, since)| connection.is_ready() && fresh_since.is_none_or(|fresh| *since >= fresh))
             .map(|(connection, _)| connection)
     }
@@ -289,8 +320,7 @@ mod tests {
         close_after_answer: bool,
     ) -> (Vec<Result<(), SnapshotError>>, usize) {
         let (url, accepted) = api(status, close_after_answer).await;
-        let source =
-            HttpSnapshotSource::new(&url, "/sections/{id}", Duration::from_secs(5), Arc::new(Semaphore::new(1)));
+        let source = HttpSnapshotSource::new(&url, "/sections/{id}", Duration::from_secs(5), ApiBudget::new(1));
         let section = SectionId::parse("5b0c7c1e-2f0a-4b7e-9a51-0d3c2b7e8f11").unwrap();
         let request =
             SnapshotRequest { section, token: "jwt", client_addr: Ipv4Addr::LOCALHOST.into(), request_id: "r1" };
@@ -325,6 +355,31 @@ mod tests {
     #[tokio::test]
     async fn a_connection_the_api_closed_is_not_used_again() {
         assert_eq!(call_three_times("200 OK", true).await, (vec![Ok(()), Ok(()), Ok(())], 3));
+    }
+
+    /// Two shards' sources with room for one call and one idle connection:
+    /// once the first shard keeps its connection, the second closes each of
+    /// its own after the call, so the instance never holds more API
+    /// connections than its budget.
+    #[tokio::test]
+    async fn the_instance_keeps_no_more_idle_connections_than_its_budget() {
+        let (url, accepted) = api("200 OK", false).await;
+        let budget = ApiBudget::new(1);
+        let shard = || HttpSnapshotSource::new(&url, "/sections/{id}", Duration::from_secs(5), Arc::clone(&budget));
+        let (first, second) = (shard(), shard());
+        let section = SectionId::parse("5b0c7c1e-2f0a-4b7e-9a51-0d3c2b7e8f11").unwrap();
+        let request =
+            SnapshotRequest { section, token: "jwt", client_addr: Ipv4Addr::LOCALHOST.into(), request_id: "r1" };
+        let mut counts = Vec::new();
+        LocalSet::new()
+            .run_until(async {
+                for source in [&first, &second, &second, &first] {
+                    source.fetch(request).await.expect("a snapshot");
+                    counts.push(accepted.load(Ordering::SeqCst));
+                }
+            })
+            .await;
+        assert_eq!(counts, vec![1, 2, 3, 3], "the second shard kept none; the first reused its own");
     }
 
     #[tokio::test]

@@ -345,7 +345,8 @@ impl Floor {
 
     /// `section.deleted`, carrying the section as the API last served it.
     pub fn section_deleted(&self, section_id: &str) -> Event {
-        let section = self.snapshot(section_id).unwrap_or_else(|| panic!("the sample floor has no section {section_id}"));
+        let section =
+            self.snapshot(section_id).unwrap_or_else(|| panic!("the sample floor has no section {section_id}"));
         let what = format!("{} deleted", str_field(&section, "name"));
         Event { topic: SECTIONS_TOPIC, envelope: envelope("deleted", section), what }
     }

@@ -44,7 +44,9 @@ pub async fn serve(mut stack: Stack, seed: u64) {
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let reply = match serde_json::from_str::<Value>(&line) {
-            Ok(command) => run(&mut stack, &mut reservations, &command).await.unwrap_or_else(|error| json!({"error": error})),
+            Ok(command) => {
+                run(&mut stack, &mut reservations, &command).await.unwrap_or_else(|error| json!({"error": error}))
+            }
             Err(error) => json!({"error": format!("not a JSON command: {error}")}),
         };
         answer(&reply);
@@ -64,7 +66,8 @@ async fn run(stack: &mut Stack, reservations: &mut Reservations, command: &Value
     let floor = stack.simulator.floor();
     let scripted = match text("do")? {
         "token" => {
-            let roles: Vec<&str> = command["roles"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            let roles: Vec<&str> =
+                command["roles"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
             let lifetime = u64::try_from(number("expiresIn")?).map_err(|_| "`expiresIn` must be positive")?;
             return Ok(json!({"token": stack::token(&roles, std::time::Duration::from_secs(lifetime))}));
         }

@@ -101,7 +101,10 @@ impl Stack {
             gateway,
             simulator,
             page_token_lifetime: layout.page_token_lifetime,
-            producer, gateway_bin: layout.gateway_bin, env })
+            producer,
+            gateway_bin: layout.gateway_bin,
+            env,
+        })
     }
 
     /// The simulator's next event, emitted.
