@@ -6,6 +6,7 @@
 use std::cell::{Cell, RefCell};
 use std::future::pending;
 use std::net::IpAddr;
+use std::ops::ControlFlow::{self, Break, Continue};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -25,6 +26,7 @@ use crate::application::outbox::{Outbox, PushOutcome};
 use crate::application::ports::{DirectWriter, SnapshotRequest, SnapshotSource};
 use crate::application::refresh::{self, RefreshRules};
 use crate::application::resume::{self, NoPosition, Now, PositionFor, PositionSchedule, ResumeSettings};
+use crate::config::SessionSettings;
 use crate::domain::access::Claims;
 use crate::domain::audience::{UserId, Viewer};
 use crate::domain::frame::Frame;
@@ -226,8 +228,12 @@ async fn serve<S: SnapshotSource>(state: &ShardState<S>, client: Client, log: &S
         let chain_started = resumed_chain.unwrap_or_else(|| Now::current().unix_secs);
         let positions =
             state.ctx.resume.as_ref().filter(|_| opted_in).map(|settings| PositionTerms { settings, chain_started });
-        // The shard's loop writes this client's events itself; a client with
-        // positions keeps them to its writer task, which times them.
+        // Two writers, one socket, one outbox: the shard's loop writes what the
+        // socket takes at once after each turn (no wake-up of this task), and
+        // this session's writer task writes what is left when the socket is
+        // ready again. A client with positions keeps every write to its
+        // writer task: a position is scheduled from the events each write
+        // carried (`PositionSchedule`), which the shard's write would bypass.
         if positions.is_none() {
             outbox.attach(Rc::clone(&writer) as Rc<dyn DirectWriter>);
         }
@@ -336,6 +342,10 @@ struct PositionTerms<'a> {
 /// step waits, so a client that stops reading cannot stall the pings, the
 /// pong deadline, the token's expiry, a requested close or shutdown. A
 /// socket that takes no bytes for `WS_WRITE_TIMEOUT` drops the client.
+///
+/// Each turn: shutdown, a requested close, the reader's end, what the
+/// reader heard, the deadlines re-armed; then one wait for whichever comes
+/// first. Each rule is a step of [`Live`].
 async fn write_live<S>(
     state: &ShardState<S>,
     writer: &WireWriter,
@@ -345,53 +355,16 @@ async fn write_live<S>(
     mut reader: JoinHandle<ReaderEnd>,
     log: &SessionLog,
 ) {
-    let LiveTerms { mut expires_at, positions } = terms;
-    let settings = &state.ctx.session;
-    // Shutdown has no future of its own here (one per idle session is
-    // memory): the shard wakes every outbox when it is triggered.
-    let shutdown = &state.ctx.shutdown;
-    let mut deadlines = Deadlines {
-        ping: Instant::now() + settings.ping_interval,
-        pong: None,
-        expiry: Some(expiry_instant(expires_at, settings.token_leeway)),
-        notice: notice_instant(expires_at, settings.refresh_notice),
-        write: None,
-        position: None,
-    };
-    let window = positions.map_or(FAR_FUTURE, |terms| terms.settings.window);
-    let mut position_schedule = PositionSchedule::new(window, Instant::now().into_std());
+    let mut live = Live::new(state, writer, outbox, terms, log);
     // One timer for every deadline: each armed timer costs an idle
     // connection its memory, and each wake-up polls every armed one.
-    let timer = sleep_until(deadlines.next());
+    let timer = sleep_until(live.deadlines.next());
     tokio::pin!(timer);
-    // When the oldest unanswered ping was queued.
-    let mut ping_sent: Option<Instant> = None;
-    // Progress (the writer's, whether this task or the shard's loop wrote)
-    // does not move the write deadline: the deadline catches up when it
-    // comes, so a busy connection does not touch the timer wheel once per
-    // write. `output_since` is when the current wait for the socket began.
-    let mut output_since = Instant::now();
     let mut reader_end = None;
-    let mut shutting_down = false;
-
     loop {
-        if !shutting_down && shutdown.is_triggered() {
-            shutting_down = true;
-            // The last position, behind everything queued, right before the
-            // 1001: the client resumes elsewhere from exactly there.
-            if let Some(terms) = positions {
-                queue_position(state, terms, outbox, log);
-            }
-            outbox.request_close(CloseCode::GOING_AWAY, true);
-        }
-        if let Some(close) = outbox.close_request()
-            && (!close.after_drain || (!outbox.has_writable() && !writer.has_started()))
-        {
-            log.span().in_scope(|| SessionClosed { code: close.code }.emit());
-            let _ = tokio::time::timeout(CLOSE_GRACE, writer.close(close.code)).await;
-            if reader_end.is_none() {
-                let _ = tokio::time::timeout(CLOSE_GRACE, &mut reader).await;
-            }
+        live.notice_shutdown();
+        if let Some(code) = live.close_due() {
+            live.close(code, (reader_end.is_none()).then_some(&mut reader)).await;
             return;
         }
         match reader_end {
@@ -403,101 +376,257 @@ async fn write_live<S>(
             Some(ReaderEnd::Done) => return,
             None => {}
         }
-        if let Some(payload) = heard.ping.take() {
-            writer.queue_pong(payload);
-        }
-        // A refresh moves the one expiry deadline, and the notice with it.
-        if let Some(exp) = heard.refreshed.take() {
-            expires_at = Some(exp);
-            deadlines.expiry = Some(expiry_instant(expires_at, settings.token_leeway));
-            deadlines.notice = notice_instant(expires_at, settings.refresh_notice);
-        }
-        let has_output = writer.has_started() || outbox.has_writable();
-        match (has_output, deadlines.write) {
-            (true, None) => {
-                output_since = Instant::now();
-                deadlines.write = Some(output_since + settings.write_timeout);
-            }
-            (false, Some(_)) => deadlines.write = None,
-            _ => {}
-        }
-        if positions.is_some() {
-            deadlines.position = position_schedule.due().map(Instant::from_std);
-        }
-        let next = deadlines.next();
+        live.take_heard(heard);
+        let has_output = live.arm_write_deadline();
+        live.arm_position_deadline();
+        let next = live.deadlines.next();
         if timer.deadline() != next {
             timer.as_mut().reset(next);
         }
         let io_step = async { if has_output { writer.writable().await } else { pending().await } };
-        tokio::select! {
+        let step = tokio::select! {
             biased;
-            end = &mut reader, if reader_end.is_none() => reader_end = Some(end.unwrap_or(ReaderEnd::Done)),
-            () = &mut timer => {
-                let now = Instant::now();
-                if deadlines.expiry.is_some_and(|due| due <= now) {
-                    deadlines.expiry = None;
-                    outbox.request_close(CloseCode::TOKEN_EXPIRED, false);
-                }
-                if let Some(exp) = expires_at
-                    && deadlines.notice.is_some_and(|due| due <= now)
-                {
-                    // Once per token: a refresh arms the next one.
-                    deadlines.notice = None;
-                    outbox.push_control(Frame::auth_expiring(exp));
-                }
-                if deadlines.write.is_some_and(|due| due <= now) {
-                    let caught_up = output_since.max(writer.progressed_at()) + settings.write_timeout;
-                    if caught_up <= now {
-                        let timeout = settings.write_timeout;
-                        log.span().in_scope(|| tracing::info!(?timeout, "socket took no bytes; dropping"));
-                        return;
-                    }
-                    deadlines.write = Some(caught_up);
-                }
-                if deadlines.pong.is_some_and(|due| due <= now) {
-                    if heard.last_pong.get() < ping_sent {
-                        log.span().in_scope(|| tracing::info!("peer stopped answering pings; dropping"));
-                        return;
-                    }
-                    ping_sent = None;
-                    deadlines.pong = None;
-                }
-                if let Some(terms) = positions
-                    && deadlines.position.is_some_and(|due| due <= now)
-                {
-                    queue_position(state, terms, outbox, log);
-                    position_schedule.queued(now.into_std());
-                }
-                if deadlines.ping <= now {
-                    deadlines.ping = now + settings.ping_interval;
-                    writer.queue_ping();
-                    if ping_sent.is_none() {
-                        ping_sent = Some(now);
-                        deadlines.pong = Some(now + settings.pong_timeout);
-                    }
-                }
+            end = &mut reader, if reader_end.is_none() => {
+                reader_end = Some(end.unwrap_or(ReaderEnd::Done));
+                Continue(())
             }
-            ready = io_step => {
-                if ready.is_err() {
-                    return;
-                }
-                let now = Instant::now();
-                let position_rides_along = positions
-                    .filter(|_| position_schedule.rides_along(now.into_std()))
-                    .map(|terms| queue_position(state, terms, outbox, log))
-                    .is_some();
-                let written = match writer.write_ready(outbox) {
-                    Ok(written) => written,
-                    Err(_) => return,
-                };
-                if position_rides_along {
-                    position_schedule.queued(now.into_std());
-                } else if written.events > 0 {
-                    position_schedule.events_written(now.into_std());
-                }
-            }
-            () = outbox.changed() => {}
+            () = &mut timer => live.deadlines_passed(heard, Instant::now()),
+            ready = io_step => match ready {
+                Ok(()) => live.write_ready(),
+                Err(_) => Break(()),
+            },
+            () = outbox.changed() => Continue(()),
+        };
+        if step.is_break() {
+            return;
         }
+    }
+}
+
+/// A live session between two turns of [`write_live`]: its deadlines and
+/// what they wait on. A step that returns `Break` drops the client without
+/// a close frame (its socket or its peer has stopped answering).
+struct Live<'a, S> {
+    state: &'a ShardState<S>,
+    writer: &'a WireWriter,
+    outbox: &'a Outbox,
+    log: &'a SessionLog,
+    positions: Option<PositionTerms<'a>>,
+    /// The token's `exp`, moved by each refresh.
+    expires_at: Option<u64>,
+    deadlines: Deadlines,
+    position_schedule: PositionSchedule,
+    /// When the oldest unanswered ping was queued.
+    ping_sent: Option<Instant>,
+    /// When the current wait for the socket began. Progress (the writer's,
+    /// whether this task or the shard's loop wrote) does not move the write
+    /// deadline: the deadline catches up when it comes, so a busy
+    /// connection does not touch the timer wheel once per write.
+    output_since: Instant,
+    shutting_down: bool,
+}
+
+impl<'a, S> Live<'a, S> {
+    fn new(
+        state: &'a ShardState<S>,
+        writer: &'a WireWriter,
+        outbox: &'a Outbox,
+        terms: LiveTerms<'a>,
+        log: &'a SessionLog,
+    ) -> Self {
+        let LiveTerms { expires_at, positions } = terms;
+        let settings = &state.ctx.session;
+        let now = Instant::now();
+        let deadlines = Deadlines {
+            ping: now + settings.ping_interval,
+            pong: None,
+            expiry: Some(expiry_instant(expires_at, settings.token_leeway)),
+            notice: notice_instant(expires_at, settings.refresh_notice),
+            write: None,
+            position: None,
+        };
+        let window = positions.map_or(FAR_FUTURE, |terms| terms.settings.window);
+        Self {
+            state,
+            writer,
+            outbox,
+            log,
+            positions,
+            expires_at,
+            deadlines,
+            position_schedule: PositionSchedule::new(window, now.into_std()),
+            ping_sent: None,
+            output_since: now,
+            shutting_down: false,
+        }
+    }
+
+    fn settings(&self) -> &'a SessionSettings {
+        &self.state.ctx.session
+    }
+
+    /// Shutdown has no future of its own here (one per idle session is
+    /// memory): the shard wakes every outbox when it is triggered. The last
+    /// position goes behind everything queued, right before the 1001: the
+    /// client resumes elsewhere from exactly there.
+    fn notice_shutdown(&mut self) {
+        if self.shutting_down || !self.state.ctx.shutdown.is_triggered() {
+            return;
+        }
+        self.shutting_down = true;
+        self.queue_position();
+        self.outbox.request_close(CloseCode::GOING_AWAY, true);
+    }
+
+    /// The code of a requested close that may go now: at once, or once
+    /// everything queued is written when it asked to go after the queue.
+    fn close_due(&self) -> Option<CloseCode> {
+        let close = self.outbox.close_request()?;
+        let drained = !self.outbox.has_writable() && !self.writer.has_started();
+        (!close.after_drain || drained).then_some(close.code)
+    }
+
+    /// Sends the close frame and waits a moment for the reader, when it has
+    /// not ended yet, to see the peer's answer.
+    async fn close(&self, code: CloseCode, reader: Option<&mut JoinHandle<ReaderEnd>>) {
+        self.log.span().in_scope(|| SessionClosed { code }.emit());
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.writer.close(code)).await;
+        if let Some(reader) = reader {
+            let _ = tokio::time::timeout(CLOSE_GRACE, reader).await;
+        }
+    }
+
+    /// A ping to answer, and a refresh, which moves the one expiry deadline
+    /// and the notice with it.
+    fn take_heard(&mut self, heard: &Heard) {
+        if let Some(payload) = heard.ping.take() {
+            self.writer.queue_pong(payload);
+        }
+        if let Some(exp) = heard.refreshed.take() {
+            let settings = self.settings();
+            self.expires_at = Some(exp);
+            self.deadlines.expiry = Some(expiry_instant(self.expires_at, settings.token_leeway));
+            self.deadlines.notice = notice_instant(self.expires_at, settings.refresh_notice);
+        }
+    }
+
+    /// The write deadline is armed while there is output, and only then.
+    /// Returns whether there is.
+    fn arm_write_deadline(&mut self) -> bool {
+        let has_output = self.writer.has_started() || self.outbox.has_writable();
+        match (has_output, self.deadlines.write) {
+            (true, None) => {
+                self.output_since = Instant::now();
+                self.deadlines.write = Some(self.output_since + self.settings().write_timeout);
+            }
+            (false, Some(_)) => self.deadlines.write = None,
+            _ => {}
+        }
+        has_output
+    }
+
+    fn arm_position_deadline(&mut self) {
+        if self.positions.is_some() {
+            self.deadlines.position = self.position_schedule.due().map(Instant::from_std);
+        }
+    }
+
+    /// The timer fired: every deadline that has passed, in turn.
+    fn deadlines_passed(&mut self, heard: &Heard, now: Instant) -> ControlFlow<()> {
+        self.token_expiry_passed(now);
+        self.refresh_notice_passed(now);
+        self.write_deadline_passed(now)?;
+        self.pong_deadline_passed(heard, now)?;
+        self.position_deadline_passed(now);
+        self.ping_deadline_passed(now);
+        Continue(())
+    }
+
+    fn token_expiry_passed(&mut self, now: Instant) {
+        if self.deadlines.expiry.is_some_and(|due| due <= now) {
+            self.deadlines.expiry = None;
+            self.outbox.request_close(CloseCode::TOKEN_EXPIRED, false);
+        }
+    }
+
+    /// `auth.expiring`, once per token: a refresh arms the next one.
+    fn refresh_notice_passed(&mut self, now: Instant) {
+        if let Some(exp) = self.expires_at
+            && self.deadlines.notice.is_some_and(|due| due <= now)
+        {
+            self.deadlines.notice = None;
+            self.outbox.push_control(Frame::auth_expiring(exp));
+        }
+    }
+
+    /// A socket that took no bytes for `WS_WRITE_TIMEOUT` drops the client;
+    /// one that did moves the deadline on from its last progress.
+    fn write_deadline_passed(&mut self, now: Instant) -> ControlFlow<()> {
+        if self.deadlines.write.is_none_or(|due| due > now) {
+            return Continue(());
+        }
+        let timeout = self.settings().write_timeout;
+        let caught_up = self.output_since.max(self.writer.progressed_at()) + timeout;
+        if caught_up <= now {
+            self.log.span().in_scope(|| tracing::info!(?timeout, "socket took no bytes; dropping"));
+            return Break(());
+        }
+        self.deadlines.write = Some(caught_up);
+        Continue(())
+    }
+
+    /// A pong must have come since the oldest unanswered ping.
+    fn pong_deadline_passed(&mut self, heard: &Heard, now: Instant) -> ControlFlow<()> {
+        if self.deadlines.pong.is_none_or(|due| due > now) {
+            return Continue(());
+        }
+        if heard.last_pong.get() < self.ping_sent {
+            self.log.span().in_scope(|| tracing::info!("peer stopped answering pings; dropping"));
+            return Break(());
+        }
+        self.ping_sent = None;
+        self.deadlines.pong = None;
+        Continue(())
+    }
+
+    fn position_deadline_passed(&mut self, now: Instant) {
+        if self.deadlines.position.is_some_and(|due| due <= now) && self.queue_position() {
+            self.position_schedule.queued(now.into_std());
+        }
+    }
+
+    /// The next ping; the pong deadline runs from the oldest unanswered one.
+    fn ping_deadline_passed(&mut self, now: Instant) {
+        if self.deadlines.ping > now {
+            return;
+        }
+        let settings = self.settings();
+        self.deadlines.ping = now + settings.ping_interval;
+        self.writer.queue_ping();
+        if self.ping_sent.is_none() {
+            self.ping_sent = Some(now);
+            self.deadlines.pong = Some(now + settings.pong_timeout);
+        }
+    }
+
+    /// The socket takes bytes: what is queued goes, with a position riding
+    /// along when one would be due soon anyway.
+    fn write_ready(&mut self) -> ControlFlow<()> {
+        let now = Instant::now().into_std();
+        let position_rides_along = self.position_schedule.rides_along(now) && self.queue_position();
+        let Ok(written) = self.writer.write_ready(self.outbox) else { return Break(()) };
+        if position_rides_along {
+            self.position_schedule.queued(now);
+        } else if written.events > 0 {
+            self.position_schedule.events_written(now);
+        }
+        Continue(())
+    }
+
+    /// Queues a `section.position` for a client that opted in; returns
+    /// whether it has.
+    fn queue_position(&self) -> bool {
+        self.positions.map(|terms| queue_position(self.state, terms, self.outbox, self.log)).is_some()
     }
 }
 
