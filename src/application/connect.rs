@@ -139,12 +139,12 @@ pub async fn fetch_snapshot<S: SnapshotSource, R: SectionReporter, F: FloorPlan,
             Connected::Live { skipped: outbox.go_live(&snapshot, viewer.audience(owner.as_ref())) }
         }
         Ok(Err(error)) => {
-            outbox.request_close(error.close_code(), false);
+            outbox.close_now(error.close_code());
             Connected::Refused(error)
         }
         Err(interruption) => {
             if interruption == Interruption::Shutdown {
-                outbox.request_close(CloseCode::GOING_AWAY, false);
+                outbox.close_now(CloseCode::GOING_AWAY);
             }
             Connected::Interrupted(interruption)
         }

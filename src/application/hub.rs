@@ -70,7 +70,7 @@ impl SectionHub {
                 PushOutcome::Conflated(dropped) => dropped,
                 PushOutcome::Overflowed => {
                     report.slow_closed += 1;
-                    outbox.request_close(CloseCode::SLOW_CONSUMER, false);
+                    outbox.close_now(CloseCode::SLOW_CONSUMER);
                     return false;
                 }
                 PushOutcome::AlreadySent => return true,
@@ -86,7 +86,7 @@ impl SectionHub {
         });
         if delivery.ends_section {
             for outbox in self.sections.remove(&section).unwrap_or_default() {
-                outbox.request_close(CloseCode::NORMAL, true);
+                outbox.close_after_queue(CloseCode::NORMAL);
             }
         }
         report

@@ -422,9 +422,20 @@ impl Outbox {
         }
     }
 
-    /// Asks the writer to close. The first request wins, except that an
-    /// immediate close overrides a pending drain-then-close.
-    pub fn request_close(&self, code: CloseCode, after_drain: bool) {
+    /// Asks the writer to close at once, dropping what is queued: this
+    /// overrides a pending close-after-the-queue.
+    pub fn close_now(&self, code: CloseCode) {
+        self.request_close(code, false);
+    }
+
+    /// Asks the writer to close once everything queued is written.
+    pub fn close_after_queue(&self, code: CloseCode) {
+        self.request_close(code, true);
+    }
+
+    /// The first request wins, except that an immediate close overrides a
+    /// pending drain-then-close.
+    fn request_close(&self, code: CloseCode, after_drain: bool) {
         let mut state = self.state.borrow_mut();
         let replace = match state.close {
             None => true,
@@ -668,12 +679,12 @@ pub(crate) mod tests {
     fn immediate_close_hides_the_queue_but_drain_close_does_not() {
         let outbox = live_outbox(10);
         outbox.push_event(delivery("a", Action::Updated, None));
-        outbox.request_close(CloseCode::NORMAL, true);
+        outbox.close_after_queue(CloseCode::NORMAL);
         assert!(outbox.front().is_some());
         assert_eq!(outbox.push_event(delivery("b", Action::Updated, None)), PushOutcome::Closing);
-        outbox.request_close(CloseCode::SLOW_CONSUMER, false);
+        outbox.close_now(CloseCode::SLOW_CONSUMER);
         assert_eq!(outbox.front(), None);
-        outbox.request_close(CloseCode::GOING_AWAY, true);
+        outbox.close_after_queue(CloseCode::GOING_AWAY);
         assert_eq!(outbox.close_request().unwrap().code, CloseCode::SLOW_CONSUMER);
     }
 

@@ -135,7 +135,7 @@ pub fn resume(
     // The section (or its restaurant) was deleted while the client was away:
     // it has the delete frame now, and the close that follows one.
     if missed.iter().any(|delivery| delivery.ends_section) {
-        outbox.request_close(CloseCode::NORMAL, true);
+        outbox.close_after_queue(CloseCode::NORMAL);
     }
     Ok(Resumed { replayed: missed.len(), chain_started: opened.chain_started })
 }

@@ -95,7 +95,7 @@ pub fn start<S: SnapshotSource + 'static>(state: Rc<ShardState<S>>, admitted: Ad
             .max_frame_size(Some(settings.max_frame_bytes));
         // A copy of the few pipelined bytes, so that hyper's whole read
         // buffer, which `read_buf` is a slice of, is freed now.
-        let incoming = Incoming { reading: ReadOnly(Rc::clone(&socket)), pipelined: read_buf.to_vec(), config };
+        let client_side = ClientSide { reading: ReadOnly(Rc::clone(&socket)), pipelined: read_buf.to_vec(), config };
         // The reader starts before the snapshot call, so that a client who
         // leaves early cancels it. It makes the WebSocket stream itself, so
         // the session's future never holds one.
@@ -105,7 +105,7 @@ pub fn start<S: SnapshotSource + 'static>(state: Rc<ShardState<S>>, admitted: Ad
         let refresher = Rc::new(Refresher { ctx: Arc::clone(&state.ctx), section, holder: viewer.subject.clone() });
         let peer = Peer { outbox: Rc::clone(&outbox), heard: Rc::clone(&heard), refresher: Rc::clone(&refresher) };
         let inflate_up_to = deflate.then_some(settings.max_frame_bytes);
-        let reader = spawn_reader(incoming, peer, meter, inflate_up_to);
+        let reader = spawn_reader(client_side, peer, meter, inflate_up_to);
         let writer = Rc::new(WireWriter::new(socket, deflate));
         Client { reader, heard, writer, outbox, refresher, token, viewer, expires_at, resumed_chain, opted_in, deflate }
     });
@@ -475,7 +475,7 @@ impl<'a, S> Live<'a, S> {
         }
         self.shutting_down = true;
         self.queue_position();
-        self.outbox.request_close(CloseCode::GOING_AWAY, true);
+        self.outbox.close_after_queue(CloseCode::GOING_AWAY);
     }
 
     /// The code of a requested close that may go now: at once, or once
@@ -545,7 +545,7 @@ impl<'a, S> Live<'a, S> {
     fn token_expiry_passed(&mut self, now: Instant) {
         if self.deadlines.expiry.is_some_and(|due| due <= now) {
             self.deadlines.expiry = None;
-            self.outbox.request_close(CloseCode::TOKEN_EXPIRED, false);
+            self.outbox.close_now(CloseCode::TOKEN_EXPIRED);
         }
     }
 
@@ -698,7 +698,7 @@ pub async fn close_unadopted(stream: std::net::TcpStream, code: CloseCode) {
 }
 
 /// The client's side of the socket, before the WebSocket stream is made.
-struct Incoming {
+struct ClientSide {
     reading: ReadOnly,
     /// Bytes the client sent right behind its handshake.
     pipelined: Vec<u8>,
@@ -710,12 +710,12 @@ struct Incoming {
 /// bytes), straight from the meter for the others, so that they carry no
 /// inflating state at all.
 fn spawn_reader(
-    incoming: Incoming,
+    client_side: ClientSide,
     peer: Peer,
     meter: FrameMeter,
     inflate_up_to: Option<usize>,
 ) -> JoinHandle<ReaderEnd> {
-    let Incoming { reading, pipelined, config } = incoming;
+    let ClientSide { reading, pipelined, config } = client_side;
     let meter = Rc::new(RefCell::new(meter));
     if let Err(code) = meter.borrow_mut().observe(&pipelined) {
         return tokio::task::spawn_local(async move { refused(&peer.outbox, code) });
@@ -809,7 +809,7 @@ async fn read_client<R: AsyncRead + AsyncWrite + Unpin>(
             Err(_) => break,
         };
         if let Some(code) = refusal {
-            outbox.request_close(code, false);
+            outbox.close_now(code);
             // Keep reading until the peer answers our close frame.
             while let Some(Ok(message)) = stream.next().await {
                 if matches!(message, Message::Close(_)) {
@@ -825,7 +825,7 @@ async fn read_client<R: AsyncRead + AsyncWrite + Unpin>(
 /// The reader's end after a frame the meter refused: the writer closes with
 /// `code`, and nothing more is read.
 fn refused(outbox: &Outbox, code: CloseCode) -> ReaderEnd {
-    outbox.request_close(code, false);
+    outbox.close_now(code);
     ReaderEnd::Done
 }
 
