@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::application::outbox::QueueLimits;
-use crate::application::pending::PendingLimits;
 use crate::domain::audience::{DEFAULT_PUBLIC_RESERVATION_FIELDS, PublicFields};
+use crate::domain::limits::{PendingLimits, QueueLimits};
 
 /// The default `KAFKA_TOPICS`: the v1 (`mesa-ya.<domain>.<verb>`) and v2
 /// (`mesa-ya.<domain>.events`) topics of every section-related domain,

@@ -147,7 +147,7 @@ mod tests {
 
     #[test]
     fn a_turn_writes_once_to_each_client_however_many_events_it_got() {
-        use crate::application::ports::DirectWriter;
+        use crate::application::outbox::DirectWriter;
         use outboxes::Socket;
         use std::cell::Cell;
 

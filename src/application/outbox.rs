@@ -28,17 +28,20 @@ use tokio::sync::Notify;
 use crate::domain::audience::{Audience, UserId};
 use crate::domain::entity::Action;
 use crate::domain::frame::Frame;
+use crate::domain::limits::QueueLimits;
 use crate::domain::position::Positions;
 use crate::domain::protocol::CloseCode;
 use crate::domain::snapshot::Snapshot;
 
 use super::delivery::Delivery;
-use super::ports::DirectWriter;
 
-#[derive(Clone, Copy, Debug)]
-pub struct QueueLimits {
-    pub max_frames: usize,
-    pub max_bytes: usize,
+/// A client's socket as the shard's own loop writes to it: once a turn's
+/// events are pushed, what the socket takes at once needs no wake-up of the
+/// client's writer task.
+pub trait DirectWriter {
+    /// Writes what `outbox` has ready, as far as the socket takes it without
+    /// waiting. Returns whether anything is left for the writer task.
+    fn write_now(&self, outbox: &Outbox) -> bool;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

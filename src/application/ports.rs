@@ -12,7 +12,6 @@ use crate::domain::protocol::CloseCode;
 use crate::domain::snapshot::{SectionObjects, Snapshot};
 
 use super::delivery::{Delivery, Unseen};
-use super::outbox::Outbox;
 
 /// Verifies a bearer token's signature and registered claims.
 pub trait TokenVerifier: Send + Sync {
@@ -201,12 +200,3 @@ pub struct OpenedToken {
 /// Not a token this secret signed (or not a token at all).
 #[derive(Debug, PartialEq, Eq)]
 pub struct InvalidResumeToken;
-
-/// A client's socket as the shard's own loop writes to it: once a turn's
-/// events are pushed, what the socket takes at once needs no wake-up of the
-/// client's writer task.
-pub trait DirectWriter {
-    /// Writes what `outbox` has ready, as far as the socket takes it without
-    /// waiting. Returns whether anything is left for the writer task.
-    fn write_now(&self, outbox: &Outbox) -> bool;
-}

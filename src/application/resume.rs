@@ -14,6 +14,7 @@ use crate::domain::audience::Audience;
 use crate::domain::frame::Frame;
 use crate::domain::ids::{EntityId, SectionId};
 use crate::domain::protocol::CloseCode;
+use crate::telemetry::METRICS;
 
 use super::outbox::Outbox;
 use super::ports::{ResumeGrant, ResumeTokens};
@@ -231,11 +232,35 @@ impl PositionSchedule {
     }
 }
 
+/// A client brought a resume token: served from the replay buffer (this
+/// many frames), or given a snapshot, for this reason.
+pub struct ResumeAttempted {
+    pub section: SectionId,
+    pub outcome: Result<Resumed, ResumeFallback>,
+}
+
+impl ResumeAttempted {
+    pub fn emit(self) {
+        let label = self.outcome.map_or_else(ResumeFallback::label, |_| "resumed");
+        METRICS.resumes.with_label_values(&[label]).inc();
+        match self.outcome {
+            Ok(Resumed { replayed, .. }) => {
+                METRICS.frames_replayed.inc_by(replayed as u64);
+                tracing::info!(section = %self.section, replayed, "session resumed");
+            }
+            Err(fallback) => {
+                tracing::info!(section = %self.section, reason = fallback.label(), "resume refused; snapshot instead")
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    use crate::application::outbox::{Next, QueueLimits};
+    use crate::application::outbox::Next;
+    use crate::domain::limits::QueueLimits;
     use crate::application::ports::{InvalidResumeToken, OpenedToken, TooManyPartitions};
     use crate::application::replay::tests::{ROOMY, S1, S2, frame_at, section, started_at, tables};
     use crate::domain::audience::UserId;

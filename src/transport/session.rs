@@ -21,16 +21,16 @@ use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
 use tracing::Instrument;
 
 use crate::application::connect::{self, Connected, Interruption, Registration, SnapshotPorts};
-use crate::application::outbox::{Outbox, PushOutcome};
-use crate::application::ports::{DirectWriter, SnapshotRequest, SnapshotSource};
-use crate::application::refresh::{self, RefreshRules};
+use crate::application::outbox::{DirectWriter, Outbox, PushOutcome};
+use crate::application::ports::{SnapshotRequest, SnapshotSource};
+use crate::application::refresh::{self, RefreshRules, TokenRefreshed};
 use crate::application::resume::{self, NoPosition, Now, PositionFor, PositionSchedule, ResumeSettings};
 use crate::domain::access::Claims;
 use crate::domain::audience::{UserId, Viewer};
 use crate::domain::frame::Frame;
 use crate::domain::ids::SectionId;
 use crate::domain::protocol::{self, ClientMessage, CloseCode};
-use crate::telemetry::events::{PositionsWithheld, SessionClosed, TokenRefreshed};
+use crate::telemetry::events::{PositionsWithheld, SessionClosed};
 use crate::telemetry::{Counted, METRICS};
 
 use super::context::{ServerContext, ShardState};

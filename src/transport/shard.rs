@@ -15,10 +15,9 @@ use crate::application::connect;
 use crate::application::ports::LearnedSection;
 use crate::application::ports::{RestaurantOwners, SnapshotSource};
 use crate::application::replay::{Replay, ReplayLimits};
-use crate::application::resume::{self, Now, ResumeRequest};
+use crate::application::resume::{self, Now, ResumeAttempted, ResumeRequest};
 use crate::shutdown::Running;
 use crate::telemetry::METRICS;
-use crate::telemetry::events::ResumeAttempted;
 
 use super::context::{ServerContext, ShardState};
 use super::mailbox::{HandedOff, Inbox, ShardMessage};
