@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::domain::limits::PendingLimits;
 
-
 /// How the registry has a connection closed when it evicts it.
 pub trait Close: Send {
     fn close(&self);

@@ -260,10 +260,10 @@ mod tests {
     use super::*;
 
     use crate::application::outbox::Next;
-    use crate::domain::limits::QueueLimits;
     use crate::application::ports::{InvalidResumeToken, OpenedToken, TooManyPartitions};
     use crate::application::replay::tests::{ROOMY, S1, S2, frame_at, section, started_at, tables};
     use crate::domain::audience::UserId;
+    use crate::domain::limits::QueueLimits;
     use crate::domain::position::{Position, Positions};
 
     /// Tokens in the clear: `section|sub|issued_at|chain_started|next offset`.

@@ -377,10 +377,10 @@ mod tests {
     use std::io::Read;
 
     use super::*;
-    use crate::domain::limits::QueueLimits;
     use crate::domain::audience::{Audience, UserId};
     use crate::domain::entity::{Action, EntityKind};
     use crate::domain::frame::Frame;
+    use crate::domain::limits::QueueLimits;
     use crate::domain::snapshot::Snapshot;
 
     /// A loopback connection: the server's side for a writer, the client's
