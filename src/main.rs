@@ -12,9 +12,9 @@ use mesaya_realtime::application::floor::SharedFloor;
 use mesaya_realtime::application::ingest::Ingest;
 use mesaya_realtime::application::pending::PendingConnections;
 use mesaya_realtime::application::readiness::Readiness;
-use mesaya_realtime::application::replay::ReplayLimits;
 use mesaya_realtime::application::restaurants::SharedRestaurants;
 use mesaya_realtime::application::resume::ResumeSettings;
+use mesaya_realtime::application::resume_buffer::ResumeBufferLimits;
 use mesaya_realtime::application::router::EventRouter;
 use mesaya_realtime::config::{Config, LogFormat};
 use mesaya_realtime::config_check;
@@ -185,7 +185,7 @@ fn run(
             reauth_after: resume.reauth_after,
         }),
     });
-    let replay_limits = config.resume.as_ref().map_or(ReplayLimits::OFF, |resume| ReplayLimits {
+    let resume_buffer_limits = config.resume.as_ref().map_or(ResumeBufferLimits::OFF, |resume| ResumeBufferLimits {
         window: resume.window,
         per_section: resume.buffer_frames,
         // Each shard keeps its own sections' frames.
@@ -199,7 +199,7 @@ fn run(
         let snapshot_calls = Arc::clone(&snapshot_calls);
         shard::spawn(ShardParts {
             index,
-            replay_limits,
+            resume_buffer_limits,
             inbox,
             listener: listener.try_clone()?,
             ctx: Arc::clone(&ctx),

@@ -15,7 +15,7 @@ pub mod pending;
 pub mod ports;
 pub mod readiness;
 pub mod refresh;
-pub mod replay;
 pub mod restaurants;
 pub mod resume;
+pub mod resume_buffer;
 pub mod router;

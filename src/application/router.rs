@@ -127,7 +127,7 @@ impl EventRouter {
     }
 
     /// Takes in what an event says about the maps without delivering it:
-    /// the start-up rebuild replays the retained topics through this.
+    /// the start-up rebuild feeds the retained topics through this.
     pub fn learn(&mut self, event: &EntityEvent) {
         // Unroutable events still taught the maps what they could.
         let _ = self.apply(event);

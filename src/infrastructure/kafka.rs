@@ -101,7 +101,7 @@ impl TopicSelection {
     }
 }
 
-/// The kinds whose retained history the rebuild replays: the ones that
+/// The kinds whose retained history the rebuild reads: the ones that
 /// teach the maps (tables, links, objects, restaurants of sections and
 /// their owners).
 const REBUILT_KINDS: [EntityKind; 5] =
@@ -327,7 +327,7 @@ impl<D: Dispatch> KafkaIngest<D> {
             match consumer.poll(POLL_INTERVAL) {
                 None => {}
                 Some(Ok(message)) => {
-                    self.ingest.replay(message.topic(), message.payload().unwrap_or_default());
+                    self.ingest.rebuild(message.topic(), message.payload().unwrap_or_default());
                     let key = (message.topic().to_string(), message.partition());
                     if remaining.get(&key).is_some_and(|&high| message.offset() + 1 >= high) {
                         remaining.remove(&key);
