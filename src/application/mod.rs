@@ -7,6 +7,7 @@ pub mod authorize;
 pub mod compression;
 pub mod connect;
 pub mod delivery;
+pub mod expiring;
 pub mod floor;
 pub mod hub;
 pub mod ingest;

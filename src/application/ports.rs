@@ -45,6 +45,10 @@ pub trait SnapshotSource {
     fn fetch(&self, request: SnapshotRequest<'_>) -> impl Future<Output = Result<Snapshot, SnapshotError>>;
 }
 
+/// The header that names a client's address: read from trusted proxies at
+/// the upgrade, and sent to the API with the snapshot call.
+pub static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+
 /// One connection's snapshot call.
 #[derive(Clone, Copy, Debug)]
 pub struct SnapshotRequest<'a> {
@@ -52,7 +56,7 @@ pub struct SnapshotRequest<'a> {
     /// The client's own token: the API has the last word on the section.
     pub token: &'a str,
     /// The client's address, so that the API's per-client rate limits see
-    /// the client and not this gateway.
+    /// the client and not this gateway: sent as [`X_FORWARDED_FOR`].
     pub client_addr: IpAddr,
     /// Unique per session; the session's log lines carry it too.
     pub request_id: &'a str,

@@ -23,6 +23,7 @@ use crate::domain::ids::{EntityId, SectionId};
 use crate::domain::position::{Position, Positions, Progress};
 
 use super::delivery::{Delivery, Unseen};
+use super::expiring::Expiring;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ResumeBufferLimits {
@@ -57,8 +58,7 @@ pub struct ResumeBuffer {
     forgotten: Positions,
     /// Sections that got a frame with no position, and when: a token issued
     /// before that may not be served for them (see [`ResumeBuffer::keep`]).
-    unplaced: HashMap<SectionId, Instant>,
-    unplaced_order: VecDeque<(Instant, SectionId)>,
+    unplaced: Expiring<SectionId, Instant>,
     /// Records this instance routed nowhere though another may have, oldest
     /// first, for a window: see [`ResumeBuffer::unseen`].
     unseen: VecDeque<(Instant, Unseen)>,
@@ -105,8 +105,7 @@ impl ResumeBuffer {
             frames: 0,
             bytes: 0,
             forgotten: Positions::default(),
-            unplaced: HashMap::new(),
-            unplaced_order: VecDeque::new(),
+            unplaced: Expiring::default(),
             unseen: VecDeque::new(),
         }
     }
@@ -157,8 +156,7 @@ impl ResumeBuffer {
             // issued right after it may equal those issued before it: tokens
             // are told apart by their issue time instead, until those issued
             // before it have expired.
-            self.unplaced.insert(section, now);
-            self.unplaced_order.push_back((now, section));
+            self.unplaced.arrive(section, now).insert_entry(now);
             return;
         }
         let entry = self.sections.entry(section).or_default();
@@ -249,14 +247,8 @@ impl ResumeBuffer {
             self.unseen.pop_front();
         }
         // Once every token issued before an unplaced frame has expired.
-        while let Some(&(at, section)) = self.unplaced_order.front()
-            && now.saturating_duration_since(at) > self.limits.window + 2 * ISSUE_TIME_SLACK
-        {
-            self.unplaced_order.pop_front();
-            if self.unplaced.get(&section) == Some(&at) {
-                self.unplaced.remove(&section);
-            }
-        }
+        let unplaced_for = self.limits.window + 2 * ISSUE_TIME_SLACK;
+        self.unplaced.expire(|at| now.saturating_duration_since(at) > unplaced_for, |at, latest| *latest == at);
     }
 
     fn pop_index(&mut self) -> Option<Kept> {
