@@ -1,5 +1,7 @@
 //! Use cases and the ports they depend on. Nothing here knows about Kafka,
-//! HTTP or sockets: adapters implement [`ports`], and transport and the
+//! HTTP or sockets (but for the name of the header that carries a client's
+//! address, [`ports::X_FORWARDED_FOR`], which the upgrade reads and the
+//! snapshot call sends): adapters implement [`ports`], and transport and the
 //! Kafka adapter call the two use cases, [`connect`] and [`ingest`].
 
 pub mod admission;
