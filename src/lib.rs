@@ -46,7 +46,11 @@
 //! # Layers
 //! Inward only: [`domain`] (pure rules) ← [`application`] (use cases and
 //! ports) ← [`infrastructure`] (adapters behind the ports) and [`transport`]
-//! (the server). [`config`], [`shutdown`] and [`telemetry`] are read by all;
+//! (the server). [`config`], [`shutdown`] and [`telemetry`] are read by all
+//! and read nothing above [`domain`] (an outcome event of a use case lives
+//! beside its type in [`application`]); no arrow goes from [`application`] or
+//! [`transport`] to [`infrastructure`], and none closes a circle
+//! (`scripts/module-graph.py` checks);
 //! wiring happens in `main.rs` only, and in [`config_check`], the
 //! `--check-config` command, which puts the configuration and two adapters
 //! together without starting anything.
