@@ -1,6 +1,6 @@
 //! The hot path, stage by stage: parse a Kafka record, route it, build its
 //! frame, fan the frame out to a section's subscribers, and conflate a slow
-//! client's queue, and write it to loopback sockets from the shard's flush;
+//! client's queue, and write it to loopback sockets from the shard's write of the turn;
 //! and, on the connect path, read a snapshot. Run with
 //! `cargo bench --bench pipeline`.
 
@@ -13,15 +13,16 @@ use std::time::{Duration, Instant};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use mesaya_realtime::application::delivery::{Delivery, Stamp};
 use mesaya_realtime::application::hub::SectionHub;
-use mesaya_realtime::application::outbox::{Outbox, QueueLimits};
-use mesaya_realtime::application::ports::{DirectWriter, ResumeGrant, ResumeTokens};
-use mesaya_realtime::application::replay::{Replay, ReplayLimits};
+use mesaya_realtime::application::outbox::{DirectWriter, Outbox};
+use mesaya_realtime::application::ports::{ResumeGrant, ResumeTokens};
+use mesaya_realtime::application::resume_buffer::{ResumeBuffer, ResumeBufferLimits};
 use mesaya_realtime::application::router::EventRouter;
 use mesaya_realtime::domain::audience::{Audience, UserId};
 use mesaya_realtime::domain::entity::{Action, EntityKey, EntityKind};
 use mesaya_realtime::domain::envelope;
 use mesaya_realtime::domain::frame::Frame;
 use mesaya_realtime::domain::ids::SectionId;
+use mesaya_realtime::domain::limits::QueueLimits;
 use mesaya_realtime::domain::position::{PartitionId, Position, Positions, Progress};
 use mesaya_realtime::domain::snapshot::Snapshot;
 use mesaya_realtime::infrastructure::resume_token::HmacResumeTokens;
@@ -94,7 +95,7 @@ fn fan_out(c: &mut Criterion) {
                 |hub| {
                     hub.fan_out(section, black_box(&Arc::clone(&delivery)));
                     // No sockets here: each client's writer task is woken.
-                    hub.flush();
+                    hub.write_fanned_out();
                 },
                 BatchSize::LargeInput,
             )
@@ -104,7 +105,7 @@ fn fan_out(c: &mut Criterion) {
 }
 
 /// The shard's whole delivery at a moderate rate: fan an event out to N
-/// clients, then the flush writes it to each client's loopback socket, one
+/// clients, then the hub's write sends it to each client's loopback socket, one
 /// `sendmsg` each (nobody waits on the clients' ends, so the kernel wakes no
 /// reader; the clients' sockets are drained between iterations, untimed).
 fn deliver_and_write(c: &mut Criterion) {
@@ -150,7 +151,7 @@ fn deliver_and_write(c: &mut Criterion) {
                 },
                 |()| {
                     hub.fan_out(section, black_box(&Arc::clone(&delivery)));
-                    hub.flush();
+                    hub.write_fanned_out();
                     let written = |(writer, outbox): (&Rc<WireWriter>, &Rc<Outbox>)| {
                         !writer.has_started() && !outbox.has_writable()
                     };
@@ -208,7 +209,7 @@ fn conflation(c: &mut Criterion) {
 }
 
 /// What resuming adds per routed event (keeping its frame in the shard's
-/// replay buffer, at steady state: every keep drops the oldest frame), and
+/// resume buffer, at steady state: every keep drops the oldest frame), and
 /// per position frame and resume (a token issued, a token read).
 fn resume(c: &mut Criterion) {
     let partition = PartitionId::new("mesa-ya.tables.events", 0);
@@ -217,8 +218,9 @@ fn resume(c: &mut Criterion) {
     let mut progress = Progress::default();
     progress.assigned(partition, 0);
     // The defaults for one of two shards: 1024 frames per section, 32 MiB.
-    let mut replay = Replay::new(ReplayLimits { window: Duration::from_secs(120), per_section: 1024, bytes: 32 << 20 });
-    replay.merge_progress(&progress);
+    let mut buffer =
+        ResumeBuffer::new(ResumeBufferLimits { window: Duration::from_secs(120), per_section: 1024, bytes: 32 << 20 });
+    buffer.merge_progress(&progress);
     let frame = Frame::event(EntityKind::Table, Action::Updated, TABLE_UPDATED);
     let delivery_at = |offset: i64| {
         Arc::new(Delivery {
@@ -233,8 +235,8 @@ fn resume(c: &mut Criterion) {
     };
     let mut offset = 0i64;
     let now = Instant::now();
-    while replay.size().1 < (32 << 20) - 1024 {
-        replay.keep(sections[offset as usize % sections.len()], &delivery_at(offset), now);
+    while buffer.size().1 < (32 << 20) - 1024 {
+        buffer.keep(sections[offset as usize % sections.len()], &delivery_at(offset), now);
         offset += 1;
     }
     let mut group = c.benchmark_group("resume");
@@ -245,7 +247,7 @@ fn resume(c: &mut Criterion) {
                 offset += 1;
                 (sections[offset as usize % sections.len()], delivery_at(offset))
             },
-            |(section, delivery)| replay.keep(section, &delivery, now),
+            |(section, delivery)| buffer.keep(section, &delivery, now),
             BatchSize::SmallInput,
         )
     });

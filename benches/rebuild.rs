@@ -1,8 +1,8 @@
 //! What the start-up rebuild costs: the state kept for 10 000 sections of
 //! 30 tables and 20 linked objects each (300 000 table, 200 000 object and
 //! 200 000 section-object records, v2 envelopes shaped as upstream sends
-//! them), replayed through the ingest use case exactly as the rebuild does.
-//! Reports the replay time and the resident memory the state holds.
+//! them), fed through the ingest use case exactly as the rebuild does.
+//! Reports the rebuild time and the resident memory the state holds.
 //!
 //! `cargo bench --bench rebuild` (`REBUILD_SECTIONS=…` to change the size).
 
@@ -61,12 +61,12 @@ fn main() {
         EventRouter::new(floor.clone(), SharedRestaurants::default(), Disclosure::default(), None),
     );
     let before = resident_bytes();
-    // Only the replay is timed, not making the records up.
-    let mut replaying = std::time::Duration::ZERO;
-    let mut replay = |ingest: &mut Ingest<Nowhere>, topic: &str, record: Vec<u8>| {
+    // Only the rebuild is timed, not making the records up.
+    let mut rebuilding = std::time::Duration::ZERO;
+    let mut buffer = |ingest: &mut Ingest<Nowhere>, topic: &str, record: Vec<u8>| {
         let started = Instant::now();
-        ingest.replay(topic, &record);
-        replaying += started.elapsed();
+        ingest.rebuild(topic, &record);
+        rebuilding += started.elapsed();
     };
     let mut records = 0u64;
     let at = "2026-01-10T15:10:00.000Z";
@@ -76,20 +76,20 @@ fn main() {
             let table = serde_json::json!({"id": id(2, s * 100 + t), "sectionId": section, "number": t + 1, "capacity": 4,
                 "posX": t * 3, "posY": 10, "width": 3, "height": 2, "tableImageId": id(6, 0), "chairImageId": id(7, 0),
                 "status": "AVAILABLE", "isAvailable": true, "createdAt": at, "updatedAt": at});
-            replay(&mut ingest, "mesa-ya.tables.events", record(table));
+            buffer(&mut ingest, "mesa-ya.tables.events", record(table));
         }
         for o in 0..OBJECTS_PER_SECTION {
             let object_id = id(3, s * 100 + o);
             let object = serde_json::json!({"id": object_id, "posX": o * 5, "posY": 40, "width": 10, "height": 4,
                 "imageId": id(8, 0), "createdAt": at, "updatedAt": at});
-            replay(&mut ingest, "mesa-ya.objects.events", record(object));
+            buffer(&mut ingest, "mesa-ya.objects.events", record(object));
             let link = serde_json::json!({"id": id(4, s * 100 + o), "sectionId": section, "objectId": object_id,
                 "createdAt": at, "updatedAt": at});
-            replay(&mut ingest, "mesa-ya.section-objects.events", record(link));
+            buffer(&mut ingest, "mesa-ya.section-objects.events", record(link));
         }
         records += (TABLES_PER_SECTION + 2 * OBJECTS_PER_SECTION) as u64;
     }
-    let elapsed = replaying;
+    let elapsed = rebuilding;
     let held = resident_bytes().saturating_sub(before);
     let counts = ingest.link_counts();
     println!(

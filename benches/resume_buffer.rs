@@ -1,4 +1,4 @@
-//! What the replay buffer holds at a realistic event rate: 2 000 events/s
+//! What the resume buffer holds at a realistic event rate: 2 000 events/s
 //! spread over 10 000 sections for a whole `RESUME_WINDOW` (120 s), each a
 //! ~550-byte `table.updated` frame, kept by two shards exactly as the shard
 //! loop keeps them. Reports, for the default `RESUME_BUFFER_BYTES` and for a
@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mesaya_realtime::application::delivery::Delivery;
-use mesaya_realtime::application::replay::{Replay, ReplayLimits};
+use mesaya_realtime::application::resume_buffer::{ResumeBuffer, ResumeBufferLimits};
 use mesaya_realtime::domain::entity::{Action, EntityKey, EntityKind};
 use mesaya_realtime::domain::frame::Frame;
 use mesaya_realtime::domain::ids::SectionId;
@@ -60,9 +60,9 @@ fn run(budget: usize, events_per_second: u64, sections: &[SectionId]) -> Outcome
     let partition = PartitionId::new("mesa-ya.tables.events", 0);
     let mut progress = Progress::default();
     progress.assigned(partition, 0);
-    let limits = ReplayLimits { window: WINDOW, per_section: 1024, bytes: budget / SHARDS };
+    let limits = ResumeBufferLimits { window: WINDOW, per_section: 1024, bytes: budget / SHARDS };
     let before = resident_bytes();
-    let mut shards: Vec<Replay> = (0..SHARDS).map(|_| Replay::new(limits)).collect();
+    let mut shards: Vec<ResumeBuffer> = (0..SHARDS).map(|_| ResumeBuffer::new(limits)).collect();
     for shard in &mut shards {
         shard.merge_progress(&progress);
     }
@@ -87,7 +87,7 @@ fn run(budget: usize, events_per_second: u64, sections: &[SectionId]) -> Outcome
         keeping += kept.elapsed();
     }
     let (frames, bytes) =
-        shards.iter().map(Replay::size).fold((0, 0), |(frames, bytes), (f, b)| (frames + f, bytes + b));
+        shards.iter().map(ResumeBuffer::size).fold((0, 0), |(frames, bytes), (f, b)| (frames + f, bytes + b));
     let resident = resident_bytes().saturating_sub(before);
     drop(shards);
     Outcome {
@@ -123,7 +123,7 @@ fn main() {
         return;
     }
     println!(
-        "replay buffer: {events_per_second} events/s over {section_count} sections for {WINDOW:?}, \
+        "resume buffer: {events_per_second} events/s over {section_count} sections for {WINDOW:?}, \
          frames of {frame_bytes} bytes, {SHARDS} shards, RESUME_BUFFER=1024"
     );
     println!(

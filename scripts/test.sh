@@ -22,6 +22,9 @@ if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
   echo "installing prometheus for the alert and dashboard tests..." >&2
   apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y prometheus >&2
 fi
+# The module graph: no import circle, no arrow from transport or application to infrastructure.
+python3 scripts/module-graph.py >/dev/null
+
 echo "running the alert rules' unit tests..." >&2
 promtool check rules deploy/prometheus/alerts.yml >&2
 promtool test rules deploy/prometheus/alerts.test.yml

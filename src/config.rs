@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::application::outbox::QueueLimits;
-use crate::application::pending::PendingLimits;
 use crate::domain::audience::{DEFAULT_PUBLIC_RESERVATION_FIELDS, PublicFields};
+use crate::domain::limits::{PendingLimits, QueueLimits};
 
 /// The default `KAFKA_TOPICS`: the v1 (`mesa-ya.<domain>.<verb>`) and v2
 /// (`mesa-ya.<domain>.events`) topics of every section-related domain,
@@ -441,101 +440,25 @@ impl Config {
         (config, env.read.into_inner())
     }
 
+    /// One named part after another, in the order the variables are read:
+    /// `--check-config` lists them so, and the first problem is the one told.
     fn parse<F: Fn(&str) -> Option<String>>(env: &Env<F>, open_files: usize) -> Result<Self, ConfigError> {
-        let jwt = JwtSettings {
-            secret: env.get("JWT_SECRET"),
-            // PEM keys often travel through env files with literal `\n`s and
-            // surrounding quotes (as the Go service and Nest accepted).
-            public_key_pem: env
-                .get("JWT_PUBLIC_KEY")
-                .map(|pem| pem.trim_matches(|c| c == '"' || c == '\'').replace("\\n", "\n")),
-            issuer: env.get("JWT_ISSUER"),
-            leeway: env.duration("JWT_LEEWAY", Duration::from_secs(5))?,
-        };
-        let token_leeway = jwt.leeway;
-        if jwt.secret.is_none() && jwt.public_key_pem.is_none() {
-            return Err(ConfigError::new(
-                "JWT_SECRET",
-                "set JWT_SECRET (HMAC) or JWT_PUBLIC_KEY (PEM); neither is set",
-            ));
-        }
-
-        let brokers = env.get("KAFKA_BROKERS").or_else(|| env.get("KAFKA_BROKER")).unwrap_or_else(|| {
-            env.defaulted("KAFKA_BROKERS", DEFAULT_BROKERS);
-            DEFAULT_BROKERS.into()
-        });
-        let topics = env.list("KAFKA_TOPICS", DEFAULT_TOPICS);
-        if topics.is_empty() {
-            return Err(ConfigError::new("KAFKA_TOPICS", "names no topic"));
-        }
-        for topic in topics.iter().filter(|t| t.starts_with('^')) {
-            regex::Regex::new(topic).map_err(|e| {
-                // A syntax error draws a caret diagram over several lines; the
-                // process reports one line, so keep only the final `error: …`.
-                let text = e.to_string();
-                let why = text.lines().last().unwrap_or_default().trim().trim_start_matches("error: ");
-                ConfigError::new("KAFKA_TOPICS", format!("bad regex {topic:?}: {why}"))
-            })?;
-        }
-
-        let rest_base_url = env.string("REST_BASE_URL", "http://localhost:3000").trim_end_matches('/').to_string();
-        match rest_base_url.parse::<http::Uri>() {
-            Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() && uri.query().is_none() => {}
-            Ok(uri) if uri.scheme_str() == Some("https") => {
-                return Err(ConfigError::new(
-                    "REST_BASE_URL",
-                    "https is not supported: reach the API over plain http inside the cluster (e.g. a sidecar or service address)",
-                ));
-            }
-            _ => {
-                return Err(ConfigError::new(
-                    "REST_BASE_URL",
-                    format!("expected http://host[:port][/path], got {rest_base_url:?}"),
-                ));
-            }
-        }
-        let snapshot_path = env.string("SECTION_SNAPSHOT_PATH", "/api/section/{id}");
-        if !snapshot_path.starts_with('/') || !snapshot_path.contains("{id}") {
-            return Err(ConfigError::new(
-                "SECTION_SNAPSHOT_PATH",
-                format!("must start with / and contain {{id}}, got {snapshot_path:?}"),
-            ));
-        }
-
-        let log_format = match env.string("LOG_FORMAT", "json").to_ascii_lowercase().as_str() {
-            "json" => LogFormat::Json,
-            "text" | "pretty" => LogFormat::Text,
-            other => return Err(ConfigError::new("LOG_FORMAT", format!("expected json or text, got {other:?}"))),
-        };
-        let log_level = env.string("LOG_LEVEL", "info");
-        tracing_subscriber::EnvFilter::try_new(&log_level)
-            .map_err(|e| ConfigError::new("LOG_LEVEL", format!("{log_level:?}: {e}")))?;
-
-        let resume = ResumeConfig {
-            secret: resume_secret(env)?,
-            window: env.duration("RESUME_WINDOW", Duration::from_secs(120))?,
-            reauth_after: env.duration("RESUME_REAUTH_AFTER", Duration::from_secs(15 * 60))?,
-            buffer_frames: env.count("RESUME_BUFFER", 1024)?,
-            buffer_bytes: env.bytes("RESUME_BUFFER_BYTES", 64 << 20)?,
-        };
-
+        let jwt = jwt_settings(env)?;
+        let brokers = kafka_brokers(env);
+        let topics = kafka_topics(env)?;
+        let rest_base_url = rest_base_url(env)?;
+        let snapshot_path = snapshot_path(env)?;
+        let log_format = log_format(env)?;
+        let log_level = log_level(env)?;
+        let resume = resume_config(env)?;
         let snapshot_concurrency = env.positive("SNAPSHOT_CONCURRENCY", 256)?;
-        let pending = PendingLimits {
-            max_pending: env.positive("HTTP_MAX_PENDING", 1024)?,
-            max_per_client: env.count("HTTP_MAX_PENDING_PER_IP", 32)?,
-        };
-
+        let pending = pending_limits(env)?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let token_leeway = jwt.leeway;
         Ok(Self {
             host: env.parsed("HOST", IpAddr::from([0, 0, 0, 0]), "an IP address")?,
             port: env.parsed("PORT", 8080, "a port number")?,
-            kafka: KafkaSettings {
-                brokers,
-                group_id_prefix: env.string("KAFKA_GROUP_ID", "mesaya-realtime"),
-                topics,
-                max_record_bytes: env.positive("KAFKA_MAX_RECORD_BYTES", 1 << 20)?,
-                fetch_wait_max: env.duration("KAFKA_FETCH_WAIT_MAX", Duration::from_millis(100))?,
-            },
+            kafka: kafka_settings(env, brokers, topics)?,
             jwt,
             allowed_roles: env.list("WS_ALLOWED_ROLES", "USER,OWNER,ADMIN"),
             required_permission: env.get("WS_REQUIRED_PERMISSION"),
@@ -545,35 +468,176 @@ impl Config {
             snapshot_path,
             rest_timeout: env.duration("REST_TIMEOUT", Duration::from_secs(5))?,
             snapshot_concurrency,
-            admission: AdmissionSettings {
-                max_connections: max_connections(env, open_files, pending.max_pending, snapshot_concurrency)?,
-                max_connections_per_user: env.count("WS_MAX_CONNECTIONS_PER_USER", 64)?,
-                trusted_proxies: trusted_proxies(env)?,
-                pending,
-            },
+            admission: admission_settings(env, open_files, pending, snapshot_concurrency)?,
             admin: admin_address(env)?,
             shards: env.positive("SHARDS", cores)?,
-            session: SessionSettings {
-                queue: QueueLimits {
-                    max_frames: env.positive("WS_QUEUE_MAX_FRAMES", 1024)?,
-                    max_bytes: env.positive("WS_QUEUE_MAX_BYTES", 4 << 20)?,
-                },
-                ping_interval: env.duration("WS_PING_INTERVAL", Duration::from_secs(20))?,
-                pong_timeout: env.duration("WS_PONG_TIMEOUT", Duration::from_secs(10))?,
-                max_frame_bytes: env.positive("WS_MAX_FRAME_BYTES", 64 << 10)?,
-                client_messages_per_second: client_rate(env)?,
-                token_leeway,
-                write_timeout: env.duration("WS_WRITE_TIMEOUT", Duration::from_secs(10))?,
-                refresh_notice: env.duration("WS_REFRESH_NOTICE", Duration::from_secs(60))?,
-                compression: compression(env)?,
-            },
+            session: session_settings(env, token_leeway)?,
             drain_timeout: env.duration("DRAIN_TIMEOUT", Duration::from_secs(10))?,
             log_level,
             log_format,
-            // An empty secret counts as unset.
-            resume: (!resume.secret.is_empty()).then_some(resume),
+            resume,
         })
     }
+}
+
+/// `JWT_*`: an HMAC secret or a PEM public key, at least one.
+fn jwt_settings<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<JwtSettings, ConfigError> {
+    let jwt = JwtSettings {
+        secret: env.get("JWT_SECRET"),
+        // PEM keys often travel through env files with literal `\n`s and
+        // surrounding quotes (as the Go service and Nest accepted).
+        public_key_pem: env
+            .get("JWT_PUBLIC_KEY")
+            .map(|pem| pem.trim_matches(|c| c == '"' || c == '\'').replace("\\n", "\n")),
+        issuer: env.get("JWT_ISSUER"),
+        leeway: env.duration("JWT_LEEWAY", Duration::from_secs(5))?,
+    };
+    if jwt.secret.is_none() && jwt.public_key_pem.is_none() {
+        return Err(ConfigError::new("JWT_SECRET", "set JWT_SECRET (HMAC) or JWT_PUBLIC_KEY (PEM); neither is set"));
+    }
+    Ok(jwt)
+}
+
+/// `KAFKA_BROKERS`, or the Go service's `KAFKA_BROKER`.
+fn kafka_brokers<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> String {
+    env.get("KAFKA_BROKERS").or_else(|| env.get("KAFKA_BROKER")).unwrap_or_else(|| {
+        env.defaulted("KAFKA_BROKERS", DEFAULT_BROKERS);
+        DEFAULT_BROKERS.into()
+    })
+}
+
+/// `KAFKA_TOPICS`: at least one, every `^pattern` a valid regex.
+fn kafka_topics<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Vec<String>, ConfigError> {
+    let topics = env.list("KAFKA_TOPICS", DEFAULT_TOPICS);
+    if topics.is_empty() {
+        return Err(ConfigError::new("KAFKA_TOPICS", "names no topic"));
+    }
+    for topic in topics.iter().filter(|t| t.starts_with('^')) {
+        regex::Regex::new(topic).map_err(|e| {
+            // A syntax error draws a caret diagram over several lines; the
+            // process reports one line, so keep only the final `error: …`.
+            let text = e.to_string();
+            let why = text.lines().last().unwrap_or_default().trim().trim_start_matches("error: ");
+            ConfigError::new("KAFKA_TOPICS", format!("bad regex {topic:?}: {why}"))
+        })?;
+    }
+    Ok(topics)
+}
+
+/// The rest of the Kafka settings, read after the brokers and topics.
+fn kafka_settings<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+    brokers: String,
+    topics: Vec<String>,
+) -> Result<KafkaSettings, ConfigError> {
+    Ok(KafkaSettings {
+        brokers,
+        group_id_prefix: env.string("KAFKA_GROUP_ID", "mesaya-realtime"),
+        topics,
+        max_record_bytes: env.positive("KAFKA_MAX_RECORD_BYTES", 1 << 20)?,
+        fetch_wait_max: env.duration("KAFKA_FETCH_WAIT_MAX", Duration::from_millis(100))?,
+    })
+}
+
+/// `REST_BASE_URL`: plain http, without a trailing slash.
+fn rest_base_url<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<String, ConfigError> {
+    let rest_base_url = env.string("REST_BASE_URL", "http://localhost:3000").trim_end_matches('/').to_string();
+    match rest_base_url.parse::<http::Uri>() {
+        Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() && uri.query().is_none() => {
+            Ok(rest_base_url)
+        }
+        Ok(uri) if uri.scheme_str() == Some("https") => Err(ConfigError::new(
+            "REST_BASE_URL",
+            "https is not supported: reach the API over plain http inside the cluster (e.g. a sidecar or service address)",
+        )),
+        _ => {
+            Err(ConfigError::new("REST_BASE_URL", format!("expected http://host[:port][/path], got {rest_base_url:?}")))
+        }
+    }
+}
+
+/// `SECTION_SNAPSHOT_PATH`: absolute, with an `{id}` to fill in.
+fn snapshot_path<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<String, ConfigError> {
+    let snapshot_path = env.string("SECTION_SNAPSHOT_PATH", "/api/section/{id}");
+    if !snapshot_path.starts_with('/') || !snapshot_path.contains("{id}") {
+        return Err(ConfigError::new(
+            "SECTION_SNAPSHOT_PATH",
+            format!("must start with / and contain {{id}}, got {snapshot_path:?}"),
+        ));
+    }
+    Ok(snapshot_path)
+}
+
+fn log_format<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<LogFormat, ConfigError> {
+    match env.string("LOG_FORMAT", "json").to_ascii_lowercase().as_str() {
+        "json" => Ok(LogFormat::Json),
+        "text" | "pretty" => Ok(LogFormat::Text),
+        other => Err(ConfigError::new("LOG_FORMAT", format!("expected json or text, got {other:?}"))),
+    }
+}
+
+/// `LOG_LEVEL`: anything `tracing`'s filter takes.
+fn log_level<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<String, ConfigError> {
+    let log_level = env.string("LOG_LEVEL", "info");
+    tracing_subscriber::EnvFilter::try_new(&log_level)
+        .map_err(|e| ConfigError::new("LOG_LEVEL", format!("{log_level:?}: {e}")))?;
+    Ok(log_level)
+}
+
+/// `RESUME_*`, every one read (`--check-config` lists them); `None` without
+/// a secret.
+fn resume_config<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Option<ResumeConfig>, ConfigError> {
+    let resume = ResumeConfig {
+        secret: resume_secret(env)?,
+        window: env.duration("RESUME_WINDOW", Duration::from_secs(120))?,
+        reauth_after: env.duration("RESUME_REAUTH_AFTER", Duration::from_secs(15 * 60))?,
+        buffer_frames: env.count("RESUME_BUFFER", 1024)?,
+        buffer_bytes: env.bytes("RESUME_BUFFER_BYTES", 64 << 20)?,
+    };
+    // An empty secret counts as unset.
+    Ok((!resume.secret.is_empty()).then_some(resume))
+}
+
+fn pending_limits<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<PendingLimits, ConfigError> {
+    Ok(PendingLimits {
+        max_pending: env.positive("HTTP_MAX_PENDING", 1024)?,
+        max_per_client: env.count("HTTP_MAX_PENDING_PER_IP", 32)?,
+    })
+}
+
+fn admission_settings<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+    open_files: usize,
+    pending: PendingLimits,
+    snapshot_concurrency: usize,
+) -> Result<AdmissionSettings, ConfigError> {
+    Ok(AdmissionSettings {
+        max_connections: max_connections(env, open_files, pending.max_pending, snapshot_concurrency)?,
+        max_connections_per_user: env.count("WS_MAX_CONNECTIONS_PER_USER", 64)?,
+        trusted_proxies: trusted_proxies(env)?,
+        pending,
+    })
+}
+
+/// `WS_*` of a live session; its token leeway is `JWT_LEEWAY`'s.
+fn session_settings<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+    token_leeway: Duration,
+) -> Result<SessionSettings, ConfigError> {
+    Ok(SessionSettings {
+        queue: QueueLimits {
+            max_frames: env.positive("WS_QUEUE_MAX_FRAMES", 1024)?,
+            max_bytes: env.positive("WS_QUEUE_MAX_BYTES", 4 << 20)?,
+        },
+        ping_interval: env.duration("WS_PING_INTERVAL", Duration::from_secs(20))?,
+        pong_timeout: env.duration("WS_PONG_TIMEOUT", Duration::from_secs(10))?,
+        max_frame_bytes: env.positive("WS_MAX_FRAME_BYTES", 64 << 10)?,
+        client_messages_per_second: client_rate(env)?,
+        token_leeway,
+        write_timeout: env.duration("WS_WRITE_TIMEOUT", Duration::from_secs(10))?,
+        refresh_notice: env.duration("WS_REFRESH_NOTICE", Duration::from_secs(60))?,
+        compression: compression(env)?,
+    })
 }
 
 #[cfg(test)]

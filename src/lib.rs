@@ -16,8 +16,8 @@
 //!    that owns each section (the `Dispatch` port), stamped with its Kafka
 //!    position (`domain/position.rs`).
 //! 5. **fan out** — `transport/shard.rs` → `application/hub.rs`: the shard
-//!    keeps the frame for replay (`application/replay.rs`) and queues the
-//!    same bytes on every subscriber of the section.
+//!    keeps the frame in its resume buffer (`application/resume_buffer.rs`)
+//!    and queues the same bytes on every subscriber of the section.
 //! 6. **queue** — `application/outbox.rs`: per client, bounded, conflating;
 //!    held until the client's snapshot is out.
 //! 7. **write** — `transport/wire.rs`: once the shard's turn has fanned
@@ -38,15 +38,19 @@
 //! 5. **snapshot** — `application/connect.rs`, `fetch_snapshot`: the one REST
 //!    call (`infrastructure/snapshot_http.rs`), then the handoff. Or
 //!    **resume** — `application/resume.rs`: a client with a resume token
-//!    (`infrastructure/resume_token.rs`) gets what it missed from the replay
-//!    buffer instead, decided in the turn that registered it.
+//!    (`infrastructure/resume_token.rs`) gets what it missed from the resume
+//!    buffer instead (a catch-up), decided in the turn that registered it.
 //! 6. **live** — `transport/session.rs`: writer and reader until a close;
 //!    `section.position` frames for clients that opted in.
 //!
 //! # Layers
 //! Inward only: [`domain`] (pure rules) ← [`application`] (use cases and
 //! ports) ← [`infrastructure`] (adapters behind the ports) and [`transport`]
-//! (the server). [`config`], [`shutdown`] and [`telemetry`] are read by all;
+//! (the server). [`config`], [`shutdown`] and [`telemetry`] are read by all
+//! and read nothing above [`domain`] (an outcome event of a use case lives
+//! beside its type in [`application`]); no arrow goes from [`application`] or
+//! [`transport`] to [`infrastructure`], and none closes a circle
+//! (`scripts/module-graph.py` checks);
 //! wiring happens in `main.rs` only, and in [`config_check`], the
 //! `--check-config` command, which puts the configuration and two adapters
 //! together without starting anything.

@@ -11,10 +11,11 @@ use mesaya_realtime::application::compression::Deflater;
 use mesaya_realtime::application::floor::SharedFloor;
 use mesaya_realtime::application::ingest::Ingest;
 use mesaya_realtime::application::pending::PendingConnections;
+use mesaya_realtime::application::ports::LearnedSection;
 use mesaya_realtime::application::readiness::Readiness;
-use mesaya_realtime::application::replay::ReplayLimits;
 use mesaya_realtime::application::restaurants::SharedRestaurants;
 use mesaya_realtime::application::resume::ResumeSettings;
+use mesaya_realtime::application::resume_buffer::ResumeBufferLimits;
 use mesaya_realtime::application::router::EventRouter;
 use mesaya_realtime::config::{Config, LogFormat};
 use mesaya_realtime::config_check;
@@ -145,6 +146,8 @@ enum Ending {
     ThreadDied(String),
 }
 
+/// The shared state, the shard threads, the admin listener and the ingest
+/// thread, in that order; then waits for a signal and the drain.
 fn run(
     config: Config,
     verifier: JwtVerifier,
@@ -160,74 +163,15 @@ fn run(
     let (mailboxes, inboxes): (Vec<_>, Vec<_>) =
         (0..config.shards).map(|index| mailbox::mailbox(index, mailbox::EVENT_CAPACITY)).unzip();
     let shards = Shards::new(mailboxes, shutdown.clone());
+    let shared = Shared { readiness, shutdown, shards, floor, restaurants };
 
-    let ctx = Arc::new(ServerContext {
-        authorizer: Authorizer::new(
-            Arc::new(verifier),
-            AccessPolicy::new(config.allowed_roles.clone(), config.required_permission.clone()),
-        ),
-        admission: Admission::new(config.admission.max_connections, config.admission.max_connections_per_user),
-        trusted_proxies: config.admission.trusted_proxies.clone(),
-        pending: PendingConnections::new(config.admission.pending),
-        public_ops: config.admin.is_none(),
-        readiness: Arc::clone(&readiness),
-        shutdown: shutdown.clone(),
-        shards: shards.clone(),
-        session: config.session.clone(),
-        drain_timeout: config.drain_timeout,
-        floor: floor.clone(),
-        restaurants: restaurants.clone(),
-        staff_roles: StaffRoles::new(config.staff_roles.clone()),
-        resume: config.resume.as_ref().map(|resume| ResumeSettings {
-            tokens: Arc::new(HmacResumeTokens::new(&resume.secret)),
-            window: resume.window,
-            reauth_after: resume.reauth_after,
-        }),
-    });
-    let replay_limits = config.resume.as_ref().map_or(ReplayLimits::OFF, |resume| ReplayLimits {
-        window: resume.window,
-        per_section: resume.buffer_frames,
-        // Each shard keeps its own sections' frames.
-        bytes: resume.buffer_bytes / config.shards,
-    });
-
-    let api_budget = ApiBudget::new(config.snapshot_concurrency);
-    for (index, inbox) in inboxes.into_iter().enumerate() {
-        let (base_url, path, timeout) =
-            (config.rest_base_url.clone(), config.snapshot_path.clone(), config.rest_timeout);
-        let api_budget = Arc::clone(&api_budget);
-        shard::spawn(ShardParts {
-            index,
-            replay_limits,
-            inbox,
-            listener: listener.try_clone()?,
-            ctx: Arc::clone(&ctx),
-            make_snapshot_source: move || HttpSnapshotSource::new(&base_url, &path, timeout, api_budget),
-            section_reports: reports.clone(),
-            running: threads.register(format!("shard-{index}")),
-        })?;
-    }
-    drop((listener, reports));
+    let ctx = server_context(&config, verifier, &shared);
+    spawn_shards(&config, inboxes, listener, &ctx, reports, &mut threads)?;
     if let Some(admin_listener) = admin_listener {
         admin::spawn(admin_listener, Arc::clone(&ctx), threads.register("admin"))?;
     }
-
-    let disclosure = Disclosure { reservation: config.public_reservation_fields.clone(), ..Disclosure::default() };
-    let deflater = config.session.compression.map(|compression| Deflater::new(compression.min_bytes));
-    let router = EventRouter::new(floor, restaurants, disclosure, deflater);
-    let ingest = KafkaIngest::new(
-        config.kafka.clone(),
-        Ingest::new(ShardDispatch::new(shards), config.kafka.max_record_bytes, router),
-        learned_sections,
-        Arc::clone(&readiness),
-        shutdown.clone(),
-    );
-    let ingest_running = threads.register("kafka-ingest");
-    std::thread::Builder::new().name("kafka-ingest".into()).spawn(move || {
-        let _running = ingest_running;
-        ingest.run()
-    })?;
-
+    let shutdown = shared.shutdown.clone();
+    spawn_ingest(&config, shared, learned_sections, &mut threads)?;
     tracing::info!(
         address = %SocketAddr::new(config.host, config.port),
         shards = config.shards,
@@ -239,26 +183,135 @@ fn run(
     );
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let ending = runtime.block_on(async {
-        let mut signals = Signals::new()?;
-        let signal = tokio::select! {
-            signal = signals.next() => signal,
-            thread = threads.next_ended() => return Ok::<_, std::io::Error>(Ending::ThreadDied(thread)),
-        };
-        tracing::info!(signal, drain_timeout = ?config.drain_timeout, "shutting down: refusing new upgrades, closing clients with 1001");
-        shutdown.trigger();
-        // Shards stop by themselves once their clients are gone, or a little
-        // before the drain timeout passes; the process exits by then anyway.
-        let deadline = tokio::time::Instant::now() + config.drain_timeout;
-        Ok(tokio::select! {
-            finished = tokio::time::timeout_at(deadline, threads.all_ended()) => Ending::Drained { in_time: finished.is_ok() },
-            signal = signals.next() => {
-                tracing::warn!(signal, "second signal: exiting without waiting for the drain");
-                Ending::Interrupted
-            }
-        })
+    let ending = runtime.block_on(signal_then_drain(&mut threads, &shutdown, config.drain_timeout))?;
+    Ok(exit_code(ending, &shutdown))
+}
+
+/// What the shards and the ingest thread share.
+struct Shared {
+    readiness: Arc<Readiness>,
+    shutdown: Shutdown,
+    shards: Shards,
+    floor: SharedFloor,
+    restaurants: SharedRestaurants,
+}
+
+fn server_context(config: &Config, verifier: JwtVerifier, shared: &Shared) -> Arc<ServerContext> {
+    Arc::new(ServerContext {
+        authorizer: Authorizer::new(
+            Arc::new(verifier),
+            AccessPolicy::new(config.allowed_roles.clone(), config.required_permission.clone()),
+        ),
+        admission: Admission::new(config.admission.max_connections, config.admission.max_connections_per_user),
+        trusted_proxies: config.admission.trusted_proxies.clone(),
+        pending: PendingConnections::new(config.admission.pending),
+        public_ops: config.admin.is_none(),
+        readiness: Arc::clone(&shared.readiness),
+        shutdown: shared.shutdown.clone(),
+        shards: shared.shards.clone(),
+        session: config.session.clone(),
+        drain_timeout: config.drain_timeout,
+        floor: shared.floor.clone(),
+        restaurants: shared.restaurants.clone(),
+        staff_roles: StaffRoles::new(config.staff_roles.clone()),
+        resume: config.resume.as_ref().map(|resume| ResumeSettings {
+            tokens: Arc::new(HmacResumeTokens::new(&resume.secret)),
+            window: resume.window,
+            reauth_after: resume.reauth_after,
+        }),
+    })
+}
+
+/// One thread per shard, each accepting on the shared listener; the
+/// listener and the report channel are theirs from here on.
+fn spawn_shards(
+    config: &Config,
+    inboxes: Vec<mailbox::Inbox>,
+    listener: std::net::TcpListener,
+    ctx: &Arc<ServerContext>,
+    reports: crossbeam_channel::Sender<LearnedSection>,
+    threads: &mut Threads,
+) -> std::io::Result<()> {
+    let resume_buffer_limits = config.resume.as_ref().map_or(ResumeBufferLimits::OFF, |resume| ResumeBufferLimits {
+        window: resume.window,
+        per_section: resume.buffer_frames,
+        // Each shard keeps its own sections' frames.
+        bytes: resume.buffer_bytes / config.shards,
+    });
+    let api_budget = ApiBudget::new(config.snapshot_concurrency);
+    for (index, inbox) in inboxes.into_iter().enumerate() {
+        let (base_url, path, timeout) =
+            (config.rest_base_url.clone(), config.snapshot_path.clone(), config.rest_timeout);
+        let api_budget = Arc::clone(&api_budget);
+        shard::spawn(ShardParts {
+            index,
+            resume_buffer_limits,
+            inbox,
+            listener: listener.try_clone()?,
+            ctx: Arc::clone(ctx),
+            make_snapshot_source: move || HttpSnapshotSource::new(&base_url, &path, timeout, api_budget),
+            section_reports: reports.clone(),
+            running: threads.register(format!("shard-{index}")),
+        })?;
+    }
+    Ok(())
+}
+
+/// The ingest thread: the router over the shared floor and restaurants,
+/// fed by the Kafka adapter, dispatching to the shards.
+fn spawn_ingest(
+    config: &Config,
+    shared: Shared,
+    learned_sections: crossbeam_channel::Receiver<LearnedSection>,
+    threads: &mut Threads,
+) -> std::io::Result<()> {
+    let Shared { readiness, shutdown, shards, floor, restaurants } = shared;
+    let disclosure = Disclosure { reservation: config.public_reservation_fields.clone(), ..Disclosure::default() };
+    let deflater = config.session.compression.map(|compression| Deflater::new(compression.min_bytes));
+    let router = EventRouter::new(floor, restaurants, disclosure, deflater);
+    let ingest = KafkaIngest::new(
+        config.kafka.clone(),
+        Ingest::new(ShardDispatch::new(shards), config.kafka.max_record_bytes, router),
+        learned_sections,
+        readiness,
+        shutdown,
+    );
+    let ingest_running = threads.register("kafka-ingest");
+    std::thread::Builder::new().name("kafka-ingest".into()).spawn(move || {
+        let _running = ingest_running;
+        ingest.run()
     })?;
-    Ok(match ending {
+    Ok(())
+}
+
+/// Waits for a signal (or a thread that died), then for the drain, which a
+/// second signal cuts short.
+async fn signal_then_drain(
+    threads: &mut Threads,
+    shutdown: &Shutdown,
+    drain_timeout: std::time::Duration,
+) -> std::io::Result<Ending> {
+    let mut signals = Signals::new()?;
+    let signal = tokio::select! {
+        signal = signals.next() => signal,
+        thread = threads.next_ended() => return Ok(Ending::ThreadDied(thread)),
+    };
+    tracing::info!(signal, drain_timeout = ?drain_timeout, "shutting down: refusing new upgrades, closing clients with 1001");
+    shutdown.trigger();
+    // Shards stop by themselves once their clients are gone, or a little
+    // before the drain timeout passes; the process exits by then anyway.
+    let deadline = tokio::time::Instant::now() + drain_timeout;
+    Ok(tokio::select! {
+        finished = tokio::time::timeout_at(deadline, threads.all_ended()) => Ending::Drained { in_time: finished.is_ok() },
+        signal = signals.next() => {
+            tracing::warn!(signal, "second signal: exiting without waiting for the drain");
+            Ending::Interrupted
+        }
+    })
+}
+
+fn exit_code(ending: Ending, shutdown: &Shutdown) -> ExitCode {
+    match ending {
         Ending::Drained { in_time: true } => {
             tracing::info!("stopped");
             ExitCode::SUCCESS
@@ -274,7 +327,7 @@ fn run(
             tracing::error!(thread, "a worker thread ended unexpectedly; exiting so that the process is restarted");
             ExitCode::FAILURE
         }
-    })
+    }
 }
 
 /// SIGTERM and SIGINT, as one stream.

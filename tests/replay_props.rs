@@ -1,4 +1,4 @@
-//! Property tests of the replay buffer's coverage check: whatever the
+//! Property tests of the resume buffer's coverage check: whatever the
 //! records, sections, limits and tokens, a resume the buffer serves gets
 //! exactly the frames routed to its section after the token's positions, in
 //! order — none lost, none twice — and is never served past a frame that had
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mesaya_realtime::application::delivery::Delivery;
-use mesaya_realtime::application::replay::{Replay, ReplayLimits};
+use mesaya_realtime::application::resume_buffer::{ResumeBuffer, ResumeBufferLimits};
 use mesaya_realtime::domain::entity::{Action, EntityKey, EntityKind};
 use mesaya_realtime::domain::frame::Frame;
 use mesaya_realtime::domain::ids::SectionId;
@@ -44,8 +44,8 @@ fn record() -> impl Strategy<Value = Record> {
     )
 }
 
-fn limits() -> impl Strategy<Value = ReplayLimits> {
-    (5u64..60, 1usize..8, 1usize..30).prop_map(|(window_s, per_section, frames_of_budget)| ReplayLimits {
+fn limits() -> impl Strategy<Value = ResumeBufferLimits> {
+    (5u64..60, 1usize..8, 1usize..30).prop_map(|(window_s, per_section, frames_of_budget)| ResumeBufferLimits {
         window: Duration::from_secs(window_s),
         per_section,
         bytes: frames_of_budget * frame_len(),
@@ -95,17 +95,17 @@ proptest! {
         limits in limits(),
     ) {
         let start = Instant::now();
-        let mut replay = Replay::new(limits);
+        let mut buffer = ResumeBuffer::new(limits);
         let mut progress = Progress::default();
         for p in 0..PARTITIONS {
             progress.assigned(partition(p), 0);
         }
-        replay.merge_progress(&progress);
+        buffer.merge_progress(&progress);
 
         // What each section was sent, in order, and when: the ground truth.
         let mut routed: Vec<Vec<(Instant, Arc<Delivery>)>> = vec![Vec::new(); SECTIONS];
         // Each token's positions and when it was issued.
-        let mut tokens: Vec<(Positions, Instant)> = vec![(replay.positions().clone(), start)];
+        let mut tokens: Vec<(Positions, Instant)> = vec![(buffer.positions().clone(), start)];
         let mut next = [0i64; PARTITIONS as usize];
         let mut now = start;
         let (mut kept, mut any_unplaced) = (0, false);
@@ -114,21 +114,21 @@ proptest! {
             let offset = next[record.partition as usize];
             let frame = delivery(record.partition, offset, !record.unplaced);
             for &s in &record.sections {
-                replay.keep(section(s), &frame, now);
+                buffer.keep(section(s), &frame, now);
                 routed[s].push((now, Arc::clone(&frame)));
                 kept += usize::from(!record.unplaced);
             }
             any_unplaced |= record.unplaced;
             if !record.unplaced {
                 next[record.partition as usize] += 1;
-                replay.record_done(Position { partition: partition(record.partition), offset: offset + 1 });
+                buffer.record_done(Position { partition: partition(record.partition), offset: offset + 1 });
             }
             if record.token_after {
-                tokens.push((replay.positions().clone(), now));
+                tokens.push((buffer.positions().clone(), now));
             }
         }
 
-        let nothing_dropped = replay.size().0 == kept;
+        let nothing_dropped = buffer.size().0 == kept;
         // Older tokens are refused as expired before the buffer is asked.
         for (token, issued) in tokens.iter().filter(|(_, issued)| now - *issued <= limits.window) {
             for (s, sent) in routed.iter().enumerate() {
@@ -137,7 +137,7 @@ proptest! {
                     None => at >= *issued,
                 };
                 let expected: Vec<&(Instant, Arc<Delivery>)> = sent.iter().filter(missed).collect();
-                match replay.replay(section(s), None, token, now - *issued, now) {
+                match buffer.catch_up(section(s), None, token, now - *issued, now) {
                     Ok(frames) => {
                         prop_assert!(
                             expected.iter().all(|(_, d)| d.position.is_some()),

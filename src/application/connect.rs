@@ -20,17 +20,20 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::rc::Rc;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::domain::audience::{UserId, Viewer};
 use crate::domain::ids::SectionId;
 use crate::domain::protocol::CloseCode;
-use crate::telemetry::events::SnapshotFetched;
+use crate::telemetry::METRICS;
 
 use super::compression::SnapshotDeflater;
 use super::hub::SectionHub;
-use super::outbox::{Outbox, QueueLimits};
+use crate::domain::limits::QueueLimits;
+
+use super::outbox::Outbox;
 use super::ports::{
     FloorPlan, LearnedSection, RestaurantOwners, SectionReporter, SnapshotError, SnapshotRequest, SnapshotSource,
 };
@@ -151,6 +154,35 @@ pub async fn fetch_snapshot<S: SnapshotSource, R: SectionReporter, F: FloorPlan,
     };
     SnapshotFetched { connected: &connected, elapsed: started.elapsed() }.emit();
     connected
+}
+
+/// The snapshot phase of a connection ended.
+pub struct SnapshotFetched<'a> {
+    pub connected: &'a Connected,
+    pub elapsed: Duration,
+}
+
+impl SnapshotFetched<'_> {
+    pub fn emit(self) {
+        let label = match self.connected {
+            Connected::Live { .. } => "ok",
+            Connected::Refused(error) => error.label(),
+            Connected::Interrupted(Interruption::Shutdown) => "cancelled",
+            Connected::Interrupted(Interruption::ClientGone) => "client_gone",
+        };
+        METRICS.snapshot_outcomes.with_label_values(&[label]).inc();
+        METRICS.snapshot_seconds.with_label_values(&[label]).observe(self.elapsed.as_secs_f64());
+        match self.connected {
+            Connected::Live { skipped } => {
+                METRICS.handoff_skipped.inc_by(*skipped as u64);
+                tracing::info!(elapsed = ?self.elapsed, skipped, "session live");
+            }
+            Connected::Refused(error) => {
+                tracing::info!(%error, close = error.close_code().code, elapsed = ?self.elapsed, "snapshot failed")
+            }
+            Connected::Interrupted(why) => tracing::info!(elapsed = ?self.elapsed, ?why, "snapshot call abandoned"),
+        }
+    }
 }
 
 #[cfg(test)]

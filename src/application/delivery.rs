@@ -24,7 +24,7 @@ pub struct Delivery {
     pub routed_at: Instant,
     /// The Kafka record it came from (for a reservation held until its
     /// table was known: where the ingest stood when it was released).
-    /// Replay buffers and resume tokens are made of these.
+    /// Resume buffers and resume tokens are made of these.
     pub position: Option<Position>,
 }
 
@@ -37,7 +37,7 @@ impl Delivery {
 
 /// A record this instance could not route, though another instance may
 /// have (a reservation whose table is unknown here, a restaurant event whose
-/// sections are): the shards must not claim their replay buffers cover it
+/// sections are): the shards must not claim their resume buffers cover it
 /// for the sections it may have concerned, those of `restaurant` and those
 /// whose restaurant is unknown here.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! The objects of every section's floor plan, as Kafka tells them: every
 //! section-object link and the latest entity of every object (an object is
 //! usually created before it is linked). The ingest thread writes it as
-//! events come, and at start while replaying the retained topics; a shard
+//! events come, and at start while rebuilding from the retained topics; a shard
 //! reads one section's objects when a client's snapshot needs them.
 //!
 //! Every map has a reverse index, so deleting a section, an object or a link

@@ -1,6 +1,6 @@
 //! A shard's subscriber registry: section → the outboxes of its clients.
 //! Owned by one shard thread, so it needs no lock. A fan-out only queues;
-//! [`SectionHub::flush`] then writes, once per client per shard turn, so a
+//! [`SectionHub::write_fanned_out`] then writes, once per client per shard turn, so a
 //! client that got several events in one turn gets them in one write.
 
 use std::collections::HashMap;
@@ -27,8 +27,8 @@ pub struct FanOutReport {
 #[derive(Default)]
 pub struct SectionHub {
     sections: HashMap<SectionId, Vec<Rc<Outbox>>>,
-    /// Outboxes with events pushed since the last flush, in push order.
-    unflushed: Vec<Rc<Outbox>>,
+    /// Outboxes with events pushed since the last write, in push order.
+    marked_for_writing: Vec<Rc<Outbox>>,
 }
 
 impl SectionHub {
@@ -63,7 +63,7 @@ impl SectionHub {
         let Some(outboxes) = self.sections.get_mut(&section) else {
             return report;
         };
-        let unflushed = &mut self.unflushed;
+        let marked_for_writing = &mut self.marked_for_writing;
         outboxes.retain(|outbox| {
             let conflated = match outbox.push_event(Arc::clone(delivery)) {
                 PushOutcome::Queued => 0,
@@ -79,8 +79,8 @@ impl SectionHub {
             report.queued += 1;
             report.conflated += conflated;
             report.writers_needed |= outbox.take_pressure();
-            if outbox.mark_unflushed() {
-                unflushed.push(Rc::clone(outbox));
+            if outbox.mark_for_writing() {
+                marked_for_writing.push(Rc::clone(outbox));
             }
             true
         });
@@ -92,11 +92,11 @@ impl SectionHub {
         report
     }
 
-    /// Writes what the fan-outs since the last flush queued: to each socket
+    /// Writes what the fan-outs since the last write queued: to each socket
     /// that takes it now, from here; the writer tasks of the others are woken.
-    pub fn flush(&mut self) {
-        for outbox in self.unflushed.drain(..) {
-            outbox.flush();
+    pub fn write_fanned_out(&mut self) {
+        for outbox in self.marked_for_writing.drain(..) {
+            outbox.write_or_wake();
         }
     }
 }
@@ -147,7 +147,7 @@ mod tests {
 
     #[test]
     fn a_turn_writes_once_to_each_client_however_many_events_it_got() {
-        use crate::application::ports::DirectWriter;
+        use crate::application::outbox::DirectWriter;
         use outboxes::Socket;
         use std::cell::Cell;
 
@@ -167,11 +167,11 @@ mod tests {
         }
         // Far below the queues' pressure marks.
         assert!(clients.iter().all(|socket| socket.writes.get() == 0), "fan-outs only queue");
-        hub.flush();
+        hub.write_fanned_out();
         for socket in &clients {
             assert_eq!((socket.writes.get(), socket.received.borrow().len()), (1, 3));
         }
-        hub.flush();
+        hub.write_fanned_out();
         assert!(clients.iter().all(|socket| socket.writes.get() == 1), "nothing new, nothing written");
     }
 

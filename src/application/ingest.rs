@@ -114,9 +114,9 @@ impl<D: Dispatch> Ingest<D> {
     }
 
     /// Takes in what a record says about the maps without dispatching it:
-    /// the start-up rebuild replays retained records through this, so that a
+    /// the start-up rebuild feeds retained records through this, so that a
     /// restart forgets no table, link or object made before it.
-    pub fn replay(&mut self, topic: &str, payload: &[u8]) {
+    pub fn rebuild(&mut self, topic: &str, payload: &[u8]) {
         if let Ok(event) = envelope::parse(topic, payload, self.max_record_bytes) {
             self.router.learn(&event);
         }
@@ -128,7 +128,7 @@ impl<D: Dispatch> Ingest<D> {
     /// Released frames are placed with `upcoming`, the record about to be
     /// handled, as if they were part of it: a position issued before it does
     /// not cover them, one issued after it does. Without one (a quiet turn)
-    /// they have no position, and replay buffers do not reach back past them.
+    /// they have no position, and resume buffers do not reach back past them.
     pub fn learn_section(&mut self, learned: LearnedSection, upcoming: Option<Position>) -> usize {
         let dispatch = &self.dispatch;
         let stamp = Stamp { at: Instant::now(), position: upcoming };
@@ -258,7 +258,7 @@ mod tests {
         let learned = LearnedSection { section: section(S1), restaurant: None, table_ids: vec![TABLE.into()] };
         assert_eq!(ingest.learn_section(learned, None), 1, "released by the snapshot that shows the table");
 
-        ingest.replay(
+        ingest.rebuild(
             "mesa-ya.section-objects.events",
             &v2("created", serde_json::json!({"id": LINK, "sectionId": S2, "objectId": OBJECT})),
         );
@@ -268,7 +268,7 @@ mod tests {
         assert_eq!(
             recorder.take(),
             vec![(section(S1), "reservation.created".to_string()), (section(S2), "object.updated".to_string())],
-            "the replay itself dispatched nothing"
+            "the buffer itself dispatched nothing"
         );
     }
 

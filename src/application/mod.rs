@@ -1,5 +1,7 @@
 //! Use cases and the ports they depend on. Nothing here knows about Kafka,
-//! HTTP or sockets: adapters implement [`ports`], and transport and the
+//! HTTP or sockets (but for the name of the header that carries a client's
+//! address, [`ports::X_FORWARDED_FOR`], which the upgrade reads and the
+//! snapshot call sends): adapters implement [`ports`], and transport and the
 //! Kafka adapter call the two use cases, [`connect`] and [`ingest`].
 
 pub mod admission;
@@ -7,6 +9,7 @@ pub mod authorize;
 pub mod compression;
 pub mod connect;
 pub mod delivery;
+pub mod expiring;
 pub mod floor;
 pub mod hub;
 pub mod ingest;
@@ -15,7 +18,7 @@ pub mod pending;
 pub mod ports;
 pub mod readiness;
 pub mod refresh;
-pub mod replay;
 pub mod restaurants;
 pub mod resume;
+pub mod resume_buffer;
 pub mod router;

@@ -2,7 +2,7 @@
 //! snapshot/stream handoff (README, "Delivery guarantees").
 //!
 //! Lives on its shard's thread only (`Rc`, `RefCell`): the shard pushes and,
-//! once a turn's events are all pushed, flushes: the client's socket takes
+//! once a turn's events are all pushed, writes them out: the client's socket takes
 //! what it can straight from the shard's loop (a [`DirectWriter`]), and the
 //! client's writer task is woken only for what is left. Pushing never
 //! waits, so a slow client can only fill its own queue.
@@ -28,17 +28,20 @@ use tokio::sync::Notify;
 use crate::domain::audience::{Audience, UserId};
 use crate::domain::entity::Action;
 use crate::domain::frame::Frame;
+use crate::domain::limits::QueueLimits;
 use crate::domain::position::Positions;
 use crate::domain::protocol::CloseCode;
 use crate::domain::snapshot::Snapshot;
 
 use super::delivery::Delivery;
-use super::ports::DirectWriter;
 
-#[derive(Clone, Copy, Debug)]
-pub struct QueueLimits {
-    pub max_frames: usize,
-    pub max_bytes: usize,
+/// A client's socket as the shard's own loop writes to it: once a turn's
+/// events are pushed, what the socket takes at once needs no wake-up of the
+/// client's writer task.
+pub trait DirectWriter {
+    /// Writes what `outbox` has ready, as far as the socket takes it without
+    /// waiting. Returns whether anything is left for the writer task.
+    fn write_now(&self, outbox: &Outbox) -> bool;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,10 +156,10 @@ pub struct Outbox {
     wake: Notify,
     limits: QueueLimits,
     /// The client's socket, for writes from the shard's loop; without one,
-    /// a flush wakes the writer task.
+    /// [`Outbox::write_or_wake`] wakes the writer task.
     direct: RefCell<Option<Rc<dyn DirectWriter>>>,
-    /// On the hub's list for the next flush.
-    unflushed: Cell<bool>,
+    /// On the hub's list for its next write.
+    marked_for_writing: Cell<bool>,
     /// The queue passed [`PRESSURE`] with no direct writer: the writer task
     /// must get its turn before the shard fans out much more.
     pressed: Cell<bool>,
@@ -176,12 +179,12 @@ impl Outbox {
             wake: Notify::new(),
             limits,
             direct: RefCell::default(),
-            unflushed: Cell::new(false),
+            marked_for_writing: Cell::new(false),
             pressed: Cell::new(false),
         }
     }
 
-    /// Lets flushes write to the client's socket themselves, from now on.
+    /// Lets [`Outbox::write_or_wake`] write to the client's socket itself, from now on.
     pub fn attach(&self, direct: Rc<dyn DirectWriter>) {
         self.direct.replace(Some(direct));
     }
@@ -192,7 +195,7 @@ impl Outbox {
         self.direct.take();
     }
 
-    /// Queues a routed event, without waking anyone: [`Outbox::flush`] does,
+    /// Queues a routed event, without waking anyone: [`Outbox::write_or_wake`] does,
     /// once the shard's turn has pushed all its events.
     pub fn push_event(&self, delivery: Arc<Delivery>) -> PushOutcome {
         let already_sent = self
@@ -207,17 +210,17 @@ impl Outbox {
         self.push(Item::Event(delivery))
     }
 
-    /// Marks the outbox for the next flush; false if it already is, so that
-    /// a client with several events in one turn is flushed once.
-    pub fn mark_unflushed(&self) -> bool {
-        !self.unflushed.replace(true)
+    /// Marks the outbox for the hub's next write; false if it already is, so
+    /// that a client with several events in one turn is written once.
+    pub fn mark_for_writing(&self) -> bool {
+        !self.marked_for_writing.replace(true)
     }
 
     /// Writes what was pushed straight to the socket, as far as it takes the
     /// bytes now, and wakes the writer task for anything left (or for every
     /// push, without a direct writer).
-    pub fn flush(&self) {
-        self.unflushed.set(false);
+    pub fn write_or_wake(&self) {
+        self.marked_for_writing.set(false);
         let left = match &*self.direct.borrow() {
             Some(direct) => direct.write_now(self),
             None => true,
@@ -349,7 +352,7 @@ impl Outbox {
         state.bytes = 0;
         state.enqueue(Item::Control(Box::new(Frame::resumed(missed.len()))), false);
         for delivery in missed {
-            // Replayed, not routed now: control items, so they are neither
+            // Sent by a catch-up, not routed now: control items, so they are neither
             // conflated nor timed as deliveries.
             state.enqueue(Item::Control(Box::new(delivery.frame_for(&audience).clone())), false);
         }
@@ -381,7 +384,7 @@ impl Outbox {
         state.writable().next().map(|queued| queued.next(&state.audience))
     }
 
-    /// Past the snapshot (or the replay): frames are written.
+    /// Past the snapshot (or the catch-up): frames are written.
     pub fn is_live(&self) -> bool {
         self.state.borrow().live
     }
@@ -698,13 +701,13 @@ pub(crate) mod tests {
         outbox.push_event(delivery("b", Action::Updated, None));
         assert!(socket.received.borrow().is_empty() && !woken(&outbox), "a push neither writes nor wakes");
 
-        outbox.flush();
+        outbox.write_or_wake();
         assert_eq!(socket.received.borrow().len(), 1);
         assert!(woken(&outbox), "the writer task is woken for the frame the socket left");
 
         socket.room.set(10);
         outbox.push_event(delivery("c", Action::Updated, None));
-        outbox.flush();
+        outbox.write_or_wake();
         let sent: Vec<Frame> =
             ["a", "b", "c"].map(|id| delivery(id, Action::Updated, None).frames.full().clone()).into();
         assert_eq!(*socket.received.borrow(), sent, "the rest, in order, behind the first");
@@ -712,7 +715,7 @@ pub(crate) mod tests {
 
         outbox.detach();
         outbox.push_event(delivery("d", Action::Updated, None));
-        outbox.flush();
+        outbox.write_or_wake();
         assert_eq!(socket.received.borrow().len(), 3);
         assert!(woken(&outbox), "without a direct writer, the writer task writes");
     }
@@ -752,7 +755,7 @@ pub(crate) mod tests {
     }
 
     /// A burst of three queues' worth of distinct entities in one shard
-    /// turn (no flush in between): a socket that takes the bytes keeps its
+    /// turn (no write in between): a socket that takes the bytes keeps its
     /// client; one that takes none is closed; a client whose writer task
     /// must write asks for the turn to end once, at the mark.
     #[test]

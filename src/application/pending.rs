@@ -14,14 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-/// How many connections may wait before their upgrade.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PendingLimits {
-    /// For the instance; at least 1.
-    pub max_pending: usize,
-    /// For one client address; `0`: no cap.
-    pub max_per_client: usize,
-}
+use crate::domain::limits::PendingLimits;
 
 /// How the registry has a connection closed when it evicts it.
 pub trait Close: Send {

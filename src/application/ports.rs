@@ -12,7 +12,6 @@ use crate::domain::protocol::CloseCode;
 use crate::domain::snapshot::{SectionObjects, Snapshot};
 
 use super::delivery::{Delivery, Unseen};
-use super::outbox::Outbox;
 
 /// Verifies a bearer token's signature and registered claims.
 pub trait TokenVerifier: Send + Sync {
@@ -46,6 +45,10 @@ pub trait SnapshotSource {
     fn fetch(&self, request: SnapshotRequest<'_>) -> impl Future<Output = Result<Snapshot, SnapshotError>>;
 }
 
+/// The header that names a client's address: read from trusted proxies at
+/// the upgrade, and sent to the API with the snapshot call.
+pub static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+
 /// One connection's snapshot call.
 #[derive(Clone, Copy, Debug)]
 pub struct SnapshotRequest<'a> {
@@ -53,7 +56,7 @@ pub struct SnapshotRequest<'a> {
     /// The client's own token: the API has the last word on the section.
     pub token: &'a str,
     /// The client's address, so that the API's per-client rate limits see
-    /// the client and not this gateway.
+    /// the client and not this gateway: sent as [`X_FORWARDED_FOR`].
     pub client_addr: IpAddr,
     /// Unique per session; the session's log lines carry it too.
     pub request_id: &'a str,
@@ -201,12 +204,3 @@ pub struct OpenedToken {
 /// Not a token this secret signed (or not a token at all).
 #[derive(Debug, PartialEq, Eq)]
 pub struct InvalidResumeToken;
-
-/// A client's socket as the shard's own loop writes to it: once a turn's
-/// events are pushed, what the socket takes at once needs no wake-up of the
-/// client's writer task.
-pub trait DirectWriter {
-    /// Writes what `outbox` has ready, as far as the socket takes it without
-    /// waiting. Returns whether anything is left for the writer task.
-    fn write_now(&self, outbox: &Outbox) -> bool;
-}

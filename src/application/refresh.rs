@@ -6,6 +6,7 @@
 
 use crate::domain::audience::{Audience, StaffRoles, UserId};
 use crate::domain::ids::SectionId;
+use crate::telemetry::METRICS;
 
 use super::authorize::{Authorizer, Refusal};
 use super::ports::RestaurantOwners;
@@ -70,6 +71,23 @@ pub fn refresh<O: RestaurantOwners>(
     let expires_at = claims.expires_at.ok_or(RefreshFailure::Invalid)?;
     let owner = rules.owners.owner_of(section, rules.owners.restaurant_of(section).as_ref());
     Ok(Refreshed { expires_at, audience: viewer.audience(owner.as_ref()) })
+}
+
+/// A client refreshed its token in band, or tried to. The token itself is
+/// never logged.
+pub struct TokenRefreshed {
+    pub outcome: Result<u64, RefreshFailure>,
+}
+
+impl TokenRefreshed {
+    pub fn emit(self) {
+        let label = self.outcome.map_or_else(RefreshFailure::label, |_| "refreshed");
+        METRICS.token_refreshes.with_label_values(&[label]).inc();
+        match self.outcome {
+            Ok(expires_at) => tracing::info!(expires_at, "token refreshed in band"),
+            Err(failure) => tracing::info!(reason = failure.label(), "token refresh refused"),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //!
 //! A token is a section's Kafka positions, bound to the section and the
 //! user, signed, with its issue time. It is served from the shard's
-//! [`Replay`] buffer when that buffer has everything after its positions;
+//! [`ResumeBuffer`] buffer when that buffer has everything after its positions;
 //! otherwise the client gets the normal snapshot. Never an error close.
 
 use std::sync::Arc;
@@ -14,10 +14,11 @@ use crate::domain::audience::Audience;
 use crate::domain::frame::Frame;
 use crate::domain::ids::{EntityId, SectionId};
 use crate::domain::protocol::CloseCode;
+use crate::telemetry::METRICS;
 
 use super::outbox::Outbox;
 use super::ports::{ResumeGrant, ResumeTokens};
-use super::replay::Replay;
+use super::resume_buffer::ResumeBuffer;
 
 /// What resuming needs, shared by the shards.
 pub struct ResumeSettings {
@@ -98,10 +99,10 @@ pub struct Resumed {
 /// Serves a resume: on success the registered client's outbox is live
 /// with `section.resumed` and the missed frames queued as `audience` sees
 /// them. Must run in the turn that registered the client, so that no frame
-/// arrives between the replay and the live queue.
+/// arrives between the catch-up and the live queue.
 pub fn resume(
     settings: &ResumeSettings,
-    replay: &mut Replay,
+    buffer: &mut ResumeBuffer,
     outbox: &Outbox,
     request: ResumeRequest<'_>,
     audience: Audience,
@@ -125,8 +126,8 @@ pub fn resume(
     if now.unix_secs.saturating_sub(opened.chain_started) > settings.reauth_after.as_secs() {
         return Err(ResumeFallback::Reauth);
     }
-    let missed = replay
-        .replay(request.section, request.restaurant, &opened.positions, age, now.instant)
+    let missed = buffer
+        .catch_up(request.section, request.restaurant, &opened.positions, age, now.instant)
         .map_err(|_| ResumeFallback::Gap)?;
     if !outbox.has_room_for(&missed) {
         return Err(ResumeFallback::Backlog);
@@ -166,15 +167,15 @@ pub enum NoPosition {
 /// ingest has told the shard where it stands.
 pub fn position_frame(
     settings: &ResumeSettings,
-    replay: &Replay,
+    buffer: &ResumeBuffer,
     outbox: &Outbox,
     holder: PositionFor<'_>,
     now: Now,
 ) -> Result<Frame, NoPosition> {
-    if replay.positions().is_empty() {
+    if buffer.positions().is_empty() {
         return Err(NoPosition::NotYet);
     }
-    let mut positions = replay.positions().clone();
+    let mut positions = buffer.positions().clone();
     outbox.with_already_sent(|sent| positions.advance_all(sent));
     let PositionFor { section, sub, chain_started } = holder;
     let grant = ResumeGrant { section, sub, issued_at: now.unix_secs, chain_started, positions: &positions };
@@ -201,7 +202,7 @@ pub struct PositionSchedule {
 
 impl PositionSchedule {
     /// For a client just gone live: its first position follows the snapshot
-    /// (or the replay) at once.
+    /// (or the catch-up) at once.
     pub fn new(window: Duration, now: Instant) -> Self {
         Self { refresh: (window / 2).max(POSITION_EVERY), last: None, uncovered_since: Some(now) }
     }
@@ -231,14 +232,38 @@ impl PositionSchedule {
     }
 }
 
+/// A client brought a resume token: served from the resume buffer (this
+/// many frames), or given a snapshot, for this reason.
+pub struct ResumeAttempted {
+    pub section: SectionId,
+    pub outcome: Result<Resumed, ResumeFallback>,
+}
+
+impl ResumeAttempted {
+    pub fn emit(self) {
+        let label = self.outcome.map_or_else(ResumeFallback::label, |_| "resumed");
+        METRICS.resumes.with_label_values(&[label]).inc();
+        match self.outcome {
+            Ok(Resumed { replayed, .. }) => {
+                METRICS.frames_replayed.inc_by(replayed as u64);
+                tracing::info!(section = %self.section, replayed, "session resumed");
+            }
+            Err(fallback) => {
+                tracing::info!(section = %self.section, reason = fallback.label(), "resume refused; snapshot instead")
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    use crate::application::outbox::{Next, QueueLimits};
+    use crate::application::outbox::Next;
     use crate::application::ports::{InvalidResumeToken, OpenedToken, TooManyPartitions};
-    use crate::application::replay::tests::{ROOMY, S1, S2, frame_at, section, started_at, tables};
+    use crate::application::resume_buffer::tests::{ROOMY, S1, S2, frame_at, section, started_at, tables};
     use crate::domain::audience::UserId;
+    use crate::domain::limits::QueueLimits;
     use crate::domain::position::{Position, Positions};
 
     /// Tokens in the clear: `section|sub|issued_at|chain_started|next offset`.
@@ -284,13 +309,13 @@ mod tests {
     }
 
     /// A shard that began reading at offset 0 and has routed frames 0..n to S1.
-    fn replay_with(n: i64) -> Replay {
-        let mut replay = started_at(0, ROOMY);
+    fn buffer_with(n: i64) -> ResumeBuffer {
+        let mut buffer = started_at(0, ROOMY);
         for offset in 0..n {
-            replay.keep(section(S1), &frame_at(offset), Instant::now());
-            replay.record_done(Position { partition: tables(), offset: offset + 1 });
+            buffer.keep(section(S1), &frame_at(offset), Instant::now());
+            buffer.record_done(Position { partition: tables(), offset: offset + 1 });
         }
-        replay
+        buffer
     }
 
     fn now(unix_secs: u64) -> Now {
@@ -310,8 +335,8 @@ mod tests {
     #[test]
     fn a_token_from_a_position_frame_resumes_with_exactly_what_came_after_it() {
         let settings = settings();
-        let mut replay = replay_with(2);
-        let frame = position_frame(&settings, &replay, &outbox(), holder(), now(1000)).unwrap();
+        let mut buffer = buffer_with(2);
+        let frame = position_frame(&settings, &buffer, &outbox(), holder(), now(1000)).unwrap();
         let frame: serde_json::Value = serde_json::from_slice(frame.utf8_bytes()).unwrap();
         let token = frame["payload"]["token"].as_str().unwrap().to_string();
         assert_eq!(
@@ -320,11 +345,11 @@ mod tests {
             "the shard's positions, for this section and user, issued now"
         );
         for offset in 2..4 {
-            replay.keep(section(S1), &frame_at(offset), Instant::now());
+            buffer.keep(section(S1), &frame_at(offset), Instant::now());
         }
         let outbox = outbox();
         let request = ResumeRequest { section: section(S1), restaurant: None, sub: "u1", token: &token };
-        assert_eq!(resume(&settings, &mut replay, &outbox, request, Audience::Staff, now(1010)), resumed(2));
+        assert_eq!(resume(&settings, &mut buffer, &outbox, request, Audience::Staff, now(1010)), resumed(2));
         let frames = written(&outbox);
         assert_eq!(frames[0], r#"{"event":"section.resumed","payload":{"replayed":2}}"#);
         assert!(frames[1].contains(r#""offset":2"#) && frames[2].contains(r#""offset":3"#), "{frames:?}");
@@ -335,15 +360,15 @@ mod tests {
     #[test]
     fn a_resumed_client_on_an_instance_behind_its_token_keeps_the_token_positions() {
         let settings = settings();
-        let mut replay = replay_with(2);
+        let mut buffer = buffer_with(2);
         let outbox = outbox();
         let ahead: Positions = [(tables(), 9)].into_iter().collect();
         let grant =
             ResumeGrant { section: section(S1), sub: "u1", issued_at: 1000, chain_started: 900, positions: &ahead };
         let token = settings.tokens.issue(&grant).unwrap();
         let request = ResumeRequest { section: section(S1), restaurant: None, sub: "u1", token: &token };
-        assert_eq!(resume(&settings, &mut replay, &outbox, request, Audience::Staff, now(1001)), resumed(0));
-        let frame = position_frame(&settings, &replay, &outbox, holder(), now(1002)).unwrap();
+        assert_eq!(resume(&settings, &mut buffer, &outbox, request, Audience::Staff, now(1001)), resumed(0));
+        let frame = position_frame(&settings, &buffer, &outbox, holder(), now(1002)).unwrap();
         let frame: serde_json::Value = serde_json::from_slice(frame.utf8_bytes()).unwrap();
         assert_eq!(
             frame["payload"]["token"],
@@ -353,24 +378,24 @@ mod tests {
     }
 
     #[test]
-    fn a_replay_ending_in_a_delete_closes_and_one_too_big_for_the_queue_falls_back() {
+    fn a_catch_up_ending_in_a_delete_closes_and_one_too_big_for_the_queue_falls_back() {
         let settings = settings();
         let token = issued_token(&settings);
         let request = ResumeRequest { section: section(S1), restaurant: None, sub: "u1", token: &token };
-        let mut replay = replay_with(2);
+        let mut buffer = buffer_with(2);
         let mut deleted = frame_at(2);
         Arc::get_mut(&mut deleted).unwrap().ends_section = true;
-        replay.keep(section(S1), &deleted, Instant::now());
+        buffer.keep(section(S1), &deleted, Instant::now());
         let outbox = outbox();
-        assert_eq!(resume(&settings, &mut replay, &outbox, request, Audience::Staff, now(1000)), resumed(1));
+        assert_eq!(resume(&settings, &mut buffer, &outbox, request, Audience::Staff, now(1000)), resumed(1));
         let close = outbox.close_request().expect("a close after the delete");
         assert_eq!((close.code, close.after_drain), (CloseCode::NORMAL, true));
 
-        let mut replay = replay_with(2);
-        replay.keep(section(S1), &frame_at(2), Instant::now());
+        let mut buffer = buffer_with(2);
+        buffer.keep(section(S1), &frame_at(2), Instant::now());
         let small = Outbox::new(QueueLimits { max_frames: 2, max_bytes: 1 << 20 }, UserId::new("u1"));
         assert_eq!(
-            resume(&settings, &mut replay, &small, request, Audience::Staff, now(1000)),
+            resume(&settings, &mut buffer, &small, request, Audience::Staff, now(1000)),
             Err(ResumeFallback::Backlog)
         );
     }
@@ -406,18 +431,18 @@ mod tests {
     fn every_other_case_falls_back_with_its_reason() {
         let settings = settings();
         let token = issued_token(&settings);
-        let attempt = |section_id: &str, sub: &str, token: &str, unix_secs: u64, replay: &mut Replay| {
+        let attempt = |section_id: &str, sub: &str, token: &str, unix_secs: u64, buffer: &mut ResumeBuffer| {
             let request = ResumeRequest { section: section(section_id), restaurant: None, sub, token };
-            resume(&settings, replay, &outbox(), request, Audience::Staff, now(unix_secs))
+            resume(&settings, buffer, &outbox(), request, Audience::Staff, now(unix_secs))
         };
-        let mut replay = replay_with(2);
-        assert_eq!(attempt(S1, "u1", "garbage", 1000, &mut replay), Err(ResumeFallback::Invalid));
-        assert_eq!(attempt(S2, "u1", &token, 1000, &mut replay), Err(ResumeFallback::OtherSection));
-        assert_eq!(attempt(S1, "u2", &token, 1000, &mut replay), Err(ResumeFallback::OtherUser));
-        assert_eq!(attempt(S1, "u1", &token, 1121, &mut replay), Err(ResumeFallback::Expired));
-        assert_eq!(attempt(S1, "u1", &token, 1120, &mut replay), resumed(0), "within the window");
-        assert_eq!(attempt(S1, "u1", &token, 998, &mut replay), Err(ResumeFallback::Invalid), "issued in the future");
-        let mut far_behind = replay_with(6);
+        let mut buffer = buffer_with(2);
+        assert_eq!(attempt(S1, "u1", "garbage", 1000, &mut buffer), Err(ResumeFallback::Invalid));
+        assert_eq!(attempt(S2, "u1", &token, 1000, &mut buffer), Err(ResumeFallback::OtherSection));
+        assert_eq!(attempt(S1, "u2", &token, 1000, &mut buffer), Err(ResumeFallback::OtherUser));
+        assert_eq!(attempt(S1, "u1", &token, 1121, &mut buffer), Err(ResumeFallback::Expired));
+        assert_eq!(attempt(S1, "u1", &token, 1120, &mut buffer), resumed(0), "within the window");
+        assert_eq!(attempt(S1, "u1", &token, 998, &mut buffer), Err(ResumeFallback::Invalid), "issued in the future");
+        let mut far_behind = buffer_with(6);
         assert_eq!(
             attempt(S1, "u1", &token, 1000, &mut far_behind),
             Err(ResumeFallback::Gap),
@@ -425,11 +450,11 @@ mod tests {
         );
         let mut settings = settings;
         settings.reauth_after = Duration::from_secs(150);
-        let attempt = |unix_secs: u64, replay: &mut Replay| {
+        let attempt = |unix_secs: u64, buffer: &mut ResumeBuffer| {
             let request = ResumeRequest { section: section(S1), restaurant: None, sub: "u1", token: &token };
-            resume(&settings, replay, &outbox(), request, Audience::Staff, now(unix_secs))
+            resume(&settings, buffer, &outbox(), request, Audience::Staff, now(unix_secs))
         };
-        assert_eq!(attempt(1050, &mut replay), resumed(0), "the chain began 150 s ago: still good");
-        assert_eq!(attempt(1051, &mut replay), Err(ResumeFallback::Reauth), "the API must be asked again");
+        assert_eq!(attempt(1050, &mut buffer), resumed(0), "the chain began 150 s ago: still good");
+        assert_eq!(attempt(1051, &mut buffer), Err(ResumeFallback::Reauth), "the API must be asked again");
     }
 }

@@ -22,7 +22,7 @@
 //!
 //! Every map has a reverse index, so forgetting a section never scans one.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,7 @@ use crate::telemetry::METRICS;
 
 use super::compression::Deflater;
 use super::delivery::{Delivery, Stamp};
+use super::expiring::Expiring;
 use super::floor::{Floor, SharedFloor, remove_from};
 use super::ports::LearnedSection;
 use super::restaurants::{Restaurants, SharedRestaurants};
@@ -127,7 +128,7 @@ impl EventRouter {
     }
 
     /// Takes in what an event says about the maps without delivering it:
-    /// the start-up rebuild replays the retained topics through this.
+    /// the start-up rebuild feeds the retained topics through this.
     pub fn learn(&mut self, event: &EntityEvent) {
         // Unroutable events still taught the maps what they could.
         let _ = self.apply(event);
@@ -346,9 +347,8 @@ pub struct LinkCounts {
 /// Reservations whose table no snapshot or table event has shown yet.
 #[derive(Default)]
 struct HeldReservations {
-    by_table: HashMap<EntityId, Vec<(Instant, EntityEvent)>>,
-    /// When each was held, oldest first, to expire without a scan.
-    order: VecDeque<(Instant, EntityId)>,
+    /// By table, each with when it was held.
+    by_table: Expiring<EntityId, Vec<(Instant, EntityEvent)>>,
     held: usize,
     /// What the held events cost, by [`held_bytes`].
     bytes: usize,
@@ -368,8 +368,7 @@ impl HeldReservations {
         if self.held >= MAX_HELD || self.bytes + cost > MAX_HELD_BYTES {
             return false;
         }
-        self.by_table.entry(table.clone()).or_default().push((now, event));
-        self.order.push_back((now, table));
+        self.by_table.arrive(table, now).or_default().push((now, event));
         self.held += 1;
         self.bytes += cost;
         true
@@ -385,14 +384,12 @@ impl HeldReservations {
 
     fn expire(&mut self, now: Instant) -> usize {
         let mut expired = 0;
-        while let Some((held_at, _)) = self.order.front()
-            && now.duration_since(*held_at) >= HOLD_RESERVATIONS_FOR
-        {
-            let (_, table) = self.order.pop_front().expect("front exists");
-            // Released tables left their entries here: nothing to drop.
-            if let Some(events) = self.by_table.get_mut(&table) {
+        let bytes = &mut self.bytes;
+        // Released tables are skipped: nothing to drop.
+        self.by_table.expire(
+            |held_at| now.duration_since(held_at) >= HOLD_RESERVATIONS_FOR,
+            |_, events| {
                 let before = events.len();
-                let bytes = &mut self.bytes;
                 events.retain(|(at, event)| {
                     let keep = now.duration_since(*at) < HOLD_RESERVATIONS_FOR;
                     if !keep {
@@ -401,11 +398,9 @@ impl HeldReservations {
                     keep
                 });
                 expired += before - events.len();
-                if events.is_empty() {
-                    self.by_table.remove(&table);
-                }
-            }
-        }
+                events.is_empty()
+            },
+        );
         self.held -= expired;
         expired
     }

@@ -8,6 +8,7 @@ pub mod entity;
 pub mod envelope;
 pub mod frame;
 pub mod ids;
+pub mod limits;
 pub mod position;
 pub mod protocol;
 pub mod snapshot;

@@ -41,7 +41,7 @@ use crate::application::router::LinkCounts;
 use crate::config::KafkaSettings;
 use crate::domain::entity::EntityKind;
 use crate::domain::envelope;
-use crate::domain::position::{PartitionId, Position};
+use crate::domain::position::{PartitionId, Position, Positions};
 use crate::shutdown::Shutdown;
 use crate::telemetry::METRICS;
 use crate::telemetry::events::{RecordSkipped, ReservationsExpired};
@@ -53,28 +53,6 @@ const RETRY_DELAY: Duration = Duration::from_secs(2);
 const RETENTION_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
 type PartitionKey = (String, i32);
-
-/// Next offset to read, per topic and partition. Nested by topic so that a
-/// consumed record updates its partition without allocating a key.
-#[derive(Clone, Default)]
-struct ResumePoints(HashMap<String, HashMap<i32, i64>>);
-
-impl ResumePoints {
-    fn get(&self, topic: &str, partition: i32) -> Option<i64> {
-        self.0.get(topic)?.get(&partition).copied()
-    }
-
-    fn set(&mut self, topic: &str, partition: i32, next: i64) {
-        match self.0.get_mut(topic) {
-            Some(partitions) => {
-                partitions.insert(partition, next);
-            }
-            None => {
-                self.0.insert(topic.to_string(), HashMap::from([(partition, next)]));
-            }
-        }
-    }
-}
 
 /// `KAFKA_TOPICS`: exact names and `^regex` patterns.
 struct TopicSelection(Vec<Result<String, Regex>>);
@@ -101,7 +79,7 @@ impl TopicSelection {
     }
 }
 
-/// The kinds whose retained history the rebuild replays: the ones that
+/// The kinds whose retained history the rebuild reads: the ones that
 /// teach the maps (tables, links, objects, restaurants of sections and
 /// their owners).
 const REBUILT_KINDS: [EntityKind; 5] =
@@ -291,13 +269,13 @@ impl<D: Dispatch> KafkaIngest<D> {
 
     /// Phase 1 of the offset lifecycle. Returns each rebuilt partition's high
     /// watermark: where the live consumer takes over.
-    fn rebuild_links(&mut self) -> KafkaResult<ResumePoints> {
+    fn rebuild_links(&mut self) -> KafkaResult<Positions> {
         let consumer: BaseConsumer = client_config(&self.settings, &format!("{}-rebuild", self.group_id))
             .set("enable.partition.eof", "true")
             .create()?;
         let selection = TopicSelection::new(&self.settings.topics);
         let metadata = consumer.fetch_metadata(None, METADATA_TIMEOUT)?;
-        let mut ends = ResumePoints::default();
+        let mut ends = Positions::default();
         let mut remaining = HashMap::new();
         let mut assignment = TopicPartitionList::new();
         let mut rebuilt_topics = Vec::new();
@@ -310,7 +288,7 @@ impl<D: Dispatch> KafkaIngest<D> {
             rebuilt_topics.push(name.to_string());
             for partition in topic.partitions() {
                 let (low, high) = consumer.fetch_watermarks(name, partition.id(), METADATA_TIMEOUT)?;
-                ends.set(name, partition.id(), high);
+                ends.advance(PartitionId::new(name, partition.id()), high);
                 if high > low {
                     assignment.add_partition_offset(name, partition.id(), Offset::Beginning)?;
                     remaining.insert((name.to_string(), partition.id()), high);
@@ -327,7 +305,7 @@ impl<D: Dispatch> KafkaIngest<D> {
             match consumer.poll(POLL_INTERVAL) {
                 None => {}
                 Some(Ok(message)) => {
-                    self.ingest.replay(message.topic(), message.payload().unwrap_or_default());
+                    self.ingest.rebuild(message.topic(), message.payload().unwrap_or_default());
                     let key = (message.topic().to_string(), message.partition());
                     if remaining.get(&key).is_some_and(|&high| message.offset() + 1 >= high) {
                         remaining.remove(&key);
@@ -392,7 +370,7 @@ impl<D: Dispatch> KafkaIngest<D> {
     }
 
     /// Phase 2: the group consumer that feeds the router.
-    fn live_consumer(&self, start_offsets: ResumePoints) -> KafkaResult<BaseConsumer<IngestContext>> {
+    fn live_consumer(&self, start_offsets: Positions) -> KafkaResult<BaseConsumer<IngestContext>> {
         let context = IngestContext {
             readiness: Arc::clone(&self.readiness),
             resume_points: Mutex::new(start_offsets),
@@ -437,11 +415,11 @@ pub fn probe(settings: &KafkaSettings, timeout: Duration) -> KafkaResult<usize> 
 
 struct IngestContext {
     readiness: Arc<Readiness>,
-    /// Next offset to read per partition: seeded by the rebuild, advanced
-    /// by every consumed record. Only the ingest thread touches it (record
+    /// Next offset to read per partition (the resume point of a rejoin):
+    /// seeded by the rebuild, advanced by every consumed record. Only the ingest thread touches it (record
     /// handling and rebalance callbacks both run inside `poll`), so the lock
     /// is never contended; rdkafka requires the context to be `Sync`.
-    resume_points: Mutex<ResumePoints>,
+    resume_points: Mutex<Positions>,
     /// Partitions assigned and where reading starts, for the ingest thread
     /// to take after the poll that assigned them.
     assigned: Mutex<Vec<(PartitionId, i64)>>,
@@ -452,22 +430,23 @@ impl IngestContext {
         std::mem::take(&mut *self.assigned.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
-    fn resume_points(&self) -> std::sync::MutexGuard<'_, ResumePoints> {
+    fn resume_points(&self) -> std::sync::MutexGuard<'_, Positions> {
         self.resume_points.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn resume_after(&self, topic: &str, partition: i32, offset: i64) {
-        self.resume_points().set(topic, partition, offset + 1);
+        self.resume_points().advance(PartitionId::new(topic, partition), offset + 1);
     }
 
     fn start_offset(&self, consumer: &BaseConsumer<Self>, topic: &str, partition: i32) -> Offset {
         let mut points = self.resume_points();
-        if let Some(offset) = points.get(topic, partition) {
+        let id = PartitionId::new(topic, partition);
+        if let Some(offset) = points.get(id) {
             return Offset::Offset(offset);
         }
         match consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT) {
             Ok((_, high)) => {
-                points.set(topic, partition, high);
+                points.advance(id, high);
                 Offset::Offset(high)
             }
             Err(error) => {

@@ -20,14 +20,13 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::application::ports::{SnapshotError, SnapshotRequest, SnapshotSource};
+use crate::application::ports::{SnapshotError, SnapshotRequest, SnapshotSource, X_FORWARDED_FOR};
 use crate::domain::ids::SectionId;
 use crate::domain::snapshot::Snapshot;
 use crate::telemetry::{Counted, METRICS};
 
 use super::recent_snapshots::RecentSnapshots;
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// A section's layout is small; anything far bigger is not a snapshot.

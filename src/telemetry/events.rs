@@ -1,13 +1,10 @@
 //! Internal events: one struct per thing worth both logging and counting, so
-//! the log line and the metric can never drift apart, and every metric is
-//! bumped from this one file.
+//! the log line and the metric can never drift apart. The outcome of a use
+//! case is told next to its type, in `application` (`SnapshotFetched` in
+//! `connect.rs`, `TokenRefreshed` in `refresh.rs`, `ResumeAttempted` in
+//! `resume.rs`), so that telemetry needs no application type; every other
+//! event is bumped from this file.
 
-use std::time::Duration;
-
-use crate::application::connect::{Connected, Interruption};
-use crate::application::refresh::RefreshFailure;
-use crate::application::resume::{ResumeFallback, Resumed};
-use crate::domain::ids::SectionId;
 use crate::domain::protocol::CloseCode;
 
 use super::METRICS;
@@ -94,35 +91,6 @@ impl PendingClosed {
     }
 }
 
-/// The snapshot phase of a connection ended.
-pub struct SnapshotFetched<'a> {
-    pub connected: &'a Connected,
-    pub elapsed: Duration,
-}
-
-impl SnapshotFetched<'_> {
-    pub fn emit(self) {
-        let label = match self.connected {
-            Connected::Live { .. } => "ok",
-            Connected::Refused(error) => error.label(),
-            Connected::Interrupted(Interruption::Shutdown) => "cancelled",
-            Connected::Interrupted(Interruption::ClientGone) => "client_gone",
-        };
-        METRICS.snapshot_outcomes.with_label_values(&[label]).inc();
-        METRICS.snapshot_seconds.with_label_values(&[label]).observe(self.elapsed.as_secs_f64());
-        match self.connected {
-            Connected::Live { skipped } => {
-                METRICS.handoff_skipped.inc_by(*skipped as u64);
-                tracing::info!(elapsed = ?self.elapsed, skipped, "session live");
-            }
-            Connected::Refused(error) => {
-                tracing::info!(%error, close = error.close_code().code, elapsed = ?self.elapsed, "snapshot failed")
-            }
-            Connected::Interrupted(why) => tracing::info!(elapsed = ?self.elapsed, ?why, "snapshot call abandoned"),
-        }
-    }
-}
-
 /// The server closed a client with a close frame.
 pub struct SessionClosed {
     pub code: CloseCode,
@@ -148,23 +116,6 @@ impl PositionsWithheld {
     }
 }
 
-/// A client refreshed its token in band, or tried to. The token itself is
-/// never logged.
-pub struct TokenRefreshed {
-    pub outcome: Result<u64, RefreshFailure>,
-}
-
-impl TokenRefreshed {
-    pub fn emit(self) {
-        let label = self.outcome.map_or_else(RefreshFailure::label, |_| "refreshed");
-        METRICS.token_refreshes.with_label_values(&[label]).inc();
-        match self.outcome {
-            Ok(expires_at) => tracing::info!(expires_at, "token refreshed in band"),
-            Err(failure) => tracing::info!(reason = failure.label(), "token refresh refused"),
-        }
-    }
-}
-
 /// Reservations held for a table that no snapshot or table event showed in
 /// time.
 pub struct ReservationsExpired {
@@ -176,29 +127,6 @@ impl ReservationsExpired {
         if self.count > 0 {
             METRICS.events_dropped.with_label_values(&["held_expired"]).inc_by(self.count as u64);
             tracing::debug!(count = self.count, "held reservations expired: their tables never showed up");
-        }
-    }
-}
-
-/// A client brought a resume token: served from the replay buffer (this
-/// many frames), or given a snapshot, for this reason.
-pub struct ResumeAttempted {
-    pub section: SectionId,
-    pub outcome: Result<Resumed, ResumeFallback>,
-}
-
-impl ResumeAttempted {
-    pub fn emit(self) {
-        let label = self.outcome.map_or_else(ResumeFallback::label, |_| "resumed");
-        METRICS.resumes.with_label_values(&[label]).inc();
-        match self.outcome {
-            Ok(Resumed { replayed, .. }) => {
-                METRICS.frames_replayed.inc_by(replayed as u64);
-                tracing::info!(section = %self.section, replayed, "session resumed");
-            }
-            Err(fallback) => {
-                tracing::info!(section = %self.section, reason = fallback.label(), "resume refused; snapshot instead")
-            }
         }
     }
 }

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use hyper::service::service_fn;
 use tokio::net::TcpListener;
 
-use crate::application::pending::{PendingConnections, PendingLimits};
+use crate::application::pending::PendingConnections;
+use crate::domain::limits::PendingLimits;
 use crate::shutdown::Running;
 
 use super::context::ServerContext;

@@ -14,9 +14,9 @@ use crate::application::compression::SnapshotDeflater;
 use crate::application::floor::SharedFloor;
 use crate::application::hub::SectionHub;
 use crate::application::readiness::Readiness;
-use crate::application::replay::Replay;
 use crate::application::restaurants::SharedRestaurants;
 use crate::application::resume::ResumeSettings;
+use crate::application::resume_buffer::ResumeBuffer;
 use crate::config::SessionSettings;
 use crate::domain::audience::StaffRoles;
 use crate::shutdown::Shutdown;
@@ -70,8 +70,8 @@ pub struct ShardState<S> {
     pub hub: Rc<RefCell<SectionHub>>,
     pub snapshots: S,
     pub section_reports: ShardSectionReports,
-    /// The shard's replay buffer, and how far the ingest has come.
-    pub replay: RefCell<Replay>,
+    /// The shard's resume buffer, and how far the ingest has come.
+    pub resume_buffer: RefCell<ResumeBuffer>,
     /// Snapshot frames compressed once per body; `None` with compression off.
     pub snapshot_deflater: Option<RefCell<SnapshotDeflater>>,
     pub ctx: Arc<ServerContext>,

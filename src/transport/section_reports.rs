@@ -31,7 +31,7 @@ impl ShardSectionReports {
 
     /// Sends what the backlog holds, in order, as far as the channel takes
     /// it. Returns whether anything is still waiting.
-    pub fn flush(&self) -> bool {
+    pub fn send_backlog(&self) -> bool {
         let mut backlog = self.backlog.borrow_mut();
         while let Some(report) = backlog.pop_front() {
             match self.channel.try_send(report) {
@@ -51,7 +51,7 @@ impl ShardSectionReports {
 impl SectionReporter for ShardSectionReports {
     fn report(&self, learned: LearnedSection) {
         self.backlog.borrow_mut().push_back(learned);
-        self.flush();
+        self.send_backlog();
     }
 }
 
@@ -69,7 +69,7 @@ mod tests {
             reports.report(LearnedSection { section, restaurant: None, table_ids: vec![table.into()] });
         }
         let mut received = Vec::new();
-        while reports.flush() || !ingest.is_empty() {
+        while reports.send_backlog() || !ingest.is_empty() {
             received.extend(ingest.try_iter().flat_map(|learned| learned.table_ids));
         }
         assert_eq!(received, vec![EntityId::from("t1"), "t2".into(), "t3".into()]);

@@ -22,9 +22,9 @@ use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
 use tracing::Instrument;
 
 use crate::application::connect::{self, Connected, Interruption, Registration, SnapshotPorts};
-use crate::application::outbox::{Outbox, PushOutcome};
-use crate::application::ports::{DirectWriter, SnapshotRequest, SnapshotSource};
-use crate::application::refresh::{self, RefreshRules};
+use crate::application::outbox::{DirectWriter, Outbox, PushOutcome};
+use crate::application::ports::{SnapshotRequest, SnapshotSource};
+use crate::application::refresh::{self, RefreshRules, TokenRefreshed};
 use crate::application::resume::{self, NoPosition, Now, PositionFor, PositionSchedule, ResumeSettings};
 use crate::config::SessionSettings;
 use crate::domain::access::Claims;
@@ -32,7 +32,7 @@ use crate::domain::audience::{UserId, Viewer};
 use crate::domain::frame::Frame;
 use crate::domain::ids::SectionId;
 use crate::domain::protocol::{self, ClientMessage, CloseCode};
-use crate::telemetry::events::{PositionsWithheld, SessionClosed, TokenRefreshed};
+use crate::telemetry::events::{PositionsWithheld, SessionClosed};
 use crate::telemetry::{Counted, METRICS};
 
 use super::context::{ServerContext, ShardState};
@@ -52,13 +52,13 @@ const READ_BUFFER_BYTES: usize = 256;
 const PONG: Frame = Frame::from_static(protocol::PONG_FRAME);
 
 /// A client adopted by its shard: registered on its section, and resumed
-/// already if the replay buffer could serve it.
+/// already if the resume buffer could serve it.
 pub struct Admitted {
     pub handed_off: HandedOff,
     /// Who it is, for its audience (decided when it goes live).
     pub viewer: Viewer,
     pub registration: Registration,
-    /// Served from the replay buffer already (no snapshot call), continuing
+    /// Served from the resume buffer already (no snapshot call), continuing
     /// a chain of resumes begun then (seconds since the epoch).
     pub resumed_chain: Option<u64>,
 }
@@ -163,7 +163,7 @@ struct Client {
     token: String,
     viewer: Viewer,
     expires_at: Option<u64>,
-    /// Served from the replay buffer already: see [`Admitted`].
+    /// Served from the resume buffer already: see [`Admitted`].
     resumed_chain: Option<u64>,
     /// Asked for `section.position` frames (`?resume=`).
     opted_in: bool,
@@ -658,9 +658,9 @@ impl Deadlines {
 
 /// Queues a `section.position` behind everything queued for the client.
 fn queue_position<S>(state: &ShardState<S>, terms: PositionTerms<'_>, outbox: &Outbox, log: &SessionLog) {
-    let replay = state.replay.borrow();
+    let buffer = state.resume_buffer.borrow();
     let holder = PositionFor { section: log.section, sub: log.sub.as_str(), chain_started: terms.chain_started };
-    match resume::position_frame(terms.settings, &replay, outbox, holder, Now::current()) {
+    match resume::position_frame(terms.settings, &buffer, outbox, holder, Now::current()) {
         Ok(frame) => {
             if outbox.push_control(frame) == PushOutcome::Queued {
                 METRICS.positions_sent.inc();

@@ -14,11 +14,10 @@ use crate::application::compression::SnapshotDeflater;
 use crate::application::connect;
 use crate::application::ports::LearnedSection;
 use crate::application::ports::{RestaurantOwners, SnapshotSource};
-use crate::application::replay::{Replay, ReplayLimits};
-use crate::application::resume::{self, Now, ResumeRequest};
+use crate::application::resume::{self, Now, ResumeAttempted, ResumeRequest};
+use crate::application::resume_buffer::{ResumeBuffer, ResumeBufferLimits};
 use crate::shutdown::Running;
 use crate::telemetry::METRICS;
-use crate::telemetry::events::ResumeAttempted;
 
 use super::context::{ServerContext, ShardState};
 use super::mailbox::{HandedOff, Inbox, ShardMessage};
@@ -32,7 +31,7 @@ const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// The drain ends this much before `DRAIN_TIMEOUT`, so that the threads are
 /// gone by the time the process must exit.
 const DRAIN_MARGIN: Duration = Duration::from_millis(200);
-/// How often a quiet shard drops the frames its replay buffer kept too long.
+/// How often a quiet shard drops the frames its resume buffer kept too long.
 const EXPIRE_EVERY: Duration = Duration::from_secs(1);
 /// How soon a shard retries table reports the ingest thread had no room for.
 const REPORT_RETRY: Duration = Duration::from_millis(50);
@@ -40,7 +39,7 @@ const REPORT_RETRY: Duration = Duration::from_millis(50);
 /// What a shard thread is made of.
 pub struct ShardParts<F> {
     pub index: usize,
-    pub replay_limits: ReplayLimits,
+    pub resume_buffer_limits: ResumeBufferLimits,
     pub inbox: Inbox,
     pub listener: std::net::TcpListener,
     pub ctx: Arc<ServerContext>,
@@ -54,8 +53,16 @@ where
     S: SnapshotSource + 'static,
     F: FnOnce() -> S + Send + 'static,
 {
-    let ShardParts { index, replay_limits, inbox, listener, ctx, make_snapshot_source, section_reports, running } =
-        parts;
+    let ShardParts {
+        index,
+        resume_buffer_limits,
+        inbox,
+        listener,
+        ctx,
+        make_snapshot_source,
+        section_reports,
+        running,
+    } = parts;
     std::thread::Builder::new().name(format!("shard-{index}")).spawn(move || {
         let _running = running;
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -69,7 +76,7 @@ where
                 hub: Rc::new(RefCell::default()),
                 snapshots: make_snapshot_source(),
                 section_reports: ShardSectionReports::new(section_reports),
-                replay: RefCell::new(Replay::new(replay_limits)),
+                resume_buffer: RefCell::new(ResumeBuffer::new(resume_buffer_limits)),
                 snapshot_deflater: ctx
                     .session
                     .compression
@@ -105,7 +112,7 @@ async fn run<S: SnapshotSource + 'static>(state: Rc<ShardState<S>>, inbox: Inbox
     // keeps answering HTTP (`/readyz` says 503: a shard that stopped early
     // would cut the requests it accepted from the shared listener), and
     // adopts the sockets upgraded just before the signal as they arrive, so
-    // they get their 1001 (after their replay and last position, when they
+    // they get their 1001 (after their catch-up and last position, when they
     // resume) instead of waiting out the drain.
     let drained = tokio::time::timeout(state.ctx.drain_timeout.saturating_sub(DRAIN_MARGIN), async {
         loop {
@@ -142,14 +149,14 @@ async fn handle_mailbox<S: SnapshotSource + 'static>(state: &Rc<ShardState<S>>, 
             events += 1;
             match message {
                 ShardMessage::Deliver(section, delivery) => {
-                    state.replay.borrow_mut().keep(section, &delivery, now);
+                    state.resume_buffer.borrow_mut().keep(section, &delivery, now);
                     let report = state.hub.borrow_mut().fan_out(section, &delivery);
                     METRICS.frames_conflated.inc_by(report.conflated as u64);
                     writers_needed = report.writers_needed;
                 }
-                ShardMessage::RecordDone(next) => state.replay.borrow_mut().record_done(next),
-                ShardMessage::Progress(progress) => state.replay.borrow_mut().merge_progress(&progress),
-                ShardMessage::Unseen(unseen) => state.replay.borrow_mut().unseen(unseen, now),
+                ShardMessage::RecordDone(next) => state.resume_buffer.borrow_mut().record_done(next),
+                ShardMessage::Progress(progress) => state.resume_buffer.borrow_mut().merge_progress(&progress),
+                ShardMessage::Unseen(unseen) => state.resume_buffer.borrow_mut().unseen(unseen, now),
             }
             if writers_needed {
                 break;
@@ -157,20 +164,20 @@ async fn handle_mailbox<S: SnapshotSource + 'static>(state: &Rc<ShardState<S>>, 
         }
         // After the whole batch: a client with several of its events gets
         // them in one write.
-        state.hub.borrow_mut().flush();
-        buffer_gauges.report(&state.replay.borrow());
+        state.hub.borrow_mut().write_fanned_out();
+        buffer_gauges.report(&state.resume_buffer.borrow());
         handled += events;
         popped.inc_by(handled as u64);
-        let reports_waiting = state.section_reports.flush();
-        // Frames age out of the replay buffer on a quiet shard too.
-        let frames_kept = state.replay.borrow().size().0 > 0;
+        let reports_waiting = state.section_reports.send_backlog();
+        // Frames age out of the resume buffer on a quiet shard too.
+        let frames_kept = state.resume_buffer.borrow().size().0 > 0;
         if events == MAILBOX_BATCH || writers_needed {
             tokio::task::yield_now().await;
         } else if reports_waiting {
             let _ = tokio::time::timeout(REPORT_RETRY, inbox.woken()).await;
         } else if frames_kept {
             let _ = tokio::time::timeout(EXPIRE_EVERY, inbox.woken()).await;
-            state.replay.borrow_mut().expire(Instant::now());
+            state.resume_buffer.borrow_mut().expire(Instant::now());
         } else {
             inbox.woken().await;
         }
@@ -179,7 +186,7 @@ async fn handle_mailbox<S: SnapshotSource + 'static>(state: &Rc<ShardState<S>>, 
 
 /// Registers the client on its section *before* the snapshot call starts,
 /// so that every event arriving from now on is held for it. A client that
-/// brought a resume token is served from the replay buffer in this same
+/// brought a resume token is served from the resume buffer in this same
 /// turn, when the buffer has what it missed: then it needs no snapshot.
 fn adopt<S: SnapshotSource + 'static>(state: &Rc<ShardState<S>>, handed_off: HandedOff) {
     let section = handed_off.section;
@@ -192,9 +199,9 @@ fn adopt<S: SnapshotSource + 'static>(state: &Rc<ShardState<S>>, handed_off: Han
             let request =
                 ResumeRequest { section, restaurant: restaurant.as_ref(), sub: viewer.subject.as_str(), token };
             let audience = viewer.audience(state.ctx.restaurants.owner_of(section, restaurant.as_ref()).as_ref());
-            let mut replay = state.replay.borrow_mut();
+            let mut buffer = state.resume_buffer.borrow_mut();
             let outcome =
-                resume::resume(settings, &mut replay, registration.outbox(), request, audience, Now::current());
+                resume::resume(settings, &mut buffer, registration.outbox(), request, audience, Now::current());
             ResumeAttempted { section, outcome }.emit();
             outcome.ok().map(|resumed| resumed.chain_started)
         }
@@ -204,7 +211,7 @@ fn adopt<S: SnapshotSource + 'static>(state: &Rc<ShardState<S>>, handed_off: Han
     tokio::task::spawn_local(session::start(Rc::clone(state), admitted));
 }
 
-/// The replay buffer's size in the instance-wide gauges: each shard adds
+/// The resume buffer's size in the instance-wide gauges: each shard adds
 /// what its own buffer changed by.
 #[derive(Default)]
 struct BufferGauges {
@@ -212,8 +219,8 @@ struct BufferGauges {
 }
 
 impl BufferGauges {
-    fn report(&mut self, replay: &Replay) {
-        let (frames, bytes) = replay.size();
+    fn report(&mut self, buffer: &ResumeBuffer) {
+        let (frames, bytes) = buffer.size();
         METRICS.resume_buffer_frames.add(frames as i64 - self.reported.0 as i64);
         METRICS.resume_buffer_bytes.add(bytes as i64 - self.reported.1 as i64);
         self.reported = (frames, bytes);

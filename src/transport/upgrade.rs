@@ -7,8 +7,10 @@ use http::header::{
 };
 use std::net::IpAddr;
 
-use http::{HeaderMap, HeaderName, Method, Uri};
+use http::{HeaderMap, Method, Uri};
 use ipnet::IpNet;
+
+use crate::application::ports::X_FORWARDED_FOR;
 
 const PREFIX: &str = "/ws/restaurant/";
 
@@ -119,8 +121,6 @@ pub fn route_kind(uri: &Uri) -> &'static str {
         "other"
     }
 }
-
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// The client's address: the TCP peer, or, when the peer is a trusted
 /// proxy, the right-most `X-Forwarded-For` address that is not itself a

@@ -25,8 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::application::outbox::Outbox;
-use crate::application::ports::DirectWriter;
+use crate::application::outbox::{DirectWriter, Outbox};
 use crate::domain::protocol::CloseCode;
 use crate::telemetry::METRICS;
 
@@ -378,10 +377,10 @@ mod tests {
     use std::io::Read;
 
     use super::*;
-    use crate::application::outbox::QueueLimits;
     use crate::domain::audience::{Audience, UserId};
     use crate::domain::entity::{Action, EntityKind};
     use crate::domain::frame::Frame;
+    use crate::domain::limits::QueueLimits;
     use crate::domain::snapshot::Snapshot;
 
     /// A loopback connection: the server's side for a writer, the client's

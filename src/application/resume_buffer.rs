@@ -1,4 +1,4 @@
-//! A shard's replay buffer: the recent frames of every section the shard
+//! A shard's resume buffer: the recent frames of every section the shard
 //! owns, whether or not a client of it is connected here (a deploy moves
 //! clients to instances that never had them), so that a client coming back
 //! with a resume token gets exactly what it missed instead of a snapshot.
@@ -23,9 +23,10 @@ use crate::domain::ids::{EntityId, SectionId};
 use crate::domain::position::{Position, Positions, Progress};
 
 use super::delivery::{Delivery, Unseen};
+use super::expiring::Expiring;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ReplayLimits {
+pub struct ResumeBufferLimits {
     pub window: Duration,
     /// Frames per section; 0 keeps none (every resume falls back).
     pub per_section: usize,
@@ -34,7 +35,7 @@ pub struct ReplayLimits {
     pub bytes: usize,
 }
 
-impl ReplayLimits {
+impl ResumeBufferLimits {
     pub const OFF: Self = Self { window: Duration::ZERO, per_section: 0, bytes: 0 };
 }
 
@@ -42,8 +43,8 @@ impl ReplayLimits {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Gap;
 
-pub struct Replay {
-    limits: ReplayLimits,
+pub struct ResumeBuffer {
+    limits: ResumeBufferLimits,
     progress: Progress,
     sections: HashMap<SectionId, SectionFrames>,
     /// Every kept frame, oldest first, to drop by age and by bytes without a
@@ -56,11 +57,10 @@ pub struct Replay {
     /// The floor of sections no longer held here (all their frames dropped).
     forgotten: Positions,
     /// Sections that got a frame with no position, and when: a token issued
-    /// before that may not be served for them (see [`Replay::keep`]).
-    unplaced: HashMap<SectionId, Instant>,
-    unplaced_order: VecDeque<(Instant, SectionId)>,
+    /// before that may not be served for them (see [`ResumeBuffer::keep`]).
+    unplaced: Expiring<SectionId, Instant>,
     /// Records this instance routed nowhere though another may have, oldest
-    /// first, for a window: see [`Replay::unseen`].
+    /// first, for a window: see [`ResumeBuffer::unseen`].
     unseen: VecDeque<(Instant, Unseen)>,
 }
 
@@ -94,8 +94,8 @@ struct Kept {
     seq: u64,
 }
 
-impl Replay {
-    pub fn new(limits: ReplayLimits) -> Self {
+impl ResumeBuffer {
+    pub fn new(limits: ResumeBufferLimits) -> Self {
         Self {
             limits,
             progress: Progress::default(),
@@ -105,8 +105,7 @@ impl Replay {
             frames: 0,
             bytes: 0,
             forgotten: Positions::default(),
-            unplaced: HashMap::new(),
-            unplaced_order: VecDeque::new(),
+            unplaced: Expiring::default(),
             unseen: VecDeque::new(),
         }
     }
@@ -157,8 +156,7 @@ impl Replay {
             // issued right after it may equal those issued before it: tokens
             // are told apart by their issue time instead, until those issued
             // before it have expired.
-            self.unplaced.insert(section, now);
-            self.unplaced_order.push_back((now, section));
+            self.unplaced.arrive(section, now).insert_entry(now);
             return;
         }
         let entry = self.sections.entry(section).or_default();
@@ -180,7 +178,7 @@ impl Replay {
     /// The frames of `section` (of `restaurant`, when known) after
     /// `positions` (those of a token issued `token_age` ago), in order, if
     /// this shard has all of them.
-    pub fn replay(
+    pub fn catch_up(
         &mut self,
         section: SectionId,
         restaurant: Option<&EntityId>,
@@ -249,14 +247,8 @@ impl Replay {
             self.unseen.pop_front();
         }
         // Once every token issued before an unplaced frame has expired.
-        while let Some(&(at, section)) = self.unplaced_order.front()
-            && now.saturating_duration_since(at) > self.limits.window + 2 * ISSUE_TIME_SLACK
-        {
-            self.unplaced_order.pop_front();
-            if self.unplaced.get(&section) == Some(&at) {
-                self.unplaced.remove(&section);
-            }
-        }
+        let unplaced_for = self.limits.window + 2 * ISSUE_TIME_SLACK;
+        self.unplaced.expire(|at| now.saturating_duration_since(at) > unplaced_for, |at, latest| *latest == at);
     }
 
     fn pop_index(&mut self) -> Option<Kept> {
@@ -330,50 +322,50 @@ pub(crate) mod tests {
     }
 
     /// The offsets of the frames a resume from `after` gets, or None for a gap.
-    fn served(replay: &mut Replay, section: SectionId, after: &Positions, now: Instant) -> Option<Vec<i64>> {
-        let frames = replay.replay(section, None, after, Duration::ZERO, now).ok()?;
+    fn served(buffer: &mut ResumeBuffer, section: SectionId, after: &Positions, now: Instant) -> Option<Vec<i64>> {
+        let frames = buffer.catch_up(section, None, after, Duration::ZERO, now).ok()?;
         Some(frames.iter().map(|delivery| delivery.position.unwrap().offset).collect())
     }
 
     /// A buffer whose shard began reading `tables()` at `offset`.
-    pub(crate) fn started_at(offset: i64, limits: ReplayLimits) -> Replay {
-        let mut replay = Replay::new(limits);
+    pub(crate) fn started_at(offset: i64, limits: ResumeBufferLimits) -> ResumeBuffer {
+        let mut buffer = ResumeBuffer::new(limits);
         let mut progress = Progress::default();
         progress.assigned(tables(), offset);
-        replay.merge_progress(&progress);
-        replay
+        buffer.merge_progress(&progress);
+        buffer
     }
 
-    pub(crate) const ROOMY: ReplayLimits =
-        ReplayLimits { window: Duration::from_secs(120), per_section: 3, bytes: 1 << 20 };
+    pub(crate) const ROOMY: ResumeBufferLimits =
+        ResumeBufferLimits { window: Duration::from_secs(120), per_section: 3, bytes: 1 << 20 };
 
     #[test]
     fn a_resume_gets_exactly_the_frames_after_its_positions() {
         let now = Instant::now();
-        let mut replay = started_at(10, ROOMY);
+        let mut buffer = started_at(10, ROOMY);
         for offset in [10, 11, 12] {
-            replay.keep(section(S1), &frame_at(offset), now);
-            replay.record_done(Position { partition: tables(), offset: offset + 1 });
+            buffer.keep(section(S1), &frame_at(offset), now);
+            buffer.record_done(Position { partition: tables(), offset: offset + 1 });
         }
-        assert_eq!(served(&mut replay, section(S1), &at(11), now), Some(vec![11, 12]));
-        assert_eq!(served(&mut replay, section(S1), &at(13), now), Some(Vec::<i64>::new()), "nothing missed");
-        assert_eq!(served(&mut replay, section(S2), &at(10), now), Some(Vec::<i64>::new()), "no frames, none missed");
-        assert_eq!(served(&mut replay, section(S1), &at(9), now), None, "before this instance began reading");
-        assert_eq!(served(&mut replay, section(S1), &Positions::default(), now), None, "a partition the token lacks");
+        assert_eq!(served(&mut buffer, section(S1), &at(11), now), Some(vec![11, 12]));
+        assert_eq!(served(&mut buffer, section(S1), &at(13), now), Some(Vec::<i64>::new()), "nothing missed");
+        assert_eq!(served(&mut buffer, section(S2), &at(10), now), Some(Vec::<i64>::new()), "no frames, none missed");
+        assert_eq!(served(&mut buffer, section(S1), &at(9), now), None, "before this instance began reading");
+        assert_eq!(served(&mut buffer, section(S1), &Positions::default(), now), None, "a partition the token lacks");
     }
 
     #[test]
     fn dropped_frames_raise_the_floor_of_their_section_only_while_it_has_frames() {
         let now = Instant::now();
-        let mut replay = started_at(0, ROOMY);
+        let mut buffer = started_at(0, ROOMY);
         for offset in 0..5 {
-            replay.keep(section(S1), &frame_at(offset), now);
+            buffer.keep(section(S1), &frame_at(offset), now);
         }
-        assert_eq!(replay.size().0, 3, "three per section");
-        assert_eq!(served(&mut replay, section(S1), &at(1), now), None, "frames 0 and 1 are gone");
-        assert_eq!(served(&mut replay, section(S1), &at(2), now), Some(vec![2, 3, 4]));
+        assert_eq!(buffer.size().0, 3, "three per section");
+        assert_eq!(served(&mut buffer, section(S1), &at(1), now), None, "frames 0 and 1 are gone");
+        assert_eq!(served(&mut buffer, section(S1), &at(2), now), Some(vec![2, 3, 4]));
         assert_eq!(
-            served(&mut replay, section(S2), &at(1), now),
+            served(&mut buffer, section(S2), &at(1), now),
             Some(Vec::<i64>::new()),
             "other sections keep their floor"
         );
@@ -382,30 +374,30 @@ pub(crate) mod tests {
     #[test]
     fn frames_older_than_the_window_go_and_sections_they_empty_are_forgotten_safely() {
         let start = Instant::now();
-        let limits = ReplayLimits { window: Duration::from_secs(2), ..ROOMY };
-        let mut replay = started_at(0, limits);
-        replay.keep(section(S1), &frame_at(0), start);
-        replay.keep(section(S2), &frame_at(1), start + Duration::from_secs(1));
+        let limits = ResumeBufferLimits { window: Duration::from_secs(2), ..ROOMY };
+        let mut buffer = started_at(0, limits);
+        buffer.keep(section(S1), &frame_at(0), start);
+        buffer.keep(section(S2), &frame_at(1), start + Duration::from_secs(1));
         let later = start + Duration::from_secs(3);
-        assert_eq!(served(&mut replay, section(S1), &at(0), later), None, "frame 0 aged out");
-        assert_eq!(replay.size().0, 1);
-        assert_eq!(served(&mut replay, section(S2), &at(1), later), Some(vec![1]));
-        replay.expire(start + Duration::from_secs(4));
-        assert_eq!(replay.size(), (0, 0), "a quiet shard's expiry empties it");
+        assert_eq!(served(&mut buffer, section(S1), &at(0), later), None, "frame 0 aged out");
+        assert_eq!(buffer.size().0, 1);
+        assert_eq!(served(&mut buffer, section(S2), &at(1), later), Some(vec![1]));
+        buffer.expire(start + Duration::from_secs(4));
+        assert_eq!(buffer.size(), (0, 0), "a quiet shard's expiry empties it");
     }
 
     #[test]
     fn the_byte_limit_drops_the_oldest_frames_of_any_section() {
         let now = Instant::now();
         let one = frame_cost(&frame_at(0)) + INDEX_ENTRY;
-        let limits = ReplayLimits { bytes: one * 2, ..ROOMY };
-        let mut replay = started_at(0, limits);
-        replay.keep(section(S1), &frame_at(0), now);
-        replay.keep(section(S2), &frame_at(1), now);
-        replay.keep(section(S2), &frame_at(2), now);
-        assert_eq!(replay.size(), (2, one * 2));
-        assert_eq!(served(&mut replay, section(S1), &at(0), now), None);
-        assert_eq!(served(&mut replay, section(S2), &at(1), now), Some(vec![1, 2]));
+        let limits = ResumeBufferLimits { bytes: one * 2, ..ROOMY };
+        let mut buffer = started_at(0, limits);
+        buffer.keep(section(S1), &frame_at(0), now);
+        buffer.keep(section(S2), &frame_at(1), now);
+        buffer.keep(section(S2), &frame_at(2), now);
+        assert_eq!(buffer.size(), (2, one * 2));
+        assert_eq!(served(&mut buffer, section(S1), &at(0), now), None);
+        assert_eq!(served(&mut buffer, section(S2), &at(1), now), Some(vec![1, 2]));
     }
 
     /// One busy section with a small per-section cap: the index entries of
@@ -415,34 +407,34 @@ pub(crate) mod tests {
     fn the_byte_limit_bounds_the_bookkeeping_of_dropped_frames_too() {
         let now = Instant::now();
         let limit = 100 * (frame_cost(&frame_at(0)) + INDEX_ENTRY);
-        let mut replay = started_at(0, ReplayLimits { per_section: 2, bytes: limit, ..ROOMY });
+        let mut buffer = started_at(0, ResumeBufferLimits { per_section: 2, bytes: limit, ..ROOMY });
         for offset in 0..10_000 {
-            replay.keep(section(S1), &frame_at(offset), now);
-            assert!(replay.size().1 <= limit);
+            buffer.keep(section(S1), &frame_at(offset), now);
+            assert!(buffer.size().1 <= limit);
         }
-        assert!(replay.order.len() <= limit / INDEX_ENTRY, "{} index entries", replay.order.len());
-        assert_eq!(served(&mut replay, section(S1), &at(9_998), now), Some(vec![9_998, 9_999]));
+        assert!(buffer.order.len() <= limit / INDEX_ENTRY, "{} index entries", buffer.order.len());
+        assert_eq!(served(&mut buffer, section(S1), &at(9_998), now), Some(vec![9_998, 9_999]));
     }
 
     #[test]
-    fn a_frame_without_a_position_stops_replays_for_tokens_issued_before_it_until_they_expire() {
+    fn a_frame_without_a_position_stops_catch_ups_for_tokens_issued_before_it_until_they_expire() {
         let start = Instant::now();
-        let mut replay = started_at(0, ROOMY);
-        replay.record_done(Position { partition: tables(), offset: 5 });
+        let mut buffer = started_at(0, ROOMY);
+        buffer.record_done(Position { partition: tables(), offset: 5 });
         let mut released = frame_at(0);
         Arc::get_mut(&mut released).unwrap().position = None;
-        replay.keep(section(S1), &released, start);
+        buffer.keep(section(S1), &released, start);
         let later = start + Duration::from_secs(5);
         let age = |issued: Instant| later - issued;
         let mut attempt =
-            |section_id, issued| replay.replay(section(section_id), None, &at(5), age(issued), later).is_ok();
+            |section_id, issued| buffer.catch_up(section(section_id), None, &at(5), age(issued), later).is_ok();
         assert!(!attempt(S1, start - Duration::from_secs(3)), "issued before it");
         assert!(!attempt(S1, start + Duration::from_millis(500)), "issued in the same second");
         assert!(attempt(S1, start + Duration::from_secs(2)), "issued after it");
         assert!(attempt(S2, start - Duration::from_secs(3)), "other sections are not concerned");
         let expired = start + ROOMY.window + Duration::from_secs(3);
         assert!(
-            replay.replay(section(S1), None, &at(5), Duration::ZERO, expired).is_ok(),
+            buffer.catch_up(section(S1), None, &at(5), Duration::ZERO, expired).is_ok(),
             "forgotten after the window"
         );
     }
@@ -454,40 +446,40 @@ pub(crate) mod tests {
     #[test]
     fn a_record_unseen_here_stops_resumes_from_before_it_where_it_may_have_gone() {
         let now = Instant::now();
-        let mut replay = started_at(0, ROOMY);
-        replay.record_done(Position { partition: tables(), offset: 5 });
+        let mut buffer = started_at(0, ROOMY);
+        buffer.record_done(Position { partition: tables(), offset: 5 });
         let (ours, theirs): (EntityId, EntityId) = ("r-ours".into(), "r-theirs".into());
-        replay.unseen(
+        buffer.unseen(
             Unseen { position: Position { partition: tables(), offset: 3 }, restaurant: Some(ours.clone()) },
             now,
         );
         let mut served = |restaurant: Option<&EntityId>, next: i64| {
-            replay.replay(section(S1), restaurant, &at(next), Duration::ZERO, now).is_ok()
+            buffer.catch_up(section(S1), restaurant, &at(next), Duration::ZERO, now).is_ok()
         };
         assert!(!served(Some(&ours), 3), "its restaurant's section");
         assert!(!served(None, 3), "a section whose restaurant is unknown here");
         assert!(served(Some(&theirs), 3), "another restaurant's section");
         assert!(served(Some(&ours), 4), "a token past it");
         // Tokens issued before it are expired by then: the mark can go.
-        replay.expire(now + ROOMY.window + Duration::from_secs(1));
-        assert!(replay.unseen.is_empty(), "the mark leaves with the window");
+        buffer.expire(now + ROOMY.window + Duration::from_secs(1));
+        assert!(buffer.unseen.is_empty(), "the mark leaves with the window");
     }
 
     #[test]
     fn past_their_limit_unseen_records_raise_every_sections_floor() {
         let now = Instant::now();
-        let mut replay = started_at(0, ROOMY);
+        let mut buffer = started_at(0, ROOMY);
         for offset in 0..MAX_UNSEEN as i64 + 1 {
-            replay.unseen(
+            buffer.unseen(
                 Unseen { position: Position { partition: tables(), offset }, restaurant: Some("r".into()) },
                 now,
             );
         }
-        assert_eq!(replay.unseen.len(), MAX_UNSEEN);
-        replay.record_done(Position { partition: tables(), offset: MAX_UNSEEN as i64 + 5 });
+        assert_eq!(buffer.unseen.len(), MAX_UNSEEN);
+        buffer.record_done(Position { partition: tables(), offset: MAX_UNSEEN as i64 + 5 });
         let other: EntityId = "another".into();
         assert!(
-            replay.replay(section(S2), Some(&other), &at(0), Duration::ZERO, now).is_err(),
+            buffer.catch_up(section(S2), Some(&other), &at(0), Duration::ZERO, now).is_err(),
             "offset 0: for every section"
         );
     }
@@ -495,18 +487,18 @@ pub(crate) mod tests {
     #[test]
     fn a_token_naming_a_partition_this_instance_does_not_read_is_not_served() {
         let now = Instant::now();
-        let mut replay = started_at(0, ROOMY);
+        let mut buffer = started_at(0, ROOMY);
         let mut after = at(0);
         after.advance(PartitionId::new("mesa-ya.new-topic.events", 0), 3);
-        assert_eq!(served(&mut replay, section(S1), &after, now), None);
+        assert_eq!(served(&mut buffer, section(S1), &after, now), None);
     }
 
     #[test]
     fn a_buffer_of_zero_frames_never_serves_a_resume() {
         let now = Instant::now();
-        let mut replay = started_at(0, ReplayLimits { per_section: 0, ..ROOMY });
-        replay.keep(section(S1), &frame_at(0), now);
-        assert_eq!(replay.size(), (0, 0));
-        assert_eq!(served(&mut replay, section(S1), &at(1), now), None);
+        let mut buffer = started_at(0, ResumeBufferLimits { per_section: 0, ..ROOMY });
+        buffer.keep(section(S1), &frame_at(0), now);
+        assert_eq!(buffer.size(), (0, 0));
+        assert_eq!(served(&mut buffer, section(S1), &at(1), now), None);
     }
 }
