@@ -60,6 +60,16 @@ impl Positions {
         }
     }
 
+    /// Sets a partition's next offset, even behind the one held: a consumer
+    /// reads on from where its last record was, and a topic deleted and
+    /// created again starts over at 0.
+    pub fn set(&mut self, partition: PartitionId, next: i64) {
+        match self.find(partition) {
+            Ok(i) => self.0[i].1 = next,
+            Err(i) => self.0.insert(i, (partition, next)),
+        }
+    }
+
     /// Sets a partition's offset only if it has none yet.
     pub fn set_if_absent(&mut self, partition: PartitionId, offset: i64) {
         if let Err(i) = self.find(partition) {
@@ -148,6 +158,15 @@ mod tests {
         assert_eq!(topic_tag(""), 0x811c_9dc5);
         assert_eq!(topic_tag("a"), 0xe40c_292c);
         assert_ne!(p("mesa-ya.tables.events", 0), p("mesa-ya.sections.events", 0));
+    }
+
+    #[test]
+    fn a_set_offset_may_go_back() {
+        let tables = p("mesa-ya.tables.events", 0);
+        let mut positions = Positions::default();
+        positions.set(tables, 10);
+        positions.set(tables, 1);
+        assert_eq!(positions.get(tables), Some(1), "a topic created again reads from its start");
     }
 
     #[test]

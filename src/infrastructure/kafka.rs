@@ -435,7 +435,7 @@ impl IngestContext {
     }
 
     fn resume_after(&self, topic: &str, partition: i32, offset: i64) {
-        self.resume_points().advance(PartitionId::new(topic, partition), offset + 1);
+        self.resume_points().set(PartitionId::new(topic, partition), offset + 1);
     }
 
     fn start_offset(&self, consumer: &BaseConsumer<Self>, topic: &str, partition: i32) -> Offset {
