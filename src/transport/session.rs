@@ -191,52 +191,21 @@ async fn serve<S: SnapshotSource>(state: &ShardState<S>, client: Client, log: &S
     // session is over once the writer is: end it too.
     let reader_abort = reader.abort_handle();
 
-    let ports = SnapshotPorts {
-        snapshots: &state.snapshots,
-        reports: &state.section_reports,
-        floor: &state.ctx.floor,
-        owners: &state.ctx.restaurants,
-        deflater: state.snapshot_deflater.as_ref().filter(|_| deflate),
-    };
-    let request =
-        SnapshotRequest { section: log.section, token: &token, client_addr: log.client, request_id: &log.request_id };
     // How the reader ended, if it did during the snapshot call.
     let reader_end = Cell::new(None);
     let connected = if resumed_chain.is_some() {
         Connected::Live { skipped: 0 }
     } else {
-        let interrupted = async {
-            tokio::select! {
-                () = state.ctx.shutdown.triggered() => Interruption::Shutdown,
-                end = &mut reader => {
-                    reader_end.set(Some(end.unwrap_or(ReaderEnd::Done)));
-                    Interruption::ClientGone
-                }
-            }
-        };
-        // Boxed: the HTTP call's future is large and lives only until the
-        // snapshot arrives, while the session's own future lives for hours.
-        Box::pin(connect::fetch_snapshot(ports, &outbox, request, &viewer, interrupted)).instrument(log.span()).await
+        let phase = SnapshotPhase { outbox: &outbox, token: &token, viewer: &viewer, deflate };
+        phase.fetch(state, &mut reader, &reader_end, log).await
     };
     drop((token, viewer));
     if connected != Connected::Interrupted(Interruption::ClientGone) {
         let audience = matches!(connected, Connected::Live { .. })
             .then(|| METRICS.audience_connections.with_label_values(&[outbox.audience().label()]));
         let _counted = audience.as_ref().map(Counted::new);
-        // Positions only for clients that asked, on an instance that signs them.
-        // A snapshot begins a chain of resumes; a resume carries its own on.
-        let chain_started = resumed_chain.unwrap_or_else(|| Now::current().unix_secs);
-        let positions =
-            state.ctx.resume.as_ref().filter(|_| opted_in).map(|settings| PositionTerms { settings, chain_started });
-        // Two writers, one socket, one outbox: the shard's loop writes what the
-        // socket takes at once after each turn (no wake-up of this task), and
-        // this session's writer task writes what is left when the socket is
-        // ready again. A client with positions keeps every write to its
-        // writer task: a position is scheduled from the events each write
-        // carried (`PositionSchedule`), which the shard's write would bypass.
-        if positions.is_none() {
-            outbox.attach(Rc::clone(&writer) as Rc<dyn DirectWriter>);
-        }
+        let positions = position_terms(state, opted_in, resumed_chain);
+        attach_direct_writer(&outbox, &writer, positions.is_some());
         // A refresh sent during the snapshot call is answered now.
         if let Some(token) = heard.pending_refresh.take() {
             refresher.answer(token.as_deref(), &outbox, &heard);
@@ -249,6 +218,72 @@ async fn serve<S: SnapshotSource>(state: &ShardState<S>, client: Client, log: &S
         let _ = tokio::time::timeout(CLOSE_GRACE, writer.close(code)).await;
     }
     reader_abort.abort();
+}
+
+/// What the snapshot call of a session needs of it.
+struct SnapshotPhase<'a> {
+    outbox: &'a Outbox,
+    token: &'a str,
+    viewer: &'a Viewer,
+    deflate: bool,
+}
+
+impl SnapshotPhase<'_> {
+    /// The one snapshot call, cut short by shutdown or by the reader's end
+    /// (kept in `reader_end`).
+    async fn fetch<S: SnapshotSource>(
+        self,
+        state: &ShardState<S>,
+        reader: &mut JoinHandle<ReaderEnd>,
+        reader_end: &Cell<Option<ReaderEnd>>,
+        log: &SessionLog,
+    ) -> Connected {
+        let ports = SnapshotPorts {
+            snapshots: &state.snapshots,
+            reports: &state.section_reports,
+            floor: &state.ctx.floor,
+            owners: &state.ctx.restaurants,
+            deflater: state.snapshot_deflater.as_ref().filter(|_| self.deflate),
+        };
+        let request = SnapshotRequest {
+            section: log.section,
+            token: self.token,
+            client_addr: log.client,
+            request_id: &log.request_id,
+        };
+        let interrupted = async {
+            tokio::select! {
+                () = state.ctx.shutdown.triggered() => Interruption::Shutdown,
+                end = reader => {
+                    reader_end.set(Some(end.unwrap_or(ReaderEnd::Done)));
+                    Interruption::ClientGone
+                }
+            }
+        };
+        // Boxed: the HTTP call's future is large and lives only until the
+        // snapshot arrives, while the session's own future lives for hours.
+        let fetch = connect::fetch_snapshot(ports, self.outbox, request, self.viewer, interrupted);
+        Box::pin(fetch).instrument(log.span()).await
+    }
+}
+
+/// Positions only for clients that asked, on an instance that signs them.
+/// A snapshot begins a chain of resumes; a resume carries its own on.
+fn position_terms<S>(state: &ShardState<S>, opted_in: bool, resumed_chain: Option<u64>) -> Option<PositionTerms<'_>> {
+    let chain_started = resumed_chain.unwrap_or_else(|| Now::current().unix_secs);
+    state.ctx.resume.as_ref().filter(|_| opted_in).map(|settings| PositionTerms { settings, chain_started })
+}
+
+/// Two writers, one socket, one outbox: the shard's loop writes what the
+/// socket takes at once after each turn (no wake-up of the session's
+/// task), and the session's writer task writes what is left when the
+/// socket is ready again. A client with positions keeps every write to its
+/// writer task: a position is scheduled from the events each write carried
+/// (`PositionSchedule`), which the shard's write would bypass.
+fn attach_direct_writer(outbox: &Outbox, writer: &Rc<WireWriter>, has_positions: bool) {
+    if !has_positions {
+        outbox.attach(Rc::clone(writer) as Rc<dyn DirectWriter>);
+    }
 }
 
 /// The close frame owed to a client whose reader ended during the snapshot
@@ -742,88 +777,115 @@ async fn read_client<R: AsyncRead + AsyncWrite + Unpin>(
     peer: Peer,
     meter: Rc<RefCell<FrameMeter>>,
 ) -> ReaderEnd {
-    let Peer { outbox, heard, refresher } = peer;
     // Boxed: making the stream is a large future that ends at once, and this
     // task's future lives as long as the connection.
     let mut stream =
         Box::pin(WebSocketStream::from_partially_read(reading, pipelined, Role::Server, Some(config))).await;
-    let count = |kind: &str| METRICS.client_messages.with_label_values(&[kind]).inc();
     loop {
         let message = stream.next().await;
         // The meter ends the stream at a frame that broke its rules.
         if let Some(code) = meter.borrow().violation() {
-            count(match code {
+            count_client_message(match code {
                 CloseCode::POLICY_VIOLATION => "rate_limited",
                 CloseCode::TOO_LARGE => "too_large",
                 _ => "malformed",
             });
-            return refused(&outbox, code);
+            return refused(&peer.outbox, code);
         }
-        let Some(message) = message else { break };
-        let refusal = match message {
-            Ok(Message::Close(_)) => return ReaderEnd::PeerClosed,
-            Ok(Message::Text(text)) => {
-                match ClientMessage::parse(&text) {
-                    ClientMessage::Ping => {
-                        count("ping");
-                        outbox.push_control(PONG);
+        let Some(message) = message else { return ReaderEnd::Done };
+        match peer.take(message) {
+            Taken::Continue => {}
+            Taken::PeerClosed => return ReaderEnd::PeerClosed,
+            Taken::Ended => return ReaderEnd::Done,
+            Taken::Refused(code) => {
+                peer.outbox.close_now(code);
+                // Keep reading until the peer answers our close frame.
+                while let Some(Ok(message)) = stream.next().await {
+                    if matches!(message, Message::Close(_)) {
+                        break;
                     }
-                    ClientMessage::Refresh(token) => {
-                        count("refresh");
-                        if outbox.is_live() {
-                            refresher.answer(token.as_deref(), &outbox, &heard);
-                        } else {
-                            heard.pending_refresh.replace(Some(token));
-                        }
-                    }
-                    ClientMessage::Other => count("ignored"),
                 }
-                None
+                return ReaderEnd::Done;
             }
-            Ok(Message::Binary(_)) => {
-                count("binary");
-                Some(CloseCode::UNSUPPORTED_DATA)
-            }
-            Ok(Message::Ping(payload)) => {
-                heard.ping.replace(Some(payload));
-                outbox.nudge();
-                None
-            }
-            Ok(Message::Pong(_)) => {
-                heard.last_pong.set(Some(Instant::now()));
-                None
-            }
-            Ok(Message::Frame(_)) => None,
-            Err(WsError::Capacity(_)) => {
-                count("too_large");
-                Some(CloseCode::TOO_LARGE)
-            }
-            Err(WsError::Utf8(_)) => {
-                count("invalid_utf8");
-                Some(CloseCode::INVALID_PAYLOAD)
-            }
-            Err(WsError::Protocol(_)) => {
-                count("malformed");
-                Some(CloseCode::PROTOCOL_ERROR)
-            }
-            Err(_) => break,
-        };
-        if let Some(code) = refusal {
-            outbox.close_now(code);
-            // Keep reading until the peer answers our close frame.
-            while let Some(Ok(message)) = stream.next().await {
-                if matches!(message, Message::Close(_)) {
-                    break;
-                }
-            }
-            return ReaderEnd::Done;
         }
     }
-    ReaderEnd::Done
 }
 
-/// The reader's end after a frame the meter refused: the writer closes with
-/// `code`, and nothing more is read.
+/// What one message from the client leaves the reader to do.
+enum Taken {
+    Continue,
+    /// The client's close frame: it gets one back.
+    PeerClosed,
+    /// A message the protocol refuses: the connection closes with this code.
+    Refused(CloseCode),
+    /// The connection broke.
+    Ended,
+}
+
+impl Peer {
+    fn take(&self, message: Result<Message, WsError>) -> Taken {
+        match message {
+            Ok(Message::Close(_)) => Taken::PeerClosed,
+            Ok(Message::Text(text)) => {
+                self.take_text(&text);
+                Taken::Continue
+            }
+            Ok(Message::Binary(_)) => {
+                count_client_message("binary");
+                Taken::Refused(CloseCode::UNSUPPORTED_DATA)
+            }
+            // Answered by the writer, which owns the socket's write side.
+            Ok(Message::Ping(payload)) => {
+                self.heard.ping.replace(Some(payload));
+                self.outbox.nudge();
+                Taken::Continue
+            }
+            Ok(Message::Pong(_)) => {
+                self.heard.last_pong.set(Some(Instant::now()));
+                Taken::Continue
+            }
+            Ok(Message::Frame(_)) => Taken::Continue,
+            Err(error) => refusal(&error),
+        }
+    }
+
+    /// The protocol's client messages (SPEC §2.3, §2.8).
+    fn take_text(&self, text: &str) {
+        match ClientMessage::parse(text) {
+            ClientMessage::Ping => {
+                count_client_message("ping");
+                self.outbox.push_control(PONG);
+            }
+            ClientMessage::Refresh(token) => {
+                count_client_message("refresh");
+                if self.outbox.is_live() {
+                    self.refresher.answer(token.as_deref(), &self.outbox, &self.heard);
+                } else {
+                    // Answered once the session is live, after its snapshot.
+                    self.heard.pending_refresh.replace(Some(token));
+                }
+            }
+            ClientMessage::Other => count_client_message("ignored"),
+        }
+    }
+}
+
+/// The close code of a read error the client caused; any other ends the reader.
+fn refusal(error: &WsError) -> Taken {
+    let (kind, code) = match error {
+        WsError::Capacity(_) => ("too_large", CloseCode::TOO_LARGE),
+        WsError::Utf8(_) => ("invalid_utf8", CloseCode::INVALID_PAYLOAD),
+        WsError::Protocol(_) => ("malformed", CloseCode::PROTOCOL_ERROR),
+        _ => return Taken::Ended,
+    };
+    count_client_message(kind);
+    Taken::Refused(code)
+}
+
+fn count_client_message(kind: &str) {
+    METRICS.client_messages.with_label_values(&[kind]).inc();
+}
+
 fn refused(outbox: &Outbox, code: CloseCode) -> ReaderEnd {
     outbox.close_now(code);
     ReaderEnd::Done
