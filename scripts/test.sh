@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Runs every test: the alert rules' (promtool), the workspace's against a real tansu broker (extra
-# arguments go to cargo test), then the client library's (clients/js) with Node's test runner: its
+# Runs every test: the documents' relative links, the alert rules' (promtool), the workspace's
+# against a real tansu broker (extra arguments go to cargo test), then the client library's (clients/js) with Node's test runner: its
 # unit tests, then its end-to-end and browser tests against the gateway binary, tansu and the
 # stand-in API.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# The documents' relative links (README ↔ docs/ ↔ BENCHMARKS.md ↔ clients/js ↔ deploy/): every
+# linked file and heading must exist. Seconds, so it runs first.
+echo "checking the Markdown files' relative links..." >&2
+python3 scripts/check-doc-links.py
 
 TANSU_BIN="$(scripts/ensure-tansu.sh)"
 export TANSU_BIN

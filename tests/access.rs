@@ -431,7 +431,7 @@ async fn one_snapshot_call_then_kafka_only_and_api_failures_close_with_spec_code
 
 /// `/healthz` answers while Kafka is unreachable and `/readyz` stays 503 until
 /// the broker appears, then 200; `/metrics` is Prometheus text with every
-/// series the README names that does not depend on consumer lag (see
+/// series docs/operations.md names that does not depend on consumer lag (see
 /// `metrics_report_kafka_consumer_lag`).
 #[tokio::test]
 async fn health_readiness_and_metrics() {

@@ -282,7 +282,7 @@ async fn a_resume_replays_each_audience_its_own_frames() {
     }
     let missed = reservation(&floor.table, &new_id());
     up.publish(RESERVATIONS, "created", &missed).await;
-    wait::until_some(WAIT, "the reservation in the replay buffer", || async {
+    wait::until_some(WAIT, "the reservation in the resume buffer", || async {
         (metric(&gateway, "mesaya_resume_buffer_frames", "").await >= 1.0).then_some(())
     })
     .await;

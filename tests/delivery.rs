@@ -1,4 +1,4 @@
-//! End to end: the delivery guarantees of the README
+//! End to end: the delivery guarantees of docs/protocol.md
 //! against the gateway binary, a real tansu broker and the stand-in API —
 //! the snapshot/stream handoff, moved tables and deleted sections, slow
 //! consumers and conflation, liveness, shutdown, faults and hostile input.

@@ -1,7 +1,7 @@
 //! End to end: resuming after a reconnect (SPEC §2.6). A client that opts in
 //! with `?resume=` gets `section.position` tokens; reconnecting with one, to
 //! any instance sharing `RESUME_SECRET`, it gets `section.resumed` and
-//! exactly the frames it missed from that instance's replay buffer, with no
+//! exactly the frames it missed from that instance's resume buffer, with no
 //! REST call — or, when that cannot be, the normal snapshot and positions as
 //! usual, never an error close. Real gateway binaries (two or three on one
 //! tansu broker), the stand-in API, real sockets.

@@ -1,5 +1,5 @@
 //! One client's outbound queue: bounded, conflating, and the holder of the
-//! snapshot/stream handoff (README, "Delivery guarantees").
+//! snapshot/stream handoff (docs/protocol.md, "Delivery guarantees").
 //!
 //! Lives on its shard's thread only (`Rc`, `RefCell`): the shard pushes and,
 //! once a turn's events are all pushed, writes them out: the client's socket takes

@@ -1,6 +1,6 @@
 //! Resuming after a reconnect: the alternative to the snapshot call for a
 //! client that brings back a token, and the position frames that give
-//! clients their tokens (README, "Resuming after a reconnect").
+//! clients their tokens (docs/resume.md).
 //!
 //! A token is a section's Kafka positions, bound to the section and the
 //! user, signed, with its issue time. It is served from the shard's

@@ -1,4 +1,4 @@
-//! The client-facing protocol constants: close codes (README, "Close codes") and the
+//! The client-facing protocol constants: close codes (docs/protocol.md, "Close codes") and the
 //! fixed application frames.
 
 /// A WebSocket close code with the reason text we send with it.

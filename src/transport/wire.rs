@@ -4,7 +4,7 @@
 //! an event straight from its queue: header and payload go to the kernel in
 //! one gathered write with the frames queued behind them, and the connection keeps
 //! no write buffer of its own between writes. The shard's loop and the
-//! client's writer task write through the same [`WireWriter`] (README, "Who
+//! client's writer task write through the same [`WireWriter`] (docs/architecture.md, "Who
 //! writes"). To a connection that negotiated permessage-deflate, a frame
 //! that has a compressed form is written as that, with RSV1 set (RFC 7692
 //! §6): the compressed bytes are shared like the text. Reading (masking,
