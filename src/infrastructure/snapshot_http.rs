@@ -312,6 +312,12 @@ mod tests {
         (url, accepted)
     }
 
+    /// The section call every test makes.
+    fn a_request() -> SnapshotRequest<'static> {
+        let section = SectionId::parse("5b0c7c1e-2f0a-4b7e-9a51-0d3c2b7e8f11").unwrap();
+        SnapshotRequest { section, token: "jwt", client_addr: Ipv4Addr::LOCALHOST.into(), request_id: "r1" }
+    }
+
     /// Three calls in a row: what each returned, and how many connections
     /// the API accepted for them.
     async fn call_three_times(
@@ -320,9 +326,7 @@ mod tests {
     ) -> (Vec<Result<(), SnapshotError>>, usize) {
         let (url, accepted) = api(status, close_after_answer).await;
         let source = HttpSnapshotSource::new(&url, "/sections/{id}", Duration::from_secs(5), ApiBudget::new(1));
-        let section = SectionId::parse("5b0c7c1e-2f0a-4b7e-9a51-0d3c2b7e8f11").unwrap();
-        let request =
-            SnapshotRequest { section, token: "jwt", client_addr: Ipv4Addr::LOCALHOST.into(), request_id: "r1" };
+        let request = a_request();
         let mut outcomes = Vec::new();
         LocalSet::new()
             .run_until(async {
@@ -366,9 +370,7 @@ mod tests {
         let budget = ApiBudget::new(1);
         let shard = || HttpSnapshotSource::new(&url, "/sections/{id}", Duration::from_secs(5), Arc::clone(&budget));
         let (first, second) = (shard(), shard());
-        let section = SectionId::parse("5b0c7c1e-2f0a-4b7e-9a51-0d3c2b7e8f11").unwrap();
-        let request =
-            SnapshotRequest { section, token: "jwt", client_addr: Ipv4Addr::LOCALHOST.into(), request_id: "r1" };
+        let request = a_request();
         let mut counts = Vec::new();
         LocalSet::new()
             .run_until(async {
