@@ -101,6 +101,12 @@ export class Stack {
     return line ? Number(line.split(" ").at(-1)) : 0;
   }
 
+  /** The sum of a metric's series (every label set); 0 when absent. */
+  async metricSum(name: string): Promise<number> {
+    const series = (await this.metricLines()).filter((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`));
+    return series.reduce((sum, line) => sum + Number(line.split(" ").at(-1)), 0);
+  }
+
   /** Closes stdin (the stack stops the gateway) and waits for the process. */
   async stop(): Promise<void> {
     if (this.#exited !== undefined) return;
